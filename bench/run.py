@@ -1,0 +1,635 @@
+#!/usr/bin/env python3
+"""Throughput/latency benchmark: meshgate vs nginx as a reverse proxy, plus direct upstream.
+
+One run starts a tiny upstream (nginx ``return 200``, or bench/fast_upstream.py when nginx
+is missing), then measures with wrk, one target at a time:
+
+* ``direct``   - wrk straight to the upstream (reference ceiling);
+* ``nginx``    - nginx reverse proxy, 1 worker, keep-alive pool to the upstream;
+* ``meshgate`` - ``meshgate gateway --workers 1`` with a generated gateway.yaml.
+
+The proxy under test is pinned to one CPU (default 0), the upstream and wrk to another
+(default 1), identically for both proxies. Stdlib only; see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+UPSTREAM_BODY = "hello from upstream"
+TARGETS = ("direct", "nginx", "meshgate")
+MAX_ERROR_RATE = 0.01
+STOP_TIMEOUT_S = 5.0
+
+
+class BenchError(Exception):
+    """A step of the benchmark failed; the message says which and why, detail has logs."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text}\n{self.detail}" if self.detail else text
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path | None
+
+
+class ProcessSet:
+    """Every child runs in its own session; stop() kills the whole process group."""
+
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+
+    def spawn(
+        self,
+        name: str,
+        cmd: list[str],
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+        capture: bool = False,
+    ) -> Proc:
+        log(f"start {name}: {shlex.join(cmd)}")
+        out: IO[bytes] | int
+        if capture:
+            out = subprocess.PIPE
+        elif log_path is not None:
+            out = log_path.open("ab")
+        else:
+            out = subprocess.DEVNULL
+        try:
+            popen = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if not capture else subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        popen = proc.popen
+        if popen.poll() is None:
+            for sig, wait_s in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, STOP_TIMEOUT_S)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(popen.pid, sig)
+                try:
+                    popen.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        # The leader may be gone while children of its group survive: sweep the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        for stream in (popen.stdout, popen.stderr):
+            if stream is not None:
+                stream.close()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            try:
+                self.stop(proc)
+            except Exception as exc:  # cleanup must go on whatever happens
+                log(f"could not stop {proc.name}: {exc}")
+
+
+# --------------------------------------------------------------------------- pinning
+
+
+@dataclass
+class Pinning:
+    proxy: list[str]
+    load: list[str]
+    note: str
+
+
+def make_pinning(args: argparse.Namespace) -> Pinning:
+    if args.no_pin:
+        return Pinning([], [], "unpinned (--no-pin)")
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        return Pinning([], [], "UNPINNED: taskset not found")
+    allowed = os.sched_getaffinity(0)
+    if args.proxy_cpu == args.load_cpu or not {args.proxy_cpu, args.load_cpu} <= allowed:
+        return Pinning([], [], f"UNPINNED: need two distinct usable CPUs, have {sorted(allowed)}")
+    return Pinning(
+        [taskset, "-c", str(args.proxy_cpu)],
+        [taskset, "-c", str(args.load_cpu)],
+        f"proxy on CPU {args.proxy_cpu}; upstream and wrk on CPU {args.load_cpu}",
+    )
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def nginx_conf(prefix: Path, port: int, location: str, extra_http: str = "") -> str:
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+worker_rlimit_nofile 65536;
+
+events {{
+    worker_connections 8192;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body_temp;
+    proxy_temp_path {prefix}/proxy_temp;
+    fastcgi_temp_path {prefix}/fastcgi_temp;
+    keepalive_requests 100000;
+    keepalive_timeout 75s;
+{extra_http}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+{location}
+        }}
+    }}
+}}
+"""
+
+
+def upstream_nginx_conf(prefix: Path, port: int) -> str:
+    location = f"""\
+            default_type text/plain;
+            return 200 "{UPSTREAM_BODY}\\n";"""
+    return nginx_conf(prefix, port, location)
+
+
+def proxy_nginx_conf(prefix: Path, port: int, upstream_port: int) -> str:
+    upstream = f"""\
+    upstream u {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 100000;
+    }}
+"""
+    location = """\
+            proxy_pass http://u;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";"""
+    return nginx_conf(prefix, port, location, upstream)
+
+
+def meshgate_yaml(port: int, upstream_port: int, middleware: str) -> str:
+    text = f"""\
+listener:
+  host: 127.0.0.1
+  port: {port}
+upstreams:
+  - name: bench
+    instances:
+      - host: 127.0.0.1
+        port: {upstream_port}
+routes:
+  - path: /*
+    upstream: bench
+"""
+    if middleware == "none":
+        text += "middleware: []\n"
+    return text
+
+
+def meshgate_command(override: str | None) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    if override:
+        return shlex.split(override), env
+    exe = shutil.which("meshgate")
+    if exe:
+        return [exe], env
+    # Not installed: run the in-repo sources.
+    src = str(REPO_ROOT / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return [sys.executable, "-m", "meshgate"], env
+
+
+def wait_ready(proc: Proc, port: int, timeout_s: float) -> None:
+    """Wait until GET / answers 200 with the upstream's body (i.e. proxying works)."""
+    deadline = time.monotonic() + timeout_s
+    last = "no attempt"
+    while time.monotonic() < deadline:
+        code = proc.popen.poll()
+        if code is not None:
+            log_tail = tail(proc.log_path) if proc.log_path else ""
+            raise BenchError(f"{proc.name} exited with code {code} during start-up", log_tail)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status == 200 and UPSTREAM_BODY.encode() in body:
+                return
+            last = f"HTTP {resp.status} {body[:120]!r}"
+        except (OSError, http.client.HTTPException) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    log_tail = tail(proc.log_path) if proc.log_path else ""
+    raise BenchError(
+        f"{proc.name} not ready on port {port} after {timeout_s:.0f}s ({last})", log_tail
+    )
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class Result:
+    target: str
+    url: str = ""
+    rps: float | None = None
+    avg_ms: float | None = None
+    p50_ms: float | None = None
+    p75_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    requests: int = 0
+    non_2xx_3xx: int = 0
+    socket_errors: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("connect", "read", "write", "timeout"), 0)
+    )
+    errors: int = 0
+    error_rate: float | None = None
+    failure: str | None = None
+    failure_log: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.failure is None
+            and self.error_rate is not None
+            and self.error_rate <= MAX_ERROR_RATE
+        )
+
+
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"unparsable wrk duration {text!r}")
+    return float(m.group(1)) * _UNIT_MS[m.group(2)]
+
+
+def parse_wrk(output: str, result: Result) -> Result:
+    def find(pattern: str) -> re.Match[str] | None:
+        return re.search(pattern, output, re.MULTILINE)
+
+    m = find(r"^Requests/sec:\s+([0-9.]+)")
+    if m is None:
+        raise BenchError(f"wrk output has no Requests/sec line:\n{output}")
+    result.rps = float(m.group(1))
+    if m := find(r"^\s+Latency\s+(\S+)"):
+        result.avg_ms = to_ms(m.group(1))
+    for pct in (50, 75, 90, 99):
+        if m := find(rf"^\s+{pct}%\s+(\S+)"):
+            setattr(result, f"p{pct}_ms", to_ms(m.group(1)))
+    if m := find(r"^\s+(\d+) requests in"):
+        result.requests = int(m.group(1))
+    if m := find(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"):
+        keys = ("connect", "read", "write", "timeout")
+        result.socket_errors = dict(zip(keys, map(int, m.groups()), strict=True))
+    if m := find(r"Non-2xx or 3xx responses: (\d+)"):
+        result.non_2xx_3xx = int(m.group(1))
+    result.errors = result.non_2xx_3xx + sum(result.socket_errors.values())
+    total = max(result.requests, 1)
+    result.error_rate = min(result.errors / total, 1.0) if result.requests else 1.0
+    return result
+
+
+def run_wrk(
+    procs: ProcessSet, pinning: Pinning, url: str, duration_s: int, connections: int, latency: bool
+) -> str:
+    cmd = [*pinning.load, "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "2s"]
+    if latency:
+        cmd.append("--latency")
+    cmd.append(url)
+    proc = procs.spawn("wrk", cmd, capture=True)
+    try:
+        out, err = proc.popen.communicate(timeout=duration_s + 30)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"wrk did not finish within {duration_s + 30}s") from None
+    finally:
+        procs.stop(proc)
+    if proc.popen.returncode != 0:
+        raise BenchError(f"wrk exited with {proc.popen.returncode}: {err.decode(errors='replace')}")
+    return out.decode(errors="replace")
+
+
+def measure(
+    procs: ProcessSet, pinning: Pinning, args: argparse.Namespace, target: str, port: int
+) -> Result:
+    url = f"http://127.0.0.1:{port}/"
+    if args.warmup > 0:
+        log(f"{target}: warm-up {args.warmup}s")
+        run_wrk(procs, pinning, url, args.warmup, args.connections, latency=False)
+    log(f"{target}: measuring {args.duration}s, {args.connections} connections")
+    output = run_wrk(procs, pinning, url, args.duration, args.connections, latency=True)
+    if args.verbose:
+        print(output, file=sys.stderr)
+    return parse_wrk(output, Result(target, url))
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    procs: ProcessSet
+    pinning: Pinning
+    tmp: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def start_nginx(ctx: Context, name: str, conf: str, pin: list[str]) -> Proc:
+    prefix = ctx.tmp / name
+    prefix.mkdir()
+    conf_path = prefix / "nginx.conf"
+    conf_path.write_text(conf)
+    nginx = ctx.info["nginx"]
+    cmd = [*pin, nginx, "-p", f"{prefix}/", "-c", str(conf_path), "-e", str(prefix / "error.log")]
+    return ctx.procs.spawn(name, cmd, log_path=prefix / "stdout.log")
+
+
+def start_upstream(ctx: Context) -> tuple[Proc, int]:
+    port = free_port()
+    if ctx.info["upstream"] == "nginx":
+        proc = start_nginx(
+            ctx, "upstream", upstream_nginx_conf(ctx.tmp / "upstream", port), ctx.pinning.load
+        )
+    else:
+        cmd = [*ctx.pinning.load, sys.executable, str(BENCH_DIR / "fast_upstream.py")]
+        cmd += ["--port", str(port)]
+        proc = ctx.procs.spawn("upstream", cmd, log_path=ctx.tmp / "upstream.log")
+    wait_ready(proc, port, ctx.args.start_timeout)
+    return proc, port
+
+
+def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, int]:
+    port = free_port()
+    if target == "nginx":
+        conf = proxy_nginx_conf(ctx.tmp / "proxy", port, upstream_port)
+        proc = start_nginx(ctx, "proxy", conf, ctx.pinning.proxy)
+    else:
+        cfg = ctx.tmp / "gateway.yaml"
+        cfg.write_text(meshgate_yaml(port, upstream_port, ctx.args.middleware))
+        base, env = meshgate_command(ctx.args.meshgate_cmd)
+        ctx.info["meshgate_cmd"] = shlex.join(base)
+        cmd = [*ctx.pinning.proxy, *base, "gateway", "-c", str(cfg), "--workers", "1"]
+        proc = ctx.procs.spawn("meshgate", cmd, log_path=ctx.tmp / "meshgate.log", env=env)
+    wait_ready(proc, port, ctx.args.start_timeout)
+    return proc, port
+
+
+def bench_target(ctx: Context, target: str, upstream_port: int) -> Result:
+    if target == "direct":
+        return measure(ctx.procs, ctx.pinning, ctx.args, target, upstream_port)
+    proxy: Proc | None = None
+    try:
+        proxy, port = start_proxy(ctx, target, upstream_port)
+        result = measure(ctx.procs, ctx.pinning, ctx.args, target, port)
+        if proxy.popen.poll() is not None:
+            result.failure = f"{target} exited during the run (code {proxy.popen.returncode})"
+        return result
+    except BenchError as exc:
+        log(f"{target} FAILED: {exc}")
+        return Result(target, failure=exc.args[0], failure_log=exc.detail or None)
+    finally:
+        if proxy is not None:
+            ctx.procs.stop(proxy)
+
+
+def git_rev() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return None
+
+
+def collect_info(args: argparse.Namespace, pinning: Pinning) -> dict[str, Any]:
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+    if args.upstream == "nginx" and nginx is None:
+        raise BenchError("--upstream nginx requested but nginx is not installed")
+    upstream = "nginx" if args.upstream in ("auto", "nginx") and nginx else "python"
+    return {
+        "nginx": nginx,
+        "upstream": upstream,
+        "pinning": pinning.note,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "middleware": args.middleware,
+        "git_rev": git_rev(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_1m_before": round(os.getloadavg()[0], 2),
+    }
+
+
+def ratio(results: list[Result]) -> float | None:
+    by = {r.target: r for r in results}
+    mg, ng = by.get("meshgate"), by.get("nginx")
+    if mg and ng and mg.rps and ng.rps and mg.failure is None and ng.failure is None:
+        return mg.rps / ng.rps
+    return None
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(info: dict[str, Any], results: list[Result], rate: float | None) -> None:
+    print(
+        f"upstream={info['upstream']}  connections={info['connections']}  "
+        f"duration={info['duration_s']}s  middleware={info['middleware']}  "
+        f"git={info['git_rev'] or '-'}  load1m={info['loadavg_1m_before']}"
+    )
+    print(f"pinning: {info['pinning']}")
+    header = f"{'target':<10} {'rps':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>14}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        if r.failure:
+            print(f"{r.target:<10} FAILED: {r.failure}")
+            last = (r.failure_log or "").strip().splitlines()[-1:]
+            if last:
+                print(f"{'':<10} {last[0][:200]}")
+            continue
+        errors = f"{r.errors} ({fmt((r.error_rate or 0) * 100, '.2f')}%)"
+        print(
+            f"{r.target:<10} {fmt(r.rps, '10.0f')} {fmt(r.p50_ms, '9.3f')} "
+            f"{fmt(r.p99_ms, '9.3f')} {errors:>14}"
+        )
+    print(f"meshgate/nginx rps ratio: {fmt(rate, '.3f')}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Benchmark meshgate against nginx (and direct upstream) with wrk."
+    )
+    p.add_argument("--duration", type=int, default=10, help="measured seconds (default 10)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up seconds, 0 = none (default 2)")
+    p.add_argument(
+        "--middleware",
+        choices=("builtins", "none"),
+        default="builtins",
+        help="builtins: default chain (request_id, response_time); none: 'middleware: []'",
+    )
+    p.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)} (default all)",
+    )
+    p.add_argument(
+        "--upstream",
+        choices=("auto", "nginx", "python"),
+        default="auto",
+        help="upstream server: nginx if installed (auto), or bench/fast_upstream.py",
+    )
+    p.add_argument(
+        "--meshgate-cmd", help="command to use instead of 'meshgate', e.g. 'python -m meshgate'"
+    )
+    p.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy (default 0)")
+    p.add_argument("--load-cpu", type=int, default=1, help="CPU for upstream and wrk (default 1)")
+    p.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    p.add_argument("--start-timeout", type=float, default=30.0, help="seconds to become ready")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("-v", "--verbose", action="store_true", help="echo raw wrk output to stderr")
+    args = p.parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown or not targets:
+        p.error(f"--targets: unknown {unknown}; choose from {', '.join(TARGETS)}")
+    args.targets = [t for t in TARGETS if t in targets]
+    if args.duration < 1 or args.connections < 1 or args.warmup < 0:
+        p.error("--duration and --connections must be >= 1, --warmup >= 0")
+    return args
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        log("wrk not found: apt-get install -y wrk")
+        return 2
+    # Explicit handlers: SIGINT may be ignored when started in the background.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+
+    procs = ProcessSet()
+    tmp = Path(tempfile.mkdtemp(prefix="meshgate-bench-"))
+    results: list[Result] = []
+    try:
+        pinning = make_pinning(args)
+        if not pinning.proxy:
+            log(pinning.note)
+        ctx = Context(args, procs, pinning, tmp, collect_info(args, pinning))
+        _, upstream_port = start_upstream(ctx)
+        for target in args.targets:
+            results.append(bench_target(ctx, target, upstream_port))
+    except BenchError as exc:
+        log(f"FAILED: {exc}")
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc)}, indent=2))
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rate = ratio(results)
+    if args.json:
+        doc = {
+            "info": ctx.info,
+            "results": [{**asdict(r), "ok": r.ok} for r in results],
+            "meshgate_nginx_rps_ratio": rate,
+            "ok": all(r.ok for r in results),
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print_table(ctx.info, results, rate)
+
+    bad = [r for r in results if not r.ok]
+    for r in bad:
+        why = r.failure or f"error rate {fmt((r.error_rate or 0) * 100, '.2f')}% > 1%"
+        log(f"{r.target}: {why}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Load gateway.yaml into `GatewayConfig`, reporting errors as ``file:line: key.path: problem``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from meshgate.config.models import GatewayConfig, reference_errors
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    file: str
+    line: int
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config is invalid; ``problems`` lists every error found."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def key_path(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+class LocatedDocument:
+    """YAML data plus the line of every key path in it."""
+
+    def __init__(self, text: str, filename: str) -> None:
+        self.filename = filename
+        self.lines: dict[Loc, int] = {}
+        self._scalars = yaml.SafeLoader("")
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else 1
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError([ConfigProblem(filename, line, "(yaml)", problem)]) from None
+        self.data: Any = {} if node is None else self._build(node, ())
+
+    def _build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.lines[loc] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self._scalars.construct_object(key_node, deep=True)
+                if key in out:
+                    raise ConfigError(
+                        [
+                            ConfigProblem(
+                                self.filename,
+                                key_node.start_mark.line + 1,
+                                key_path((*loc, str(key))),
+                                "duplicate key",
+                            )
+                        ]
+                    )
+                child = (*loc, key)
+                out[key] = self._build(value_node, child)
+                self.lines[child] = key_node.start_mark.line + 1
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._build(item, (*loc, i)) for i, item in enumerate(node.value)]
+        return self._scalars.construct_object(node, deep=True)
+
+    def line_of(self, loc: Loc) -> int:
+        """The line of the deepest known key on ``loc``."""
+        for end in range(len(loc), -1, -1):
+            line = self.lines.get(tuple(loc[:end]))
+            if line is not None:
+                return line
+        return 1
+
+    def problem(self, loc: Loc, message: str) -> ConfigProblem:
+        return ConfigProblem(self.filename, self.line_of(loc), key_path(loc), message)
+
+
+def _pydantic_problems(doc: LocatedDocument, exc: ValidationError) -> list[ConfigProblem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        problems.append(doc.problem(loc, message))
+    return problems
+
+
+def parse_config(text: str, filename: str = "<config>") -> tuple[GatewayConfig, LocatedDocument]:
+    """Validate YAML text; raise `ConfigError` listing every problem."""
+    doc = LocatedDocument(text, filename)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([doc.problem((), "the top level must be a mapping of keys")])
+    try:
+        config = GatewayConfig.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(doc, exc)) from None
+    problems = [doc.problem(loc, msg) for loc, msg in reference_errors(config)]
+    if problems:
+        raise ConfigError(problems)
+    return config, doc
+
+
+def load_config(path: str | Path) -> tuple[GatewayConfig, LocatedDocument]:
+    """Read and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(p), 0, "(file)", exc.strerror or str(exc))]) from None
+    return parse_config(text, str(p))
+
+
+def json_schema() -> str:
+    """JSON Schema of gateway.yaml, for editor completion."""
+    schema = GatewayConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "meshgate gateway.yaml"
+    return json.dumps(schema, indent=2)

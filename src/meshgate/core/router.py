@@ -1,0 +1,279 @@
+"""Radix-tree router (sans-IO).
+
+Path patterns are split on ``/`` into segments; a segment is static text,
+``:name`` (one segment captured into ``params[name]``) or ``*`` (the rest of
+the path, zero or more segments, captured into ``params["*"]``; only allowed
+last). Empty segments are ignored, so ``/a//b/`` matches ``/a/b``.
+
+Priority at every depth: static beats param beats wildcard, with
+backtracking: when a deeper static branch fails, the param branch is tried,
+then the wildcard. A node only counts as a match when it has a route for the
+request method (or for any method); nodes that match the path but not the
+method are remembered so the caller can answer 405 with ``Allow``.
+
+Host patterns: exact (``api.example.com``) or a leading wildcard
+(``*.example.com``, which matches one or more labels before the suffix).
+Routes without hosts match any host. A request is tried against the tree for
+its exact host, then the wildcard trees from the longest suffix down, then
+the any-host tree; the first full match wins.
+
+The table is immutable once built: build a new one aside and swap the
+reference to reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+from urllib.parse import unquote
+
+T = TypeVar("T")
+
+ANY_METHOD = "*"
+
+
+class RouteConflictError(ValueError):
+    """Two routes claim the same host, path shape and method."""
+
+
+class PatternError(ValueError):
+    """A path or host pattern is malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Match(Generic[T]):
+    """A full match: the route value and the captured parameters."""
+
+    route: T
+    params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class MethodNotAllowed:
+    """The path matched at least one route, but none for the method."""
+
+    allowed: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Node(Generic[T]):
+    children: dict[str, _Node[T]] = field(default_factory=dict)
+    param: _Node[T] | None = None
+    param_name: str = ""
+    wildcard: _Node[T] | None = None
+    routes: dict[str, T] = field(default_factory=dict)
+
+
+def split_path(path: str) -> list[str]:
+    """Split a request path into percent-decoded, non-empty segments."""
+    return [unquote(s) if "%" in s else s for s in path.split("/") if s]
+
+
+def parse_pattern(pattern: str) -> list[str]:
+    """Validate a route path pattern and return its segments."""
+    if not pattern.startswith("/"):
+        raise PatternError(f"path pattern {pattern!r} must start with '/'")
+    segments = [s for s in pattern.split("/") if s]
+    names: set[str] = set()
+    for i, seg in enumerate(segments):
+        if seg == "*":
+            if i != len(segments) - 1:
+                raise PatternError(f"path pattern {pattern!r}: '*' must be the last segment")
+        elif seg.startswith(":"):
+            name = seg[1:]
+            if not name.isidentifier():
+                raise PatternError(
+                    f"path pattern {pattern!r}: parameter name {name!r} is not an identifier"
+                )
+            if name in names:
+                raise PatternError(f"path pattern {pattern!r}: parameter {name!r} repeated")
+            names.add(name)
+        elif "*" in seg or ":" in seg[:1]:
+            raise PatternError(f"path pattern {pattern!r}: bad segment {seg!r}")
+    return segments
+
+
+def validate_host_pattern(host: str) -> str:
+    """Lower-case and check a host pattern; return it normalised."""
+    h = host.strip().lower()
+    if not h:
+        raise PatternError("host pattern is empty")
+    body = h[2:] if h.startswith("*.") else h
+    if not body or "*" in body or "/" in body or " " in body:
+        raise PatternError(f"host pattern {host!r}: use 'name.example.com' or '*.example.com'")
+    return h
+
+
+class _Tree(Generic[T]):
+    __slots__ = ("root",)
+
+    def __init__(self) -> None:
+        self.root: _Node[T] = _Node()
+
+    def add(self, segments: Sequence[str], methods: Iterable[str], route: T, pattern: str) -> None:
+        node = self.root
+        for seg in segments:
+            if seg == "*":
+                if node.wildcard is None:
+                    node.wildcard = _Node()
+                node = node.wildcard
+            elif seg.startswith(":"):
+                name = seg[1:]
+                if node.param is None:
+                    node.param = _Node(param_name=name)
+                elif node.param.param_name != name:
+                    raise RouteConflictError(
+                        f"path pattern {pattern!r}: parameter ':{name}' conflicts with "
+                        f"':{node.param.param_name}' already registered at the same position"
+                    )
+                node = node.param
+            else:
+                child = node.children.get(seg)
+                if child is None:
+                    child = node.children[seg] = _Node()
+                node = child
+        for method in methods:
+            if method in node.routes:
+                raise RouteConflictError(
+                    f"path pattern {pattern!r}: method {method} is already routed"
+                )
+            node.routes[method] = route
+
+    def match(
+        self, segments: list[str], method: str, allowed: set[str]
+    ) -> tuple[T, dict[str, str]] | None:
+        params: dict[str, str] = {}
+        route = self._walk(self.root, segments, 0, method, params, allowed)
+        if route is None:
+            return None
+        return route, params
+
+    def _walk(
+        self,
+        node: _Node[T],
+        segments: list[str],
+        index: int,
+        method: str,
+        params: dict[str, str],
+        allowed: set[str],
+    ) -> T | None:
+        if index == len(segments):
+            found = self._take(node, method, allowed)
+            if found is not None:
+                return found
+            # `*` also matches zero remaining segments.
+            if node.wildcard is not None:
+                found = self._take(node.wildcard, method, allowed)
+                if found is not None:
+                    params["*"] = ""
+                return found
+            return None
+        seg = segments[index]
+        child = node.children.get(seg)
+        if child is not None:
+            found = self._walk(child, segments, index + 1, method, params, allowed)
+            if found is not None:
+                return found
+        param = node.param
+        if param is not None:
+            found = self._walk(param, segments, index + 1, method, params, allowed)
+            if found is not None:
+                params[param.param_name] = seg
+                return found
+        wild = node.wildcard
+        if wild is not None:
+            found = self._take(wild, method, allowed)
+            if found is not None:
+                params["*"] = "/".join(segments[index:])
+                return found
+        return None
+
+    @staticmethod
+    def _take(node: _Node[T], method: str, allowed: set[str]) -> T | None:
+        routes = node.routes
+        if not routes:
+            return None
+        found = routes.get(method)
+        if found is None:
+            found = routes.get(ANY_METHOD)
+        if found is None and method == "HEAD":
+            found = routes.get("GET")
+        if found is None:
+            allowed.update(routes)
+        return found
+
+
+class Router(Generic[T]):
+    """Immutable-after-build route table: ``add`` everything, then ``match``."""
+
+    __slots__ = ("_any", "_exact", "_wild")
+
+    def __init__(self) -> None:
+        self._exact: dict[str, _Tree[T]] = {}
+        self._wild: list[tuple[str, _Tree[T]]] = []  # (".example.com", tree), longest first
+        self._any: _Tree[T] = _Tree()
+
+    def add(
+        self,
+        path: str,
+        route: T,
+        methods: Iterable[str] | None = None,
+        hosts: Iterable[str] | None = None,
+    ) -> None:
+        """Register ``route`` for ``path`` (and ``methods``/``hosts``; None = any)."""
+        segments = parse_pattern(path)
+        method_list = [m.upper() for m in methods] if methods else [ANY_METHOD]
+        for tree in self._trees_for(hosts):
+            tree.add(segments, method_list, route, path)
+
+    def _trees_for(self, hosts: Iterable[str] | None) -> list[_Tree[T]]:
+        if not hosts:
+            return [self._any]
+        trees: list[_Tree[T]] = []
+        for raw in hosts:
+            host = validate_host_pattern(raw)
+            if host.startswith("*."):
+                suffix = host[1:]
+                for existing_suffix, tree in self._wild:
+                    if existing_suffix == suffix:
+                        break
+                else:
+                    tree = _Tree()
+                    self._wild.append((suffix, tree))
+                    self._wild.sort(key=lambda item: len(item[0]), reverse=True)
+                trees.append(tree)
+            else:
+                trees.append(self._exact.setdefault(host, _Tree()))
+        return trees
+
+    def match(
+        self, method: str, path: str, host: str | None = None
+    ) -> Match[T] | MethodNotAllowed | None:
+        """Find the route for a request; None means 404."""
+        segments = split_path(path)
+        allowed: set[str] = set()
+        if host and (self._exact or self._wild):
+            h = host.lower()
+            colon = h.rfind(":")
+            if colon != -1 and "]" not in h[colon:]:
+                h = h[:colon]
+            tree = self._exact.get(h)
+            if tree is not None:
+                found = tree.match(segments, method, allowed)
+                if found is not None:
+                    return Match(found[0], found[1])
+            for suffix, tree in self._wild:
+                if h.endswith(suffix) and len(h) > len(suffix):
+                    found = tree.match(segments, method, allowed)
+                    if found is not None:
+                        return Match(found[0], found[1])
+        found = self._any.match(segments, method, allowed)
+        if found is not None:
+            return Match(found[0], found[1])
+        if allowed:
+            methods = set(allowed)
+            if "GET" in methods:
+                methods.add("HEAD")
+            return MethodNotAllowed(tuple(sorted(methods)))
+        return None

@@ -1,0 +1,67 @@
+"""Errors of the HTTP layer, each carrying the status the client should see."""
+
+from __future__ import annotations
+
+
+class HTTPError(Exception):
+    """Something the gateway answers with an error status."""
+
+    status = 500
+    reason = "internal error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.reason)
+        self.detail = detail or self.reason
+
+
+class BadRequest(HTTPError):
+    status = 400
+    reason = "bad request"
+
+
+class BodyTooLarge(HTTPError):
+    status = 413
+    reason = "request body too large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
+class BodyTimeout(HTTPError):
+    status = 408
+    reason = "request body timeout"
+
+
+class ClientDisconnected(HTTPError):
+    status = 499
+    reason = "client closed the connection"
+
+
+class UpstreamError(HTTPError):
+    """The upstream could not give a usable response."""
+
+    status = 502
+    reason = "bad gateway"
+
+
+class UpstreamConnectError(UpstreamError):
+    status = 503
+    reason = "upstream connect failed"
+
+
+class UpstreamConnectTimeout(UpstreamConnectError):
+    reason = "upstream connect timeout"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    reason = "upstream response timeout"
+
+
+class UpstreamReset(UpstreamError):
+    reason = "upstream connection reset"
+
+
+class UpstreamBadResponse(UpstreamError):
+    reason = "upstream sent an invalid response"

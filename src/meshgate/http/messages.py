@@ -1,0 +1,268 @@
+"""Request/response types shared by the server, the proxy and middleware.
+
+Header names are kept lower-case ``str`` (latin-1 decoded, as on the wire);
+bodies are async streams of ``bytes`` chunks so nothing is buffered whole
+unless a middleware asks for it (``await body.read_all(limit)``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+from meshgate.http.errors import BodyTooLarge
+
+
+class Headers:
+    """Ordered multi-map of header fields with case-insensitive names."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] | dict[str, str] | None = None) -> None:
+        if items is None:
+            self._items: list[tuple[str, str]] = []
+        elif isinstance(items, dict):
+            self._items = [(k.lower(), v) for k, v in items.items()]
+        else:
+            self._items = [(k.lower(), v) for k, v in items]
+
+    @classmethod
+    def from_lower(cls, items: list[tuple[str, str]]) -> Headers:
+        """Wrap a list whose names are already lower-case (no copy)."""
+        h = cls.__new__(cls)
+        h._items = items
+        return h
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        name = name.lower()
+        for k, v in self._items:
+            if k == name:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self._items if k == name]
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self.set(name, value)
+
+    def __delitem__(self, name: str) -> None:
+        self.remove(name)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        name = name.lower()
+        return any(k == name for k, _ in self._items)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field called ``name`` with one field."""
+        name = name.lower()
+        items = self._items
+        for i, (k, _) in enumerate(items):
+            if k == name:
+                items[i] = (name, value)
+                if any(k2 == name for k2, _ in items[i + 1 :]):
+                    self._items = items[: i + 1] + [kv for kv in items[i + 1 :] if kv[0] != name]
+                return
+        items.append((name, value))
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((name.lower(), value))
+
+    def remove(self, name: str) -> None:
+        name = name.lower()
+        self._items = [kv for kv in self._items if kv[0] != name]
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def raw(self) -> list[tuple[str, str]]:
+        """The underlying list (do not keep it across awaits)."""
+        return self._items
+
+    def copy(self) -> Headers:
+        return Headers.from_lower(list(self._items))
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Headers):
+            return self._items == other._items
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+class Body:
+    """An async stream of byte chunks; ``read()`` returns b"" at the end."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int | None = None) -> None:
+        self.length = length  # total size when known (Content-Length)
+
+    async def read(self) -> bytes:
+        raise NotImplementedError
+
+    def is_complete(self) -> bool:
+        """True when every chunk is already buffered (read() will not wait)."""
+        return False
+
+    async def read_all(self, limit: int | None = None) -> bytes:
+        """Read the rest of the body; raise `BodyTooLarge` past ``limit`` bytes."""
+        parts = []
+        size = 0
+        while chunk := await self.read():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                await self.aclose()
+                raise BodyTooLarge(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Give up on the rest of the body."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while chunk := await self.read():
+            yield chunk
+
+
+class BytesBody(Body):
+    """A body that is already in memory."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes = b"") -> None:
+        super().__init__(len(data))
+        self._data: bytes | None = data
+
+    async def read(self) -> bytes:
+        data, self._data = self._data, None
+        return data or b""
+
+    def is_complete(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        self._data = None
+
+
+
+class Request:
+    """A request as the gateway received it; middleware may edit it before the proxy."""
+
+    __slots__ = (
+        "body",
+        "client_ip",
+        "client_port",
+        "headers",
+        "host",
+        "http_version",
+        "method",
+        "path",
+        "query_string",
+        "scheme",
+        "target",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: Body,
+        *,
+        client_ip: str = "127.0.0.1",
+        client_port: int = 0,
+        http_version: str = "1.1",
+        scheme: str = "http",
+    ) -> None:
+        self.method = method
+        self.target = target  # path plus query, as sent
+        q = target.find("?")
+        if q == -1:
+            self.path = target
+            self.query_string = ""
+        else:
+            self.path = target[:q]
+            self.query_string = target[q + 1 :]
+        self.headers = headers
+        self.body = body
+        self.client_ip = client_ip
+        self.client_port = client_port
+        self.http_version = http_version
+        self.scheme = scheme
+        self.host = headers.get("host") or ""
+
+    @property
+    def query(self) -> dict[str, str]:
+        """Query parameters (last value wins), decoded."""
+        return dict(parse_qsl(self.query_string, keep_blank_values=True))
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target}>"
+
+
+class Response:
+    """Status, headers and a body (bytes or a stream)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self,
+        status: int = 200,
+        headers: Headers | dict[str, str] | None = None,
+        body: Body | bytes | str | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        if body is None:
+            body = b""
+        if isinstance(body, str):
+            body = body.encode()
+        self.body: Body = BytesBody(body) if isinstance(body, bytes) else body
+
+    @classmethod
+    def json(
+        cls, status: int, data: Any, headers: Headers | dict[str, str] | None = None
+    ) -> Response:
+        resp = cls(status, headers, json.dumps(data, separators=(",", ":")).encode())
+        resp.headers.set("content-type", "application/json")
+        return resp
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"
+
+
+def new_request_id() -> str:
+    """A random 128-bit id, hex encoded."""
+    return os.urandom(16).hex()
+
+
+def error_response(
+    status: int, message: str, request_id: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The gateway's error format: ``{"error": ..., "request_id": ...}``."""
+    resp = Response.json(status, {"error": message, "request_id": request_id}, headers)
+    resp.headers.set("x-request-id", request_id)
+    return resp

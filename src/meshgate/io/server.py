@@ -1,0 +1,613 @@
+"""HTTP/1.1 server: an `asyncio.Protocol` per connection on httptools.
+
+One connection answers its requests strictly in order. Requests parsed ahead
+(pipelining) wait in a queue of at most ``max_pipelined_requests``; their
+bodies stream into bounded buffers that pause reading the socket when full.
+Separate deadlines guard the request head (slowloris), the pauses inside a
+request body and the idle time between keep-alive requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+
+import httptools
+
+from meshgate.config.models import ListenerConfig
+from meshgate.http.errors import BadRequest, BodyTimeout, BodyTooLarge, ClientDisconnected
+from meshgate.http.messages import (
+    Body,
+    BytesBody,
+    Headers,
+    Request,
+    Response,
+    error_response,
+    new_request_id,
+)
+from meshgate.http.stream import StreamBody
+
+log = logging.getLogger("meshgate.server")
+
+App = Callable[[Request], Awaitable[Response]]
+
+_STATUS_LINES: dict[int, str] = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus
+}
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+_NO_BODY_STATUS = frozenset({204, 304})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Reasons reading from the client socket is paused (bit flags).
+_PAUSE_BODY = 1
+_PAUSE_PIPELINE = 2
+_PAUSE_STOPPED = 4
+
+
+def status_line(status: int) -> str:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status} Unknown\r\n"
+    return line
+
+
+class _DateCache:
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._value = ""
+
+    def get(self) -> str:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True)
+        return self._value
+
+
+_date = _DateCache()
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to refuse the request."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class _Pending:
+    """A request waiting for its response, or a protocol error to answer in order."""
+
+    __slots__ = ("continue_sent", "error", "keep_alive", "request", "response_started")
+
+    def __init__(
+        self, request: Request | None, keep_alive: bool, error: _Reject | None = None
+    ) -> None:
+        self.request = request
+        self.keep_alive = keep_alive
+        self.error = error
+        self.response_started = False
+        self.continue_sent = False
+
+
+class HttpServerProtocol(asyncio.Protocol):
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.cfg = server.listener
+        self.loop = server.loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.client_port = 0
+        self.queue: deque[_Pending] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.draining = False
+        # parsing state of the request being received
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
+        self._in_head = False
+        self._current: _Pending | None = None  # headers done, body still arriving
+        self._current_body: StreamBody | None = None
+        self._stopped = False  # no more requests will be parsed on this connection
+        self._reject: _Reject | None = None
+        # flow control
+        self._pause_flags = 0
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- connection lifecycle -------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip, self.client_port = peer[0], peer[1]
+        self.server.connections.add(self)
+        self._set_timer(self.cfg.header_timeout_s, self._on_idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        self._cancel_timer()
+        if self._current_body is not None:
+            self._current_body.fail(ClientDisconnected())
+        for pending in self.queue:
+            body = pending.request.body if pending.request is not None else None
+            if isinstance(body, StreamBody):
+                body.fail(ClientDisconnected())
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ClientDisconnected())
+            waiter.exception()  # retrieved here; the writer checks `closed`
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self.server.connection_closed()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _drain(self) -> None:
+        if self.closed:
+            raise ClientDisconnected()
+        if not self._write_paused:
+            return
+        waiter = self._drain_waiter
+        if waiter is None:
+            waiter = self._drain_waiter = self.loop.create_future()
+        await waiter
+
+    def _pause(self, flag: int) -> None:
+        if not self._pause_flags and self.transport is not None:
+            self.transport.pause_reading()
+            if flag == _PAUSE_BODY and self._current_body is not None:
+                self._cancel_timer()  # waiting on us, not on the client
+        self._pause_flags |= flag
+
+    def _resume(self, flag: int) -> None:
+        if not self._pause_flags & flag:
+            return
+        self._pause_flags &= ~flag
+        if not self._pause_flags and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+            if self._current_body is not None:
+                self._set_timer(self.cfg.body_timeout_s, self._on_body_timeout)
+
+    def _pause_body(self) -> None:
+        self._pause(_PAUSE_BODY)
+
+    def _resume_body(self) -> None:
+        self._resume(_PAUSE_BODY)
+
+    # --- timers ----------------------------------------------------------
+    def _set_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay_s, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_idle_timeout(self) -> None:
+        self._timer = None
+        if self._in_head:
+            self._protocol_error(_Reject(408, "request header timeout"))
+        elif not self.queue and self.transport is not None:
+            self.transport.close()
+
+    def _on_body_timeout(self) -> None:
+        self._timer = None
+        body = self._current_body
+        if body is not None:
+            body.fail(BodyTimeout(f"no request body data for {self.cfg.body_timeout_s:g} s"))
+            self._stop_reading()
+
+    # --- parsing ---------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade (WebSocket, h2c) is not served by the HTTP/1.1 engine: the
+            # request is answered normally and the connection closed after it.
+            if self.queue:
+                self.queue[-1].keep_alive = False
+            self._stop_reading()
+        except httptools.HttpParserError as exc:
+            reject = self._reject or _Reject(400, f"malformed request: {exc}")
+            self._reject = None
+            current = self._current_body
+            if current is not None and self._current is not None:
+                self._current.keep_alive = False
+                current.fail(BadRequest(reject.detail))
+                self._stop_reading()
+            else:
+                self._protocol_error(reject)
+        if self.queue and self.task is None:
+            self.task = self.loop.create_task(self._run())
+
+    def eof_received(self) -> bool | None:
+        if self._current_body is not None:
+            self._current_body.fail(ClientDisconnected("client closed while sending the body"))
+        self._stopped = True
+        if not self.queue and self.transport is not None:
+            self.transport.close()
+        return True  # keep the write side open to answer what is queued
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._in_head = True
+        self._set_timer(self.cfg.header_timeout_s, self._on_idle_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.cfg.max_header_bytes:
+            self._raise(431, "request header fields too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.cfg.max_header_bytes:
+            self._raise(431, "request header fields too large")
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def _raise(self, status: int, detail: str) -> None:
+        self._reject = _Reject(status, detail)
+        raise self._reject
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_timer()
+        parser = self.parser
+        headers = self._headers
+        version = parser.get_http_version()
+        host_count = 0
+        te: str | None = None
+        content_length: int | None = None
+        expect_continue = False
+        for name, value in headers:
+            if name == "host":
+                host_count += 1
+            elif name == "transfer-encoding":
+                te = value if te is None else f"{te}, {value}"
+            elif name == "content-length":
+                content_length = int(value)  # llhttp validated digits and duplicates
+            elif name == "expect" and value.strip().lower() == "100-continue":
+                expect_continue = True
+        if host_count == 0 and version == "1.1":
+            self._raise(400, "missing Host header")
+        if host_count > 1:
+            self._raise(400, "more than one Host header")
+        chunked = False
+        if te is not None:
+            codings = [c.strip().lower() for c in te.split(",")]
+            if codings[-1] != "chunked":
+                self._raise(400, "Transfer-Encoding must end with chunked")
+            chunked = True
+        limit = self.server.max_body_bytes
+        if content_length is not None and limit is not None and content_length > limit:
+            self._raise(413, f"request body larger than {limit} bytes")
+        body: Body
+        if chunked or (content_length is not None and content_length > 0):
+            stream = StreamBody(
+                None if chunked else content_length, self._pause_body, self._resume_body
+            )
+            body = stream
+            self._current_body = stream
+            self._set_timer(self.cfg.body_timeout_s, self._on_body_timeout)
+        else:
+            body = BytesBody(b"")
+        request = Request(
+            parser.get_method().decode("ascii"),
+            self._url.decode("latin-1"),
+            Headers.from_lower(headers),
+            body,
+            client_ip=self.client_ip,
+            client_port=self.client_port,
+            http_version=version,
+        )
+        pending = _Pending(request, parser.should_keep_alive())
+        if expect_continue and self._current_body is not None:
+            self._current_body.on_first_read(lambda: self._send_continue(pending))
+        self._current = pending
+        self.queue.append(pending)
+        if len(self.queue) >= self.cfg.max_pipelined_requests:
+            self._pause(_PAUSE_PIPELINE)
+
+    def on_body(self, data: bytes) -> None:
+        body = self._current_body
+        if body is None:
+            return
+        body.feed(data)
+        limit = self.server.max_body_bytes
+        if limit is not None and body.received > limit:
+            body.fail(BodyTooLarge(limit))
+            if self._current is not None:
+                self._current.keep_alive = False
+            self._stop_reading()
+            raise _Reject(413, "request body too large")  # stop the parser here
+        if not self._pause_flags:
+            self._set_timer(self.cfg.body_timeout_s, self._on_body_timeout)
+
+    def on_message_complete(self) -> None:
+        if self._current_body is not None:
+            self._current_body.feed_eof()
+            self._cancel_timer()
+        self._current_body = None
+        self._current = None
+
+    def _stop_reading(self) -> None:
+        self._stopped = True
+        self._cancel_timer()
+        self._pause(_PAUSE_STOPPED)
+
+    def _protocol_error(self, reject: _Reject) -> None:
+        """Answer ``reject`` after the requests already queued, then close."""
+        self._in_head = False
+        self._stop_reading()
+        self.queue.append(_Pending(None, False, reject))
+        if self.task is None:
+            self.task = self.loop.create_task(self._run())
+
+    def _send_continue(self, pending: _Pending) -> None:
+        if (
+            not pending.response_started
+            and not pending.continue_sent
+            and self.transport is not None
+            and not self.closed
+            and self.queue
+            and self.queue[0] is pending
+        ):
+            pending.continue_sent = True
+            self.transport.write(_CONTINUE)
+
+    # --- answering -------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while self.queue and not self.closed:
+                pending = self.queue[0]
+                if pending.error is not None:
+                    err = pending.error
+                    resp = error_response(err.status, err.detail, new_request_id())
+                    await self._write_response(pending, resp, False)
+                    self._close()
+                    return
+                request = pending.request
+                assert request is not None
+                try:
+                    resp = await self.server.app(request)
+                except Exception:
+                    log.exception("unhandled error answering %s %s", request.method, request.path)
+                    resp = error_response(500, "internal error", new_request_id())
+                keep = pending.keep_alive and not self.draining
+                body = request.body
+                if isinstance(body, StreamBody) and not body.at_eof:
+                    keep = False  # the rest of an unread body is still on the wire
+                ok = await self._write_response(pending, resp, keep)
+                self.queue.popleft()
+                if self._pause_flags & _PAUSE_PIPELINE and len(self.queue) < (
+                    self.cfg.max_pipelined_requests
+                ):
+                    self._resume(_PAUSE_PIPELINE)
+                if not ok or not keep:
+                    self._close()
+                    return
+            if not self.closed:
+                if self.draining or self._stopped:
+                    if not self._in_head and self._current is None:
+                        self._close()
+                elif not self._in_head and self._current is None:
+                    self._set_timer(self.cfg.idle_timeout_s, self._on_idle_timeout)
+        finally:
+            self.task = None
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    async def _write_response(self, pending: _Pending, resp: Response, keep: bool) -> bool:
+        """Send ``resp``; return False when the connection can no longer be used."""
+        transport = self.transport
+        assert transport is not None
+        pending.response_started = True
+        request = pending.request
+        status = resp.status
+        body = resp.body
+        head_only = (
+            (request is not None and request.method == "HEAD")
+            or status in _NO_BODY_STATUS
+            or status < 200
+        )
+        parts = [status_line(status)]
+        has_date = False
+        for name, value in resp.headers.raw():
+            if name in _FRAMING:
+                continue
+            if name == "date":
+                has_date = True
+            if "\n" in value or "\r" in value:
+                log.error("response header %r has a line break; answering 500", name)
+                await body.aclose()
+                return await self._write_response(
+                    pending, error_response(500, "invalid response header", new_request_id()), keep
+                )
+            parts.append(f"{name}: {value}\r\n")
+        if not has_date:
+            parts.append(f"date: {_date.get()}\r\n")
+        chunked = False
+        length = body.length
+        if head_only:
+            if length is not None and status != 204 and status >= 200:
+                parts.append(f"content-length: {length}\r\n")
+        elif length is not None:
+            parts.append(f"content-length: {length}\r\n")
+        elif request is not None and request.http_version == "1.1":
+            parts.append("transfer-encoding: chunked\r\n")
+            chunked = True
+        else:
+            keep = False  # HTTP/1.0 without a length: the close ends the body
+        if not keep:
+            parts.append("connection: close\r\n")
+        elif request is not None and request.http_version == "1.0":
+            parts.append("connection: keep-alive\r\n")
+        parts.append("\r\n")
+        try:
+            head = "".join(parts).encode("latin-1")
+        except UnicodeEncodeError:
+            log.error("response header is not latin-1; answering 500")
+            await body.aclose()
+            return await self._write_response(
+                pending, error_response(500, "invalid response header", new_request_id()), keep
+            )
+        if head_only:
+            await body.aclose()
+            transport.write(head)
+            return True
+        if isinstance(body, BytesBody):
+            transport.write(head + await body.read())
+            return True
+        return await self._stream_body(transport, head, body, chunked)
+
+    async def _stream_body(
+        self, transport: asyncio.Transport, head: bytes, body: Body, chunked: bool
+    ) -> bool:
+        sent = 0
+        try:
+            chunk = await body.read()
+            if chunked:
+                out = head + (b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b"")
+            else:
+                out = head + chunk
+            sent = len(chunk)
+            transport.write(out)
+            while chunk:
+                if self._write_paused:
+                    await self._drain()
+                elif self.closed:
+                    raise ClientDisconnected()
+                chunk = await body.read()
+                if not chunk:
+                    break
+                sent += len(chunk)
+                transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if chunked:
+                transport.write(b"0\r\n\r\n")
+        except (Exception, asyncio.CancelledError) as exc:
+            await body.aclose()
+            if not self.closed:
+                if not isinstance(exc, ClientDisconnected | asyncio.CancelledError):
+                    log.warning("response body failed after the head was sent: %s", exc)
+                transport.abort()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return False
+        if body.length is not None and sent != body.length:
+            log.warning("response body ended after %d of %d bytes", sent, body.length)
+            transport.abort()
+            return False
+        return True
+
+    # --- draining ----------------------------------------------------------
+    def start_drain(self) -> None:
+        """Finish what is in flight, then close; close now when idle."""
+        self.draining = True
+        if not self.queue and not self._in_head and self._current is None:
+            self._close()
+
+
+class HttpServer:
+    """Listener plus the set of live connections, with graceful drain."""
+
+    def __init__(
+        self,
+        app: App,
+        listener: ListenerConfig,
+        max_body_bytes: int | None,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
+        self.app = app
+        self.listener = listener
+        self.max_body_bytes = max_body_bytes
+        self.reuse_port = reuse_port
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[HttpServerProtocol] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._all_closed: asyncio.Event | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        sock = bind_socket(
+            self.listener.host, self.listener.port, reuse_port=self.reuse_port
+        )
+        self._server = await self.loop.create_server(
+            lambda: HttpServerProtocol(self), sock=sock, backlog=self.listener.backlog
+        )
+        self.port = sock.getsockname()[1]
+
+    def connection_closed(self) -> None:
+        if self._all_closed is not None and not self.connections:
+            self._all_closed.set()
+
+    async def shutdown(self, drain_timeout_s: float) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then close."""
+        if self._server is not None:
+            self._server.close()
+        self._all_closed = asyncio.Event()
+        for conn in list(self.connections):
+            conn.start_drain()
+        if self.connections:
+            try:
+                async with asyncio.timeout(drain_timeout_s):
+                    await self._all_closed.wait()
+            except TimeoutError:
+                log.warning(
+                    "drain timeout (%g s): closing %d connection(s)",
+                    drain_timeout_s,
+                    len(self.connections),
+                )
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A listening-ready TCP socket (IPv4 or IPv6 by the address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

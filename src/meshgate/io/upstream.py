@@ -1,0 +1,331 @@
+"""Upstream side: one HTTP/1.1 exchange at a time per connection, pooled per instance.
+
+Pool bookkeeping happens in plain synchronous methods (`Pool._checkin`,
+`Pool._forget`) called from the connection's own events, so cancellation
+of the task using a connection can never leave the pool inconsistent: a
+connection that is not cleanly finished is closed, never pooled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import httptools
+
+from meshgate.http.errors import (
+    UpstreamBadResponse,
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamReset,
+    UpstreamTimeout,
+)
+from meshgate.http.stream import StreamBody
+
+log = logging.getLogger("meshgate.upstream")
+
+
+class ResponseHead:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: StreamBody) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A keep-alive connection to one upstream instance."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self.requests = 0  # exchanges started on this connection
+        self.got_bytes = False  # any response byte for the current exchange
+        self._head_future: asyncio.Future[ResponseHead] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._body: StreamBody | None = None
+        self._head_request = False
+        self._close_delimited = False
+        self._keep_alive = False
+        self._request_done = True  # our side of the exchange is fully written
+        self._response_done = True
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._error: Exception | None = None
+
+    # --- events from the transport ---------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool._forget(self)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        body = self._body
+        if body is not None and not self._response_done:
+            if self._close_delimited and exc is None:
+                self._response_done = True
+                body.feed_eof()
+            else:
+                body.fail(UpstreamReset("upstream closed the connection mid-response"))
+        self._fail_head(self._error or UpstreamReset("upstream closed the connection"))
+        self._wake_drain()
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too; connection_lost finishes the exchange
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._error = UpstreamBadResponse(f"invalid response from upstream: {exc}")
+            self.abort()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- parser callbacks --------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            self._headers = []  # interim response (100 Continue, 103): not forwarded
+            return
+        headers, self._headers = self._headers, []
+        length: int | None = None
+        chunked = False
+        for name, value in headers:
+            if name == "content-length":
+                length = int(value)
+            elif name == "transfer-encoding":
+                chunked = True
+        self._keep_alive = self.parser.should_keep_alive()
+        no_body = self._head_request or status in (204, 304)
+        transport = self.transport
+        assert transport is not None
+        body = StreamBody(
+            length if not chunked else None,
+            transport.pause_reading,
+            self._resume_reading,
+            on_abandon=self.abort,
+        )
+        self._body = body
+        self._close_delimited = not no_body and length is None and not chunked
+        if self._close_delimited:
+            self._keep_alive = False
+        if no_body:
+            self._finish_response()
+        future = self._head_future
+        if future is not None and not future.done():
+            future.set_result(ResponseHead(status, headers, body))
+        self._head_future = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def on_body(self, data: bytes) -> None:
+        if self._body is not None and not self._response_done:
+            self._body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            return
+        self._finish_response()
+
+    def _finish_response(self) -> None:
+        if self._response_done:
+            return
+        self._response_done = True
+        if self._head_request:
+            # llhttp cannot be told a HEAD response has no body: use a fresh parser.
+            self.parser = httptools.HttpResponseParser(self)
+        body = self._body
+        if body is not None:
+            body.feed_eof()
+        self._maybe_release()
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # --- used by the proxy ---------------------------------------------------
+    def start(self, head: bytes, *, head_request: bool, body_follows: bool) -> None:
+        """Begin an exchange by writing the request head."""
+        assert self.transport is not None
+        self.requests += 1
+        self.got_bytes = False
+        self._head_request = head_request
+        self._request_done = not body_follows
+        self._response_done = False
+        self._body = None
+        self._head_future = self.loop.create_future()
+        self.transport.write(head)
+
+    async def write_body(self, data: bytes) -> None:
+        if self.closed:
+            raise UpstreamReset("upstream closed the connection while the body was sent")
+        assert self.transport is not None
+        self.transport.write(data)
+        if self._write_paused:
+            waiter = self._drain_waiter
+            if waiter is None:
+                waiter = self._drain_waiter = self.loop.create_future()
+            await waiter
+            if self.closed:
+                raise UpstreamReset("upstream closed the connection while the body was sent")
+
+    def request_written(self) -> None:
+        self._request_done = True
+        self._maybe_release()
+
+    async def response_head(self, timeout_s: float) -> ResponseHead:
+        future = self._head_future
+        assert future is not None
+        if not future.done():
+            self._head_timer = self.loop.call_later(
+                timeout_s, self._fail_head, UpstreamTimeout(f"no response within {timeout_s:g} s")
+            )
+        return await future
+
+    def fail_exchange(self, exc: Exception) -> None:
+        """Our side failed (e.g. the client body broke): drop the connection."""
+        self._error = exc
+        self._fail_head(exc)
+        self.abort()
+
+    def _fail_head(self, exc: Exception) -> None:
+        future = self._head_future
+        if future is not None:
+            self._head_future = None
+            if not future.done():
+                future.set_exception(exc)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if isinstance(exc, UpstreamTimeout):
+            self.abort()
+
+    def _maybe_release(self) -> None:
+        if self._request_done and self._response_done and not self.closed:
+            if self._keep_alive:
+                self.pool._checkin(self)
+            else:
+                self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+            self.pool._forget(self)
+
+
+class Pool:
+    """Keep-alive connections to one instance (``host:port``)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_idle: int,
+        idle_timeout_s: float,
+        connect_timeout_s: float,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.max_idle = max_idle
+        self.idle_timeout_s = idle_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.loop = asyncio.get_running_loop()
+        self._clock = clock or self.loop.time
+        self.idle: deque[UpstreamConnection] = deque()
+        self.closed = False
+        self.connects = 0  # connections opened, for tests and metrics
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def acquire(self) -> UpstreamConnection:
+        """A pooled idle connection (most recently used first) or a new one."""
+        now = self._clock()
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < self.idle_timeout_s:
+                return conn
+            conn.abort()
+        return await self.connect()
+
+    async def connect(self) -> UpstreamConnection:
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port
+                )
+        except TimeoutError:
+            raise UpstreamConnectTimeout(
+                f"connect to {self.host}:{self.port} timed out after {self.connect_timeout_s:g} s"
+            ) from None
+        except OSError as exc:
+            raise UpstreamConnectError(
+                f"connect to {self.host}:{self.port} failed: {exc.strerror or exc}"
+            ) from None
+        self.connects += 1
+        return conn
+
+    def _checkin(self, conn: UpstreamConnection) -> None:
+        if self.closed or len(self.idle) >= self.max_idle:
+            conn.abort()
+            return
+        conn.idle_since = self._clock()
+        self.idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.idle_timeout_s, self._sweep)
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = self._clock() - self.idle_timeout_s
+        while self.idle and self.idle[0].idle_since <= cutoff:
+            self.idle.popleft().abort()
+        if self.idle:
+            delay = self.idle[0].idle_since + self.idle_timeout_s - self._clock()
+            self._sweeper = self.loop.call_later(max(delay, 0.01), self._sweep)
+
+    def close(self) -> None:
+        """Close idle connections; connections in use close when they finish."""
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        while self.idle:
+            self.idle.pop().abort()
+

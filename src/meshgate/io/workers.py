@@ -1,0 +1,101 @@
+"""Process model: N workers share the listening port with SO_REUSEPORT.
+
+Each worker is a forked process running its own uvloop event loop. The
+parent forwards SIGTERM/SIGINT (drain and exit) and SIGHUP (reload) to the
+workers, restarts a worker that dies unexpectedly, and exits 0 when all
+workers drained cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import uvloop
+
+log = logging.getLogger("meshgate.workers")
+
+Serve = Callable[[asyncio.Event, asyncio.Event], Awaitable[int]]
+"""A worker body: runs until the stop event is set; the reload event asks for a reload."""
+
+RESTART_BACKOFF_S = 1.0
+
+
+def run_in_loop(serve: Serve) -> int:
+    """Run ``serve`` on a fresh uvloop loop with signal handlers; return its exit code."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        reload = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        return await serve(stop, reload)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
+def run_workers(serve: Serve, workers: int) -> int:
+    """Run ``serve`` in ``workers`` processes (in this process when 1)."""
+    if workers <= 1:
+        return run_in_loop(serve)
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                code = run_in_loop(serve)
+            except BaseException:
+                log.exception("worker %d crashed", index)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = index
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for index in range(workers):
+        spawn(index)
+    log.info("started %d workers: %s", workers, ", ".join(map(str, children)))
+    worst = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            worst = worst or (code if code > 0 else 0)
+            continue
+        log.error("worker %d (pid %d) exited with %d; restarting", index, pid, code)
+        time.sleep(RESTART_BACKOFF_S)
+        if not stopping:
+            spawn(index)
+    return worst

@@ -1,0 +1,61 @@
+"""The gateway application: route, run the route's chain, map failures to JSON."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from meshgate.core.router import Match, MethodNotAllowed
+from meshgate.http.messages import Request, Response, error_response, new_request_id
+from meshgate.pipeline.context import RequestContext
+from meshgate.pipeline.runtime import CompiledRoute, Runtime
+
+log = logging.getLogger("meshgate.gateway")
+
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def choose_request_id(request: Request) -> str:
+    """The client's ``x-request-id`` when it is sane, else a new random id."""
+    given = request.headers.get("x-request-id")
+    if given is not None and _VALID_REQUEST_ID.fullmatch(given):
+        return given
+    return new_request_id()
+
+
+class GatewayApp:
+    """Callable the HTTP server runs for each request."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime  # replaced whole on reload
+
+    async def __call__(self, request: Request) -> Response:
+        start = time.monotonic()
+        runtime = self.runtime
+        found = runtime.router.match(request.method, request.path, request.host)
+        if not isinstance(found, Match):
+            rid = choose_request_id(request)
+            if isinstance(found, MethodNotAllowed):
+                allow = ", ".join(found.allowed)
+                return error_response(405, "method not allowed", rid, {"allow": allow})
+            return error_response(404, "no route matches", rid)
+        route: CompiledRoute = found.route
+        ctx = RequestContext(
+            request, route, found.params, choose_request_id(request),
+            start_time=start, deadline=start + route.timeout_s,
+        )
+        try:
+            await route.handler(ctx)
+        except Exception:
+            log.exception(
+                "middleware error on %s %s (request id %s)",
+                request.method, request.path, ctx.request_id,
+            )
+            if ctx.response is not None:
+                await ctx.response.body.aclose()
+            return error_response(500, "internal error", ctx.request_id)
+        if ctx.response is None:
+            log.error("route %s produced no response (request id %s)", route.path, ctx.request_id)
+            return error_response(500, "no response produced", ctx.request_id)
+        return ctx.response

@@ -1,0 +1,63 @@
+"""The per-request context every middleware receives."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from meshgate.http.messages import Request, Response, error_response
+
+if TYPE_CHECKING:
+    from meshgate.pipeline.runtime import CompiledRoute
+
+Next = Callable[[], Awaitable[None]]
+Middleware = Callable[["RequestContext", Next], Awaitable[None]]
+
+
+class RequestContext:
+    """What a middleware sees and changes.
+
+    ``response`` is None until something (the proxy, or a middleware that
+    short-circuits) sets it; middleware before the proxy edits ``request``,
+    middleware after ``await call_next()`` edits ``response``.
+    """
+
+    __slots__ = (
+        "deadline",
+        "params",
+        "request",
+        "request_id",
+        "response",
+        "route",
+        "start_time",
+        "state",
+        "upstream_error",
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        route: CompiledRoute | None,
+        params: dict[str, str],
+        request_id: str,
+        *,
+        start_time: float | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.request = request
+        self.route = route
+        self.params = params
+        self.request_id = request_id
+        self.start_time = time.monotonic() if start_time is None else start_time
+        self.deadline = deadline  # time.monotonic() value by which the upstream must answer
+        self.state: dict[str, Any] = {}
+        self.response: Response | None = None
+        self.upstream_error: Exception | None = None  # set by the proxy when it answered 5xx
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        """Build (and set) a JSON error response carrying the request id."""
+        resp = error_response(status, message, self.request_id, headers)
+        self.response = resp
+        return resp
+

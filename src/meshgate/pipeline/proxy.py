@@ -1,0 +1,180 @@
+"""The terminal middleware: forward the request to an upstream host.
+
+Errors become responses (502/503/504, or the client-side 400/408/413) with
+``ctx.upstream_error`` set, so middleware wrapping the proxy (retry,
+breaker) can see what happened without catching exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from meshgate.http.errors import HTTPError, UpstreamError, UpstreamReset
+from meshgate.http.messages import Body, Headers, Response
+from meshgate.io.upstream import ResponseHead, UpstreamConnection
+from meshgate.pipeline.context import Next, RequestContext
+from meshgate.upstream.cluster import UpstreamHost
+
+log = logging.getLogger("meshgate.proxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+# Headers the proxy sets itself on the upstream request.
+_REQUEST_OWN = frozenset(
+    {"content-length", "expect", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+)
+
+# Request-body pump tasks, referenced until done (asyncio keeps tasks weakly).
+_pumps: set[asyncio.Task[None]] = set()
+
+
+def connection_tokens(headers: list[tuple[str, str]]) -> frozenset[str]:
+    """Header names listed in Connection (they are hop-by-hop too)."""
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name == "connection":
+            tokens.update(t.strip().lower() for t in value.split(","))
+    return frozenset(tokens)
+
+
+def _is_hop(name: str, extra: frozenset[str]) -> bool:
+    return name in HOP_BY_HOP or name.startswith("proxy-") or name in extra
+
+
+def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, bool, bool]:
+    """Serialize the upstream request head; return (head, has_body, chunked)."""
+    req = ctx.request
+    route = ctx.route
+    assert route is not None
+    raw = req.headers.raw()
+    extra = connection_tokens(raw) if "connection" in req.headers else frozenset()
+    removed = route.remove_request_headers
+    parts = [f"{req.method} {req.target} HTTP/1.1\r\n"]
+    forwarded_for = ""
+    has_host = False
+    for name, value in raw:
+        if name in _REQUEST_OWN or _is_hop(name, extra) or name in removed:
+            if name == "x-forwarded-for":
+                forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
+            continue
+        if name == "host":
+            if not route.preserve_host:
+                continue
+            has_host = True
+        parts.append(f"{name}: {value}\r\n")
+    if not has_host:
+        parts.append(f"host: {host.key}\r\n")
+    client = req.client_ip
+    parts.append(f"x-forwarded-for: {forwarded_for}, {client}\r\n" if forwarded_for else
+                 f"x-forwarded-for: {client}\r\n")
+    parts.append(f"x-forwarded-proto: {req.scheme}\r\n")
+    if req.host:
+        parts.append(f"x-forwarded-host: {req.host}\r\n")
+    body = req.body
+    length = body.length
+    has_body = length != 0
+    chunked = False
+    if length is None:
+        parts.append("transfer-encoding: chunked\r\n")
+        chunked = True
+    elif length > 0 or req.method in ("POST", "PUT", "PATCH"):
+        parts.append(f"content-length: {length}\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("latin-1"), has_body, chunked
+
+
+def response_from(head: ResponseHead) -> Response:
+    raw = head.headers
+    extra = connection_tokens(raw)
+    headers = [(n, v) for n, v in raw if not _is_hop(n, extra)]
+    return Response(head.status, Headers.from_lower(headers), head.body)
+
+
+async def _pump(body: Body, conn: UpstreamConnection, chunked: bool) -> None:
+    """Stream the request body upstream; any failure ends the exchange."""
+    try:
+        while chunk := await body.read():
+            await conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if chunked:
+            await conn.write_body(b"0\r\n\r\n")
+        conn.request_written()
+    except HTTPError as exc:
+        conn.fail_exchange(exc)
+    except asyncio.CancelledError:
+        conn.fail_exchange(UpstreamReset("request body transfer cancelled"))
+        raise
+    except Exception as exc:
+        log.exception("request body transfer failed")
+        conn.fail_exchange(UpstreamReset(f"request body transfer failed: {exc}"))
+
+
+async def _exchange(
+    conn: UpstreamConnection, ctx: RequestContext, head: bytes, has_body: bool, chunked: bool
+) -> ResponseHead:
+    req = ctx.request
+    conn.start(head, head_request=req.method == "HEAD", body_follows=has_body)
+    if has_body:
+        body = req.body
+        if body.is_complete():
+            while chunk := await body.read():
+                await conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if chunked:
+                await conn.write_body(b"0\r\n\r\n")
+            conn.request_written()
+        else:
+            task = asyncio.get_running_loop().create_task(_pump(body, conn, chunked))
+            _pumps.add(task)
+            task.add_done_callback(_pumps.discard)
+    assert ctx.deadline is not None
+    return await conn.response_head(max(ctx.deadline - time.monotonic(), 0.001))
+
+
+async def proxy(ctx: RequestContext, call_next: Next) -> None:
+    """Forward to a host of the route's upstream and set ``ctx.response``."""
+    route = ctx.route
+    assert route is not None
+    host = route.cluster.pick()
+    head, has_body, chunked = build_request_head(ctx, host)
+    conn: UpstreamConnection | None = None
+    host.active_requests += 1
+    try:
+        conn = await host.pool.acquire()
+        try:
+            result = await _exchange(conn, ctx, head, has_body, chunked)
+        except UpstreamReset:
+            # A pooled connection the upstream closed just before we used it:
+            # try once on a new connection when nothing of the request was lost.
+            if conn.requests == 1 or conn.got_bytes or has_body:
+                raise
+            conn = await host.pool.connect()
+            result = await _exchange(conn, ctx, head, has_body, chunked)
+        ctx.response = response_from(result)
+    except HTTPError as exc:
+        if conn is not None:
+            conn.abort()
+        if isinstance(exc, UpstreamError):
+            log.warning(
+                "%s %s -> %s (%s): %s", ctx.request.method, ctx.request.path,
+                host.key, route.cluster.name, exc.detail,
+            )
+        ctx.upstream_error = exc
+        ctx.error(exc.status, exc.detail)
+    except BaseException:
+        if conn is not None:
+            conn.abort()
+        raise
+    finally:
+        host.active_requests -= 1
