@@ -68,8 +68,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                 print(problem, file=sys.stderr)
             return 1
         except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", config.listener.host,
-                      config.listener.port, exc.strerror or exc)
+            log.error(
+                "cannot listen on %s:%d: %s",
+                config.listener.host,
+                config.listener.port,
+                exc.strerror or exc,
+            )
             return 1
         while not stop.is_set():
             reload_wait = asyncio.ensure_future(reload.wait())
@@ -105,8 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gateway", help="run the gateway")
     p.add_argument("-c", "--config", required=True, help="gateway.yaml")
-    p.add_argument("--workers", type=int, default=0,
-                   help="worker processes sharing the port (default: number of cores)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes sharing the port (default: number of cores)",
+    )
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("validate", help="check a config file")

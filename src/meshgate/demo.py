@@ -109,7 +109,7 @@ def run_demo(*, print_config: bool = False) -> int:
         print(
             f"meshgate demo: gateway on http://127.0.0.1:{port} (config: examples/demo.yaml)\n"
             f"  curl http://127.0.0.1:{port}/api/v1/users/42\n"
-            f"  curl -X POST -d '{{\"sku\":\"book\"}}' http://127.0.0.1:{port}/api/v1/cart/items\n"
+            f'  curl -X POST -d \'{{"sku":"book"}}\' http://127.0.0.1:{port}/api/v1/cart/items\n'
             f"  curl -X POST -d '{{\"total\":12}}' http://127.0.0.1:{port}/api/v1/orders\n"
             "Ctrl-C to stop.",
             flush=True,

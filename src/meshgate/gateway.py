@@ -62,7 +62,9 @@ class Gateway:
             raise
         log.info(
             "gateway listening on %s:%d (%d routes)",
-            self.config.listener.host, self.port, len(self.config.routes),
+            self.config.listener.host,
+            self.port,
+            len(self.config.routes),
         )
 
     async def reload(self, config: GatewayConfig, doc: LocatedDocument | None = None) -> None:

@@ -181,7 +181,10 @@ class GatewayConfig(_Model):
         30.0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
     middleware: list[MiddlewareRef] = Field(
-        default_factory=lambda: [MiddlewareRef(name="request_id"), MiddlewareRef(name="response_time")],
+        default_factory=lambda: [
+            MiddlewareRef(name="request_id"),
+            MiddlewareRef(name="response_time"),
+        ],
         description="Chain used by routes that do not set their own.",
     )
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
@@ -205,6 +208,9 @@ def reference_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...],
         if route.upstream not in names:
             defined = ", ".join(sorted(names)) or "none"
             errors.append(
-                (("routes", i, "upstream"), f"unknown upstream {route.upstream!r}; defined: {defined}")
+                (
+                    ("routes", i, "upstream"),
+                    f"unknown upstream {route.upstream!r}; defined: {defined}",
+                )
             )
     return errors

@@ -235,14 +235,12 @@ class Router(Generic[T]):
             host = validate_host_pattern(raw)
             if host.startswith("*."):
                 suffix = host[1:]
-                for existing_suffix, tree in self._wild:
-                    if existing_suffix == suffix:
-                        break
-                else:
-                    tree = _Tree()
-                    self._wild.append((suffix, tree))
+                found = next((t for s, t in self._wild if s == suffix), None)
+                if found is None:
+                    found = _Tree()
+                    self._wild.append((suffix, found))
                     self._wild.sort(key=lambda item: len(item[0]), reverse=True)
-                trees.append(tree)
+                trees.append(found)
             else:
                 trees.append(self._exact.setdefault(host, _Tree()))
         return trees

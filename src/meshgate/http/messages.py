@@ -167,7 +167,6 @@ class BytesBody(Body):
         self._data = None
 
 
-
 class Request:
     """A request as the gateway received it; middleware may edit it before the proxy."""
 

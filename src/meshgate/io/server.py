@@ -10,7 +10,6 @@ request body and the idle time between keep-alive requests.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import logging
 import socket
 import time
@@ -18,6 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import cast
 
 import httptools
 
@@ -38,9 +38,7 @@ log = logging.getLogger("meshgate.server")
 
 App = Callable[[Request], Awaitable[Response]]
 
-_STATUS_LINES: dict[int, str] = {
-    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus
-}
+_STATUS_LINES: dict[int, str] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _NO_BODY_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -561,9 +559,7 @@ class HttpServer:
         self.port = 0
 
     async def start(self) -> None:
-        sock = bind_socket(
-            self.listener.host, self.listener.port, reuse_port=self.reuse_port
-        )
+        sock = bind_socket(self.listener.host, self.listener.port, reuse_port=self.reuse_port)
         self._server = await self.loop.create_server(
             lambda: HttpServerProtocol(self), sock=sock, backlog=self.listener.backlog
         )

@@ -9,10 +9,11 @@ connection that is not cleanly finished is closed, never pooled.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 import httptools
 
@@ -306,10 +307,8 @@ class Pool:
             self._sweeper = self.loop.call_later(self.idle_timeout_s, self._sweep)
 
     def _forget(self, conn: UpstreamConnection) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self.idle.remove(conn)
-        except ValueError:
-            pass
 
     def _sweep(self) -> None:
         self._sweeper = None
@@ -328,4 +327,3 @@ class Pool:
             self._sweeper = None
         while self.idle:
             self.idle.pop().abort()
-

@@ -9,6 +9,7 @@ workers drained cleanly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -71,10 +72,8 @@ def run_workers(serve: Serve, workers: int) -> int:
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping = True
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
@@ -87,9 +86,9 @@ def run_workers(serve: Serve, workers: int) -> int:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        index = children.pop(pid, None)
-        if index is None:
+        if pid not in children:
             continue
+        index = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             worst = worst or (code if code > 0 else 0)

@@ -42,15 +42,21 @@ class GatewayApp:
             return error_response(404, "no route matches", rid)
         route: CompiledRoute = found.route
         ctx = RequestContext(
-            request, route, found.params, choose_request_id(request),
-            start_time=start, deadline=start + route.timeout_s,
+            request,
+            route,
+            found.params,
+            choose_request_id(request),
+            start_time=start,
+            deadline=start + route.timeout_s,
         )
         try:
             await route.handler(ctx)
         except Exception:
             log.exception(
                 "middleware error on %s %s (request id %s)",
-                request.method, request.path, ctx.request_id,
+                request.method,
+                request.path,
+                ctx.request_id,
             )
             if ctx.response is not None:
                 await ctx.response.body.aclose()

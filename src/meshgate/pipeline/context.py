@@ -60,4 +60,3 @@ class RequestContext:
         resp = error_response(status, message, self.request_id, headers)
         self.response = resp
         return resp
-

@@ -80,7 +80,7 @@ def config_model(fn: Callable[..., Any]) -> type[BaseModel] | None:
 
 def load_middleware(ref: MiddlewareRef) -> Middleware:
     """Turn one config entry into a ready-to-call middleware."""
-    fn = BUILTINS.get(ref.name)
+    fn: Any = BUILTINS.get(ref.name)
     if fn is None:
         fn = _import(ref.name)
     if not callable(fn) or not inspect.iscoroutinefunction(fn):
@@ -89,11 +89,13 @@ def load_middleware(ref: MiddlewareRef) -> Middleware:
     if model is None:
         if ref.config:
             raise PluginError(f"{ref.name!r} takes no config", ("config",))
-        return fn
+        plain: Middleware = fn
+        return plain
     try:
         cfg = model.model_validate(ref.config)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         loc = ("config", *first["loc"])
         raise PluginError(first["msg"], loc) from None
-    return functools.partial(fn, config=cfg)
+    bound: Middleware = functools.partial(fn, config=cfg)
+    return bound

@@ -78,8 +78,11 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
     if not has_host:
         parts.append(f"host: {host.key}\r\n")
     client = req.client_ip
-    parts.append(f"x-forwarded-for: {forwarded_for}, {client}\r\n" if forwarded_for else
-                 f"x-forwarded-for: {client}\r\n")
+    parts.append(
+        f"x-forwarded-for: {forwarded_for}, {client}\r\n"
+        if forwarded_for
+        else f"x-forwarded-for: {client}\r\n"
+    )
     parts.append(f"x-forwarded-proto: {req.scheme}\r\n")
     if req.host:
         parts.append(f"x-forwarded-host: {req.host}\r\n")
@@ -167,8 +170,12 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
             conn.abort()
         if isinstance(exc, UpstreamError):
             log.warning(
-                "%s %s -> %s (%s): %s", ctx.request.method, ctx.request.path,
-                host.key, route.cluster.name, exc.detail,
+                "%s %s -> %s (%s): %s",
+                ctx.request.method,
+                ctx.request.path,
+                host.key,
+                route.cluster.name,
+                exc.detail,
             )
         ctx.upstream_error = exc
         ctx.error(exc.status, exc.detail)

@@ -51,8 +51,9 @@ class CompiledRoute:
 
 
 class Runtime:
-    def __init__(self, config: GatewayConfig, router: Router[CompiledRoute],
-                 clusters: dict[str, Cluster]) -> None:
+    def __init__(
+        self, config: GatewayConfig, router: Router[CompiledRoute], clusters: dict[str, Cluster]
+    ) -> None:
         self.config = config
         self.router = router
         self.clusters = clusters
@@ -64,7 +65,9 @@ class Runtime:
 
 
 def _chain(
-    refs: Sequence[MiddlewareRef], loc: tuple[str | int, ...], doc: LocatedDocument | None,
+    refs: Sequence[MiddlewareRef],
+    loc: tuple[str | int, ...],
+    doc: LocatedDocument | None,
     problems: list[ConfigProblem],
 ) -> list[Middleware]:
     out: list[Middleware] = []
@@ -80,8 +83,12 @@ def _chain(
     return out
 
 
-def _problem(doc: LocatedDocument | None, loc: tuple[str | int, ...], message: str,
-             problems: list[ConfigProblem]) -> None:
+def _problem(
+    doc: LocatedDocument | None,
+    loc: tuple[str | int, ...],
+    message: str,
+    problems: list[ConfigProblem],
+) -> None:
     if doc is not None:
         problems.append(doc.problem(loc, message))
     else:
@@ -96,7 +103,8 @@ def build_runtime(config: GatewayConfig, doc: LocatedDocument | None = None) -> 
     problems: list[ConfigProblem] = []
     default_chain = _chain(config.middleware, ("middleware",), doc, problems)
     chains = [
-        default_chain if route.middleware is None
+        default_chain
+        if route.middleware is None
         else _chain(route.middleware, ("routes", i, "middleware"), doc, problems)
         for i, route in enumerate(config.routes)
     ]
