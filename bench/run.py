@@ -311,9 +311,12 @@ class Result:
     error_rate: float | None = None
     failure: str | None = None
     failure_log: str | None = None
+    skipped: str | None = None
 
     @property
     def ok(self) -> bool:
+        if self.skipped:
+            return True
         return (
             self.failure is None
             and self.error_rate is not None
@@ -445,6 +448,9 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
 def bench_target(ctx: Context, target: str, upstream_port: int) -> Result:
     if target == "direct":
         return measure(ctx.procs, ctx.pinning, ctx.args, target, upstream_port)
+    if target == "nginx" and ctx.info["nginx"] is None:
+        log("nginx: skipped, nginx is not installed (apt-get install -y nginx-light)")
+        return Result(target, skipped="nginx not installed")
     proxy: Proc | None = None
     try:
         proxy, port = start_proxy(ctx, target, upstream_port)
@@ -518,6 +524,9 @@ def print_table(info: dict[str, Any], results: list[Result], rate: float | None)
     print(header)
     print("-" * len(header))
     for r in results:
+        if r.skipped:
+            print(f"{r.target:<10} skipped: {r.skipped}")
+            continue
         if r.failure:
             print(f"{r.target:<10} FAILED: {r.failure}")
             last = (r.failure_log or "").strip().splitlines()[-1:]
