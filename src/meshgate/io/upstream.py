@@ -207,10 +207,12 @@ class UpstreamConnection(asyncio.Protocol):
         future = self._head_future
         assert future is not None
         if not future.done():
-            self._head_timer = self.loop.call_later(
-                timeout_s, self._fail_head, UpstreamTimeout(f"no response within {timeout_s:g} s")
-            )
+            self._head_timer = self.loop.call_later(timeout_s, self._head_timeout, timeout_s)
         return await future
+
+    def _head_timeout(self, timeout_s: float) -> None:
+        self._head_timer = None
+        self._fail_head(UpstreamTimeout(f"no response within {timeout_s:g} s"))
 
     def fail_exchange(self, exc: Exception) -> None:
         """Our side failed (e.g. the client body broke): drop the connection."""

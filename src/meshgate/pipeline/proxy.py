@@ -32,10 +32,14 @@ HOP_BY_HOP = frozenset(
         "proxy-authorization",
     }
 )
-# Headers the proxy sets itself on the upstream request.
-_REQUEST_OWN = frozenset(
-    {"content-length", "expect", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
-)
+# Not copied to the upstream request: hop-by-hop, or set by the proxy itself.
+_SKIP_REQUEST = HOP_BY_HOP | {
+    "content-length",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+}
 
 # Request-body pump tasks, referenced until done (asyncio keeps tasks weakly).
 _pumps: set[asyncio.Task[None]] = set()
@@ -59,31 +63,34 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
     req = ctx.request
     route = ctx.route
     assert route is not None
-    raw = req.headers.raw()
-    extra = connection_tokens(raw) if "connection" in req.headers else frozenset()
     removed = route.remove_request_headers
-    parts = [f"{req.method} {req.target} HTTP/1.1\r\n"]
+    preserve_host = route.preserve_host
+    kept: list[tuple[str, str]] = []
     forwarded_for = ""
+    connection = ""
     has_host = False
-    for name, value in raw:
-        if name in _REQUEST_OWN or _is_hop(name, extra) or name in removed:
+    for name, value in req.headers.raw():
+        if name in _SKIP_REQUEST or name.startswith("proxy-") or name in removed:
             if name == "x-forwarded-for":
                 forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
+            elif name == "connection":
+                connection = f"{connection},{value}"
             continue
         if name == "host":
-            if not route.preserve_host:
+            if not preserve_host:
                 continue
             has_host = True
-        parts.append(f"{name}: {value}\r\n")
+        kept.append((name, value))
+    if connection:
+        named = {t.strip().lower() for t in connection.split(",")}
+        kept = [kv for kv in kept if kv[0] not in named]
+    parts = [f"{req.method} {req.target} HTTP/1.1\r\n"]
+    parts.extend(f"{name}: {value}\r\n" for name, value in kept)
     if not has_host:
         parts.append(f"host: {host.key}\r\n")
     client = req.client_ip
-    parts.append(
-        f"x-forwarded-for: {forwarded_for}, {client}\r\n"
-        if forwarded_for
-        else f"x-forwarded-for: {client}\r\n"
-    )
-    parts.append(f"x-forwarded-proto: {req.scheme}\r\n")
+    xff = f"{forwarded_for}, {client}" if forwarded_for else client
+    parts.append(f"x-forwarded-for: {xff}\r\nx-forwarded-proto: {req.scheme}\r\n")
     if req.host:
         parts.append(f"x-forwarded-host: {req.host}\r\n")
     body = req.body
