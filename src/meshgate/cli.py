@@ -11,7 +11,6 @@ import sys
 
 from meshgate.config.loader import ConfigError, json_schema, load_config
 
-
 GC_GEN0_THRESHOLD = 50_000
 
 

@@ -8,8 +8,8 @@ unless a middleware asks for it (``await body.read_all(limit)``).
 from __future__ import annotations
 
 import json
-from random import getrandbits
 from collections.abc import AsyncIterator, Iterable, Iterator
+from random import getrandbits
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -255,7 +255,7 @@ class Response:
 
 def new_request_id() -> str:
     """A random 128-bit id, hex encoded (not secret: no syscall per request)."""
-    return "%032x" % getrandbits(128)
+    return f"{getrandbits(128):032x}"
 
 
 def error_response(
