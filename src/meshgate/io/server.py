@@ -177,7 +177,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def _pause(self, flag: int) -> None:
         if not self._pause_flags and self.transport is not None:
             self.transport.pause_reading()
-            if flag == _PAUSE_BODY and self._current_body is not None:
+            if self._current_body is not None:
                 self._cancel_timer()  # waiting on us, not on the client
         self._pause_flags |= flag
 
