@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Throughput/latency benchmark: meshgate vs nginx as a reverse proxy, plus direct upstream.
+"""Throughput/latency benchmark: meshgate vs nginx and a bare Python proxy, plus direct upstream.
 
 One run starts a tiny upstream (nginx ``return 200``, or bench/fast_upstream.py when nginx
 is missing), then measures with wrk, one target at a time:
 
 * ``direct``   - wrk straight to the upstream (reference ceiling);
 * ``nginx``    - nginx reverse proxy, 1 worker, keep-alive pool to the upstream;
+* ``bare``     - bench/bare_proxy.py, a minimal uvloop + httptools proxy (Python floor);
 * ``meshgate`` - ``meshgate gateway --workers 1`` with a generated gateway.yaml.
 
 The proxy under test is pinned to one CPU (default 0), the upstream and wrk to another
-(default 1), identically for both proxies. Stdlib only; see bench/README.md.
+(default 1), identically for every proxy. Stdlib only (bare_proxy.py needs uvloop and
+httptools, which meshgate depends on anyway); see bench/README.md.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from typing import IO, Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 UPSTREAM_BODY = "hello from upstream"
-TARGETS = ("direct", "nginx", "meshgate")
+TARGETS = ("direct", "nginx", "bare", "meshgate")
+# (numerator, denominator) pairs reported as requests/s ratios, e.g. meshgate/nginx.
+RATIOS = (("meshgate", "nginx"), ("meshgate", "bare"))
 MAX_ERROR_RATE = 0.01
 STOP_TIMEOUT_S = 5.0
 
@@ -434,6 +438,10 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
     if target == "nginx":
         conf = proxy_nginx_conf(ctx.tmp / "proxy", port, upstream_port)
         proc = start_nginx(ctx, "proxy", conf, ctx.pinning.proxy)
+    elif target == "bare":
+        cmd = [*ctx.pinning.proxy, sys.executable, str(BENCH_DIR / "bare_proxy.py")]
+        cmd += ["--port", str(port), "--upstream-port", str(upstream_port)]
+        proc = ctx.procs.spawn("bare", cmd, log_path=ctx.tmp / "bare.log")
     else:
         cfg = ctx.tmp / "gateway.yaml"
         cfg.write_text(meshgate_yaml(port, upstream_port, ctx.args.middleware))
@@ -501,19 +509,26 @@ def collect_info(args: argparse.Namespace, pinning: Pinning) -> dict[str, Any]:
     }
 
 
-def ratio(results: list[Result]) -> float | None:
+def ratio(results: list[Result], num: str, den: str) -> float | None:
+    """requests/s of target num divided by that of den; None unless both ran cleanly."""
     by = {r.target: r for r in results}
-    mg, ng = by.get("meshgate"), by.get("nginx")
-    if mg and ng and mg.rps and ng.rps and mg.failure is None and ng.failure is None:
-        return mg.rps / ng.rps
+    a, b = by.get(num), by.get(den)
+    if a and b and a.rps and b.rps and a.failure is None and b.failure is None:
+        return a.rps / b.rps
     return None
+
+
+def ratios(results: list[Result]) -> dict[str, float | None]:
+    return {f"{num}/{den}": ratio(results, num, den) for num, den in RATIOS}
 
 
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(info: dict[str, Any], results: list[Result], rate: float | None) -> None:
+def print_table(
+    info: dict[str, Any], results: list[Result], rates: dict[str, float | None]
+) -> None:
     print(
         f"upstream={info['upstream']}  connections={info['connections']}  "
         f"duration={info['duration_s']}s  middleware={info['middleware']}  "
@@ -538,12 +553,13 @@ def print_table(info: dict[str, Any], results: list[Result], rate: float | None)
             f"{r.target:<10} {fmt(r.rps, '10.0f')} {fmt(r.p50_ms, '9.3f')} "
             f"{fmt(r.p99_ms, '9.3f')} {errors:>14}"
         )
-    print(f"meshgate/nginx rps ratio: {fmt(rate, '.3f')}")
+    for name, rate in rates.items():
+        print(f"{name} rps ratio: {fmt(rate, '.3f')}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Benchmark meshgate against nginx (and direct upstream) with wrk."
+        description="Benchmark meshgate against nginx, a bare Python proxy and direct upstream."
     )
     p.add_argument("--duration", type=int, default=10, help="measured seconds (default 10)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
@@ -621,17 +637,18 @@ def main(argv: list[str] | None = None) -> int:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    rate = ratio(results)
+    rates = ratios(results)
     if args.json:
         doc = {
             "info": ctx.info,
             "results": [{**asdict(r), "ok": r.ok} for r in results],
-            "meshgate_nginx_rps_ratio": rate,
+            # meshgate_nginx_rps_ratio, meshgate_bare_rps_ratio
+            **{f"{k.replace('/', '_')}_rps_ratio": v for k, v in rates.items()},
             "ok": all(r.ok for r in results),
         }
         print(json.dumps(doc, indent=2))
     else:
-        print_table(ctx.info, results, rate)
+        print_table(ctx.info, results, rates)
 
     bad = [r for r in results if not r.ok]
     for r in bad:
