@@ -61,30 +61,46 @@ class LocatedDocument:
             raise ConfigError([ConfigProblem(filename, line, "(yaml)", problem)]) from None
         self.data: Any = {} if node is None else self._build(node, ())
 
+    def _fail(self, node: yaml.Node, loc: Loc, message: str) -> ConfigError:
+        line = node.start_mark.line + 1
+        return ConfigError([ConfigProblem(self.filename, line, key_path(loc), message)])
+
     def _build(self, node: yaml.Node, loc: Loc) -> Any:
         self.lines[loc] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
+            out: dict[str, Any] = {}
+            merged: dict[str, Any] = {}
             for key_node, value_node in node.value:
-                key = self._scalars.construct_object(key_node, deep=True)
-                if key in out:
-                    raise ConfigError(
-                        [
-                            ConfigProblem(
-                                self.filename,
-                                key_node.start_mark.line + 1,
-                                key_path((*loc, str(key))),
-                                "duplicate key",
-                            )
-                        ]
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`
+                    sources = (
+                        value_node.value
+                        if isinstance(value_node, yaml.SequenceNode)
+                        else [value_node]
                     )
+                    for source in sources:
+                        if not isinstance(source, yaml.MappingNode):
+                            raise self._fail(source, loc, "'<<' must merge a mapping")
+                        for k, v in self._build(source, loc).items():
+                            merged.setdefault(k, v)
+                    continue
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise self._fail(key_node, loc, "keys must be plain names")
+                key = str(key_node.value)  # config keys are names: `1` and `true` stay text
                 child = (*loc, key)
+                if key in out:
+                    raise self._fail(key_node, child, "duplicate key")
                 out[key] = self._build(value_node, child)
                 self.lines[child] = key_node.start_mark.line + 1
+            for k, v in merged.items():
+                out.setdefault(k, v)
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._build(item, (*loc, i)) for i, item in enumerate(node.value)]
-        return self._scalars.construct_object(node, deep=True)
+        try:
+            return self._scalars.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise self._fail(node, loc, f"invalid value: {problem}") from None
 
     def line_of(self, loc: Loc) -> int:
         """The line of the deepest known key on ``loc``."""
