@@ -49,6 +49,7 @@ class Recorded:
     body_len: int = 0
     body_complete: bool = False
     conn_id: int = 0
+    abandoned: bool = False  # the gateway closed the connection before the answer
 
     @property
     def path(self) -> str:
@@ -211,8 +212,17 @@ class TestUpstream:
                 n += len(chunk)
             await send(200, json.dumps({"received": n}).encode(), [("Content-Type", "json")])
         elif path == "/slow":
-            await asyncio.sleep(float(query.get("s", "1")))
             await body.read_all()
+            # Sleep, but notice the gateway giving up (EOF or reset) meanwhile.
+            try:
+                early = await asyncio.wait_for(reader.read(1), float(query.get("s", "1")))
+            except TimeoutError:
+                early = None
+            except ConnectionError:
+                early = b""
+            if early is not None:
+                rec.abandoned = True
+                return False
             await send(200, b"slow done")
         elif path == "/reset":
             when = query.get("when", "before")
@@ -347,9 +357,8 @@ class BodyReader:
         if not data:
             raise BodyError("eof in chunk")
         self.remaining -= len(data)
-        if self.remaining == 0:
-            if await r.readexactly(2) != b"\r\n":
-                raise BodyError("bad chunk end")
+        if self.remaining == 0 and await r.readexactly(2) != b"\r\n":
+            raise BodyError("bad chunk end")
         return data
 
 
@@ -492,9 +501,9 @@ class RawConn:
         self.writer.write(data)
         await self.writer.drain()
 
-    async def read_response(self, *, head: bool = False, timeout: float = 5.0) -> RawResponse:
+    async def read_response(self, *, head: bool = False, wait_s: float = 5.0) -> RawResponse:
         """One response (interim 1xx responses are returned on their own)."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait_s):
             try:
                 raw = await self.reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError as exc:
@@ -527,10 +536,10 @@ class RawConn:
                     resp.body = exc.partial
             return resp
 
-    async def read_all(self, timeout: float = 5.0) -> bytes:
+    async def read_all(self, wait_s: float = 5.0) -> bytes:
         """Everything until the peer closes (TimeoutError if it does not)."""
         out = bytearray()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait_s):
             while True:
                 try:
                     data = await self.reader.read(65536)
@@ -541,10 +550,10 @@ class RawConn:
                 out += data
         return bytes(out)
 
-    async def is_closed(self, timeout: float = 3.0) -> bool:
-        """True when the peer closes within ``timeout`` (any extra bytes fail the test)."""
+    async def is_closed(self, wait_s: float = 3.0) -> bool:
+        """True when the peer closes within ``wait_s`` (any extra bytes fail the test)."""
         try:
-            rest = await self.read_all(timeout)
+            rest = await self.read_all(wait_s)
         except TimeoutError:
             return False
         assert rest == b"", f"unexpected bytes before close: {rest[:200]!r}"
@@ -566,7 +575,7 @@ def parse_head(raw: bytes) -> RawResponse:
 
 
 async def raw_exchange(
-    port: int, data: bytes, *, timeout: float = 5.0, head: bool = False
+    port: int, data: bytes, *, wait_s: float = 5.0, head: bool = False
 ) -> tuple[list[RawResponse], bool]:
     """Send ``data``, read responses until the gateway closes; return (responses, closed)."""
     conn = await RawConn.open(port)
@@ -574,13 +583,13 @@ async def raw_exchange(
     closed = False
     try:
         await conn.send(data)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_s
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             try:
-                resp = await conn.read_response(timeout=left, head=head)
+                resp = await conn.read_response(wait_s=left, head=head)
             except IncompleteResponse as exc:
                 assert "b''" in str(exc), str(exc)
                 closed = True
@@ -641,8 +650,8 @@ class GatewayProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    async def wait_listening(self, count: int = 1, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_listening(self, count: int = 1, wait_s: float = 20.0) -> None:
+        deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             found = re.findall(r"gateway listening on [\d.]+:(\d+)", self.log())
             if len(found) >= count:
@@ -654,11 +663,11 @@ class GatewayProcess:
             await asyncio.sleep(0.05)
         raise AssertionError(f"gateway did not start listening; log:\n{self.log()}")
 
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    async def stop(self, sig: int = signal.SIGTERM, wait_s: float = 15.0) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
         try:
-            return await asyncio.wait_for(self.proc.wait(), timeout)
+            return await asyncio.wait_for(self.proc.wait(), wait_s)
         except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
@@ -675,7 +684,9 @@ def subprocess_env() -> dict[str, str]:
 
 
 @pytest.fixture
-async def gateway_process(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[GatewayProcess]]]:
+async def gateway_process(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[..., Awaitable[GatewayProcess]]]:
     """``await start(cfg_dict, workers=1)`` runs ``python -m meshgate gateway`` on it."""
     procs: list[GatewayProcess] = []
 
@@ -704,7 +715,9 @@ async def gateway_process(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitab
             await gp.proc.wait()
 
 
-async def run_cmd(*args: str, timeout: float = 30.0, cwd: Path | None = None) -> tuple[int, str, str]:
+async def run_cmd(
+    *args: str, wait_s: float = 30.0, cwd: Path | None = None
+) -> tuple[int, str, str]:
     """Run a command without blocking the event loop; return (code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         *args,
@@ -715,7 +728,7 @@ async def run_cmd(*args: str, timeout: float = 30.0, cwd: Path | None = None) ->
         cwd=str(cwd or REPO_ROOT),
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), wait_s)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -724,8 +737,8 @@ async def run_cmd(*args: str, timeout: float = 30.0, cwd: Path | None = None) ->
     return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-async def curl(*args: str, timeout: float = 10.0) -> tuple[int, str, str]:
-    return await run_cmd("curl", "-sS", "--max-time", str(timeout), *args, timeout=timeout + 5)
+async def curl(*args: str, max_time_s: float = 10.0) -> tuple[int, str, str]:
+    return await run_cmd("curl", "-sS", "--max-time", str(max_time_s), *args, wait_s=max_time_s + 5)
 
 
 def parse_curl_i(out: str) -> tuple[int, dict[str, list[str]], str]:

@@ -246,7 +246,7 @@ async def test_upgrade_request_is_answered_without_upgrade_and_closed(gateway, u
         b"GET /headers HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
         b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
-    responses, closed = await raw_exchange(gateway.port, raw, timeout=3)
+    responses, closed = await raw_exchange(gateway.port, raw, wait_s=3)
     assert [r.status for r in responses] == [200]
     assert responses[0].header("connection") == "close"
     assert closed
