@@ -51,6 +51,7 @@ async def short_circuit(ctx: RequestContext, call_next: Next) -> None:
             "request_id": ctx.request_id,
             "route": ctx.route.path if ctx.route is not None else None,
             "x_request_id_sent_upstream": ctx.request.headers.get("x-request-id"),
+            "budget_s": (None if ctx.deadline is None else round(ctx.deadline - ctx.start_time, 6)),
         },
     )
 
