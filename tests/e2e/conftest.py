@@ -82,6 +82,9 @@ class TestUpstream:
     ``/status/NNN``       answer status NNN
     ``/headers``          JSON of method, target and received headers
     ``/hop``              a response carrying hop-by-hop headers
+    ``/close-delimited``  body without length, ended by closing the connection
+    ``/interim``          a 103 Early Hints interim response, then 200
+    ``/garbage``          an invalid status line
     anything else         200 JSON like /headers
     """
 
@@ -252,6 +255,27 @@ class TestUpstream:
                 if chunked:
                     writer.write(b"0\r\n\r\n")
             await writer.drain()
+        elif path == "/close-delimited":
+            await body.read_all()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n")
+            writer.write(b"\r\n")
+            for i in range(int(query.get("parts", "3"))):
+                writer.write(b"part%d;" % i)
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            writer.close()
+            return False
+        elif path == "/interim":
+            await body.read_all()
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            await send(200, b"final", [("X-Final", "1")])
+        elif path == "/garbage":
+            await body.read_all()
+            writer.write(b"HTTP/1.1 abc\r\nthis is not http\r\n\r\n")
+            await writer.drain()
+            return False
         elif path.startswith("/status/"):
             await body.read_all()
             status = int(path.rsplit("/", 1)[1])
