@@ -8,7 +8,6 @@ from pathlib import Path
 from textwrap import dedent
 
 import pytest
-import yaml
 
 from meshgate.config.loader import (
     ConfigError,
@@ -382,32 +381,59 @@ def test_yaml_aliases_are_followed() -> None:
     assert config.upstreams[1].instances == config.upstreams[0].instances
 
 
-# --------------------------------------------------------------------------- robustness (bugs)
+# --------------------------------------------------------------------------- YAML edge cases
 
 
-@pytest.mark.xfail(
-    reason="bug: loader.py LocatedDocument._build constructs keys/scalars outside the "
-    "YAMLError handler, so a tag without constructor raises yaml ConstructorError, "
-    "not ConfigError",
-    raises=yaml.constructor.ConstructorError,
-    strict=True,
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "listener:\n  port: !env PORT\n",
+            "gw.yaml:2: listener.port: invalid value: "
+            "could not determine a constructor for the tag '!env'",
+            id="unknown-tag",
+        ),
+        pytest.param(
+            "listener:\n  port: !!int abc\n",
+            "gw.yaml:2: listener.port: invalid value: "
+            "invalid literal for int() with base 10: 'abc'",
+            id="bad-explicit-int",
+        ),
+        pytest.param(
+            "listener: {port: 1}\n? [a, b]\n: 1\n",
+            "gw.yaml:2: (top level): keys must be plain names",
+            id="complex-key",
+        ),
+        pytest.param(
+            "listener:\n  <<: 5\n",
+            "gw.yaml:2: listener: '<<' must merge a mapping",
+            id="merge-of-scalar",
+        ),
+    ],
 )
-def test_unknown_yaml_tag_is_a_config_error() -> None:
-    assert one_problem("listener:\n  port: !env PORT\n").startswith("gw.yaml:2:")
+def test_yaml_construction_errors_are_config_errors(text: str, expected: str) -> None:
+    assert one_problem(text) == expected
 
 
-@pytest.mark.xfail(
-    reason="bug: loader.py LocatedDocument._build does not handle YAML merge keys "
-    "('<<: *anchor'), which yaml.safe_load supports; ConstructorError escapes",
-    raises=yaml.constructor.ConstructorError,
-    strict=True,
-)
+def test_keys_1_and_true_are_distinct_names() -> None:
+    assert problems_of("listener:\n  1: x\n  true: y\n") == [
+        "gw.yaml:2: listener.1: unknown key",
+        "gw.yaml:3: listener.true: unknown key",
+    ]
+
+
+def test_quoted_keys_are_names() -> None:
+    config, _ = parse_config('"timeout_s": 3\n', "gw.yaml")
+    assert config.timeout_s == 3
+
+
 def test_yaml_merge_keys() -> None:
     text = dedent(
         """\
         upstreams:
           - &base
             name: a
+            load_balancer: random
             instances: [{host: h, port: 1}]
           - <<: *base
             name: b
@@ -416,38 +442,95 @@ def test_yaml_merge_keys() -> None:
     config, _ = parse_config(text, "gw.yaml")
     assert [u.name for u in config.upstreams] == ["a", "b"]
     assert config.upstreams[1].instances == config.upstreams[0].instances
+    assert config.upstreams[1].load_balancer == "random"
+
+
+def test_yaml_merge_sequence_first_source_wins() -> None:
+    text = dedent(
+        """\
+        upstreams:
+          - &one
+            name: one
+            load_balancer: random
+            instances: [{host: h1, port: 1}]
+          - &two
+            name: two
+            load_balancer: least_request
+            connect_timeout_s: 2
+            instances: [{host: h2, port: 2}]
+          - <<: [*one, *two]
+            name: three
+        """
+    )
+    config, _ = parse_config(text, "gw.yaml")
+    three = config.upstreams[2]
+    assert three.name == "three"
+    assert three.load_balancer == "random"
+    assert three.connect_timeout_s == 2
+    assert three.instances[0].host == "h1"
+
+
+def test_yaml_merged_value_error_points_at_anchor_definition() -> None:
+    text = dedent(
+        """\
+        upstreams:
+          - &base
+            name: a
+            instances: [{host: h, port: 0}]
+          - <<: *base
+            name: b
+        """
+    )
+    assert problems_of(text) == [
+        "gw.yaml:4: upstreams[0].instances[0].port: Input should be greater than or equal to 1",
+        "gw.yaml:4: upstreams[1].instances[0].port: Input should be greater than or equal to 1",
+    ]
 
 
 @pytest.mark.xfail(
-    reason="bug: loader.py LocatedDocument._build raises a raw ValueError for a "
-    "scalar whose explicit tag does not fit (!!int abc) instead of ConfigError",
-    raises=ValueError,
-    strict=True,
-)
-def test_bad_explicit_scalar_tag_is_a_config_error() -> None:
-    assert one_problem("listener:\n  port: !!int abc\n").startswith("gw.yaml:2:")
-
-
-@pytest.mark.xfail(
-    reason="bug: loader.py LocatedDocument._build uses the constructed key in a dict, "
-    "so an unhashable (complex) YAML key raises TypeError instead of ConfigError",
-    raises=TypeError,
-    strict=True,
-)
-def test_unhashable_key_is_a_config_error() -> None:
-    assert one_problem("listener: {port: 1}\n? [a, b]\n: 1\n").startswith("gw.yaml:2:")
-
-
-@pytest.mark.xfail(
-    reason="bug: loader.py LocatedDocument._build compares constructed keys with "
-    "'key in out', and 1 == True in Python, so distinct YAML keys 1 and true are "
-    "reported as a duplicate",
+    reason="bug: loader.py LocatedDocument._build builds each '<<' source with the "
+    "merging mapping's loc, so self.lines for that loc and for keys set explicitly "
+    "before '<<' are overwritten with the anchor's lines",
     raises=AssertionError,
     strict=True,
 )
-def test_keys_1_and_true_are_not_duplicates() -> None:
-    found = problems_of("listener:\n  1: x\n  true: y\n")
-    assert not any("duplicate key" in p for p in found), found
+def test_yaml_merge_explicit_key_before_merge_keeps_its_line() -> None:
+    text = dedent(
+        """\
+        upstreams:
+          - &base
+            name: a
+            instances: [{host: h, port: 1}]
+          - name: a
+            <<: *base
+        """
+    )
+    assert one_problem(text) == "gw.yaml:5: upstreams[1].name: duplicate upstream name 'a'"
+
+
+@pytest.mark.xfail(
+    reason="bug: loader.py LocatedDocument._build builds each '<<' source with the "
+    "merging mapping's loc, overwriting the lines of keys set explicitly before '<<' "
+    "(and of the mapping itself) with the anchor's lines",
+    raises=AssertionError,
+    strict=True,
+)
+def test_yaml_merge_explicit_value_error_keeps_its_line() -> None:
+    text = dedent(
+        """\
+        upstreams:
+          - &base
+            name: a
+            load_balancer: random
+            instances: [{host: h, port: 1}]
+          - instances: [{host: h, port: 0}]
+            <<: *base
+            name: b
+        """
+    )
+    assert one_problem(text) == (
+        "gw.yaml:6: upstreams[1].instances[0].port: Input should be greater than or equal to 1"
+    )
 
 
 # --------------------------------------------------------------------------- files / schema
