@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -96,6 +97,7 @@ class TestUpstream:
         self.connections = 0
         self.open_connections = 0
         self.close_reused = False  # drop (close, no answer) requests on reused connections
+        self.dropped: list[Recorded] = []  # requests dropped that way
         self.idle_close_s: float | None = None  # close connections idle this long
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -147,6 +149,7 @@ class TestUpstream:
                 rec = _parse_head(head)
                 rec.conn_id = conn_id
                 if self.close_reused and served:
+                    self.dropped.append(rec)
                     writer.transport.abort()
                     break
                 self.requests.append(rec)
@@ -584,6 +587,13 @@ class RawConn:
         return True
 
     async def close(self) -> None:
+        """Close (FIN), without waiting for the peer."""
+        self.writer.transport.abort()
+
+    async def reset(self) -> None:
+        """Abort with a TCP RST (SO_LINGER 0), like a client that crashed."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.writer.transport.abort()
 
 
@@ -641,6 +651,17 @@ def assert_json_error(resp: RawResponse | Any, status: int) -> dict[str, Any]:
     assert isinstance(data.get("error"), str) and data["error"]
     assert re.fullmatch(r"[0-9a-f]{32}|[A-Za-z0-9._:\-]{1,128}", data["request_id"])
     return data
+
+
+async def eventually(predicate: Callable[[], bool], wait_s: float = 3.0) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {wait_s} s")
+        await asyncio.sleep(0.02)
 
 
 # --------------------------------------------------------------------------
