@@ -265,13 +265,6 @@ async def test_body_within_limit_read_by_middleware(app: GatewayApp) -> None:
     assert await resp.body.read_all() == b"abcd"
 
 
-@pytest.mark.xfail(
-    reason="bug: app.py GatewayApp.__call__ maps every Exception from the chain to 500; "
-    "an HTTPError such as BodyTooLarge (raised by Body.read_all(limit) in a middleware) "
-    "should keep its own status (413), as the proxy does for the same errors",
-    raises=AssertionError,
-    strict=True,
-)
 async def test_http_error_from_middleware_keeps_its_status(app: GatewayApp) -> None:
     resp = await app(request("POST", "/upload", {"x-request-id": "r1"}, BytesBody(b"too long")))
     assert resp.status == 413

@@ -65,8 +65,16 @@ class LocatedDocument:
         line = node.start_mark.line + 1
         return ConfigError([ConfigProblem(self.filename, line, key_path(loc), message)])
 
-    def _build(self, node: yaml.Node, loc: Loc) -> Any:
-        self.lines[loc] = node.start_mark.line + 1
+    def _build(self, node: yaml.Node, loc: Loc, own: bool = True) -> Any:
+        """Python data of ``node``, noting each key path's line.
+
+        ``own=False`` (values merged in by ``<<``) only fills lines not set by
+        the mapping's own keys, so errors point where a value is written.
+        """
+        if own:
+            self.lines[loc] = node.start_mark.line + 1
+        else:
+            self.lines.setdefault(loc, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             merged: dict[str, Any] = {}
@@ -80,7 +88,7 @@ class LocatedDocument:
                     for source in sources:
                         if not isinstance(source, yaml.MappingNode):
                             raise self._fail(source, loc, "'<<' must merge a mapping")
-                        for k, v in self._build(source, loc).items():
+                        for k, v in self._build(source, loc, own=False).items():
                             merged.setdefault(k, v)
                     continue
                 if not isinstance(key_node, yaml.ScalarNode):
@@ -89,13 +97,16 @@ class LocatedDocument:
                 child = (*loc, key)
                 if key in out:
                     raise self._fail(key_node, child, "duplicate key")
-                out[key] = self._build(value_node, child)
-                self.lines[child] = key_node.start_mark.line + 1
+                out[key] = self._build(value_node, child, own)
+                if own:
+                    self.lines[child] = key_node.start_mark.line + 1
+                else:
+                    self.lines.setdefault(child, key_node.start_mark.line + 1)
             for k, v in merged.items():
                 out.setdefault(k, v)
             return out
         if isinstance(node, yaml.SequenceNode):
-            return [self._build(item, (*loc, i)) for i, item in enumerate(node.value)]
+            return [self._build(item, (*loc, i), own) for i, item in enumerate(node.value)]
         try:
             return self._scalars.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, TypeError) as exc:

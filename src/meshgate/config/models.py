@@ -26,7 +26,9 @@ class ListenerConfig(_Model):
     """Where the gateway accepts clients and how long it waits for them."""
 
     host: str = Field("127.0.0.1", description="Address to bind (use 0.0.0.0 or :: for all).")
-    port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+    port: int = Field(
+        8080, ge=0, le=65535, strict=True, description="TCP port; 0 picks a free one."
+    )
     backlog: int = Field(2048, ge=1, description="listen() backlog.")
     header_timeout_s: PositiveSeconds = Field(
         10.0, description="Time allowed to receive a whole request head (slowloris guard)."
@@ -60,7 +62,7 @@ class PoolConfig(_Model):
 
 class InstanceConfig(_Model):
     host: str
-    port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535, strict=True)
     weight: int = Field(1, ge=1, le=1000)
 
 

@@ -111,7 +111,31 @@ class _Tree(Generic[T]):
     def __init__(self) -> None:
         self.root: _Node[T] = _Node()
 
-    def add(self, segments: Sequence[str], methods: Iterable[str], route: T, pattern: str) -> None:
+    def conflict(self, segments: Sequence[str], methods: Sequence[str], pattern: str) -> str | None:
+        """Why adding this route would fail, without changing the tree; None if it fits."""
+        node: _Node[T] | None = self.root
+        for seg in segments:
+            assert node is not None
+            if seg == "*":
+                node = node.wildcard
+            elif seg.startswith(":"):
+                if node.param is not None and node.param.param_name != seg[1:]:
+                    return (
+                        f"path pattern {pattern!r}: parameter '{seg}' conflicts with "
+                        f"':{node.param.param_name}' already registered at the same position"
+                    )
+                node = node.param
+            else:
+                node = node.children.get(seg)
+            if node is None:
+                return None
+        assert node is not None
+        for method in methods:
+            if method in node.routes:
+                return f"path pattern {pattern!r}: method {method} is already routed"
+        return None
+
+    def insert(self, segments: Sequence[str], methods: Sequence[str], route: T) -> None:
         node = self.root
         for seg in segments:
             if seg == "*":
@@ -119,14 +143,8 @@ class _Tree(Generic[T]):
                     node.wildcard = _Node()
                 node = node.wildcard
             elif seg.startswith(":"):
-                name = seg[1:]
                 if node.param is None:
-                    node.param = _Node(param_name=name)
-                elif node.param.param_name != name:
-                    raise RouteConflictError(
-                        f"path pattern {pattern!r}: parameter ':{name}' conflicts with "
-                        f"':{node.param.param_name}' already registered at the same position"
-                    )
+                    node.param = _Node(param_name=seg[1:])
                 node = node.param
             else:
                 child = node.children.get(seg)
@@ -134,10 +152,6 @@ class _Tree(Generic[T]):
                     child = node.children[seg] = _Node()
                 node = child
         for method in methods:
-            if method in node.routes:
-                raise RouteConflictError(
-                    f"path pattern {pattern!r}: method {method} is already routed"
-                )
             node.routes[method] = route
 
     def match(
@@ -195,10 +209,10 @@ class _Tree(Generic[T]):
         if not routes:
             return None
         found = routes.get(method)
-        if found is None:
-            found = routes.get(ANY_METHOD)
         if found is None and method == "HEAD":
             found = routes.get("GET")
+        if found is None:
+            found = routes.get(ANY_METHOD)
         if found is None:
             allowed.update(routes)
         return found
@@ -223,9 +237,14 @@ class Router(Generic[T]):
     ) -> None:
         """Register ``route`` for ``path`` (and ``methods``/``hosts``; None = any)."""
         segments = parse_pattern(path)
-        method_list = [m.upper() for m in methods] if methods else [ANY_METHOD]
-        for tree in self._trees_for(hosts):
-            tree.add(segments, method_list, route, path)
+        method_list = list(dict.fromkeys(m.upper() for m in methods)) if methods else [ANY_METHOD]
+        trees = self._trees_for(hosts)
+        for tree in trees:  # all checks first: a refused route changes nothing
+            problem = tree.conflict(segments, method_list, path)
+            if problem is not None:
+                raise RouteConflictError(problem)
+        for tree in trees:
+            tree.insert(segments, method_list, route)
 
     def _trees_for(self, hosts: Iterable[str] | None) -> list[_Tree[T]]:
         if not hosts:

@@ -7,6 +7,7 @@ import re
 import time
 
 from meshgate.core.router import Match, MethodNotAllowed
+from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Request, Response, error_response, new_request_id
 from meshgate.pipeline.context import RequestContext
 from meshgate.pipeline.runtime import CompiledRoute, Runtime
@@ -51,6 +52,10 @@ class GatewayApp:
         )
         try:
             await route.handler(ctx)
+        except HTTPError as exc:  # e.g. BodyTooLarge from body.read_all(limit) in a plugin
+            if ctx.response is not None:
+                await ctx.response.body.aclose()
+            return error_response(exc.status, exc.detail, ctx.request_id)
         except Exception:
             log.exception(
                 "middleware error on %s %s (request id %s)",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +48,10 @@ def _import(path: str) -> Any:
         )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PluginError(f"cannot import module {module_name!r}: {exc}") from None
+    except Exception as exc:  # a plugin's import may fail in any way: report, don't crash
+        raise PluginError(
+            f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     obj = module
     for part in attr.split("."):
         try:
@@ -66,8 +67,14 @@ def config_model(fn: Callable[..., Any]) -> type[BaseModel] | None:
     if len(params) == 2:
         return None
     if len(params) == 3 and params[2].name == "config":
-        hints = typing.get_type_hints(fn)
-        model = hints.get("config")
+        model = params[2].annotation
+        if isinstance(model, str):  # postponed annotation: evaluate only this one
+            try:
+                model = eval(model, getattr(fn, "__globals__", {}))
+            except Exception as exc:
+                raise PluginError(
+                    f"{fn.__qualname__}: cannot resolve the 'config' annotation {model!r}: {exc}"
+                ) from None
         if isinstance(model, type) and issubclass(model, BaseModel):
             return model
         raise PluginError(

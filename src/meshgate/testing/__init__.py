@@ -68,7 +68,7 @@ def make_context(
     request: Request | None = None,
     params: dict[str, str] | None = None,
     request_id: str = "test-request-id",
-    start_time: float = 0.0,
+    start_time: float | None = None,
     **request_kwargs: Any,
 ) -> RequestContext:
     """A context around ``request`` (or a new `make_request`), with no route."""
