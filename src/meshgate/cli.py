@@ -60,6 +60,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 1
     workers = args.workers or os.cpu_count() or 1
+    reservation = None
+    if workers > 1 and config.listener.port == 0:
+        # Every worker must bind the same port: pick it once, here.
+        from meshgate.io.server import bind_socket
+
+        reservation = bind_socket(config.listener.host, 0, reuse_port=True)
+        listener = config.listener.model_copy(update={"port": reservation.getsockname()[1]})
+        config = config.model_copy(update={"listener": listener})
     log = logging.getLogger("meshgate")
 
     async def serve(stop: asyncio.Event, reload: asyncio.Event) -> int:
@@ -100,7 +108,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         log.info("stopped")
         return 0
 
-    return run_workers(serve, workers)
+    try:
+        return run_workers(serve, workers)
+    finally:
+        if reservation is not None:
+            reservation.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -68,12 +68,6 @@ async def test_header_block_just_under_limit_is_served(gw, upstream):
     assert upstream.requests[0].header("x-fill") == "v" * 1500
 
 
-@pytest.mark.xfail(
-    reason="engine bug: max_header_bytes is only checked when httptools delivers a complete "
-    "header (on_header fires when the next field starts), so one endless header line is "
-    "buffered without limit until header_timeout_s and answered 408, not 431",
-    strict=True,
-)
 async def test_single_endless_header_line_is_rejected_by_size(gateway_factory, upstream):
     gw = await gateway_factory(listener={"max_header_bytes": 2048, "header_timeout_s": 2})
     conn = await RawConn.open(gw.port)
@@ -125,11 +119,6 @@ async def test_chunked_body_over_limit_never_gets_2xx(gw, upstream):
     assert all(not r.body_complete for r in upstream.requests)
 
 
-@pytest.mark.xfail(
-    reason="engine bug: server on_body feeds the chunk that crosses max_request_body_bytes into "
-    "the body stream before checking the limit, so the proxy forwards bytes past the limit",
-    strict=True,
-)
 async def test_no_body_bytes_past_the_limit_are_forwarded(gw, upstream):
     chunk = b"1000\r\n" + b"z" * 4096 + b"\r\n"
     data = b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -236,11 +225,6 @@ async def test_invalid_chunk_size_after_good_chunks_is_400(gw, upstream):
     assert all(not r.body_complete for r in upstream.requests)
 
 
-@pytest.mark.xfail(
-    reason="engine bug: a request whose chunked framing already failed while parsing is still "
-    "dispatched; the proxy connects and writes the head upstream before reading the body",
-    strict=True,
-)
 async def test_invalid_chunk_size_in_first_packet_never_reaches_upstream(gw, upstream):
     data = (
         b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -250,11 +234,6 @@ async def test_invalid_chunk_size_in_first_packet_never_reaches_upstream(gw, ups
     assert_nothing_upstream(upstream)
 
 
-@pytest.mark.xfail(
-    reason="engine bug: 'Transfer-Encoding: gzip, chunked' is accepted; the proxy removes the "
-    "gzip coding (hop-by-hop) and forwards the still-gzipped bytes as identity",
-    strict=True,
-)
 async def test_unsupported_transfer_coding_before_chunked_is_refused(gw, upstream):
     data = (
         b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
@@ -265,11 +244,6 @@ async def test_unsupported_transfer_coding_before_chunked_is_refused(gw, upstrea
     assert_nothing_upstream(upstream)
 
 
-@pytest.mark.xfail(
-    reason="engine bug: an HTTP/1.0 request with Transfer-Encoding is parsed as chunked and the "
-    "connection kept alive (RFC 9112 6.1: treat the framing as faulty and close)",
-    strict=True,
-)
 async def test_http10_with_transfer_encoding_does_not_keep_the_connection(gw, upstream):
     data = (
         b"POST /echo HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n"
@@ -283,12 +257,6 @@ async def test_http10_with_transfer_encoding_does_not_keep_the_connection(gw, up
     assert "/headers?smuggled=1" not in [r.target for r in upstream.requests]
 
 
-@pytest.mark.xfail(
-    reason="engine bug: an absolute-form target (GET http://host/path) is routed on the whole "
-    "URL string, so it misses the route for /path (and its middleware) and is forwarded "
-    "verbatim to a catch-all route's upstream, which serves /path",
-    strict=True,
-)
 async def test_absolute_form_target_cannot_bypass_route_middleware(gateway_factory, upstream):
     gw = await gateway_factory(
         routes=[

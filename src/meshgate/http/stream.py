@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Body
 
 HIGH_WATER_BYTES = 256 * 1024
@@ -87,6 +88,11 @@ class StreamBody(Body):
     def on_first_read(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once, when the consumer first asks for data."""
         self._on_first_read = callback
+
+    @property
+    def error(self) -> HTTPError | None:
+        """The HTTP error the stream failed with, if any."""
+        return self._exc if isinstance(self._exc, HTTPError) else None
 
     @property
     def at_eof(self) -> bool:

@@ -115,6 +115,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._header_bytes = 0
+        self._head_raw_bytes = 0  # whole reads that ended inside the head
         self._in_head = False
         self._current: _Pending | None = None  # headers done, body still arriving
         self._current_body: StreamBody | None = None
@@ -225,8 +226,15 @@ class HttpServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return
+        was_in_head = self._in_head
         try:
             self.parser.feed_data(data)
+            if was_in_head and self._in_head:
+                # A header line still unfinished: httptools only reports whole
+                # fields, so count raw bytes too (overshoot is at most one read).
+                self._head_raw_bytes += len(data)
+                if self._head_raw_bytes > self.cfg.max_header_bytes:
+                    self._protocol_error(_Reject(431, "request header fields too large"))
         except httptools.HttpParserUpgrade:
             # Upgrade (WebSocket, h2c) is not served by the HTTP/1.1 engine: the
             # request is answered normally and the connection closed after it.
@@ -258,6 +266,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._head_raw_bytes = 0
         self._in_head = True
         self._set_timer(self.cfg.header_timeout_s, self._on_idle_timeout)
 
@@ -305,6 +314,8 @@ class HttpServerProtocol(asyncio.Protocol):
             codings = [c.strip().lower() for c in te.split(",")]
             if codings[-1] != "chunked":
                 self._raise(400, "Transfer-Encoding must end with chunked")
+            if len(codings) > 1:
+                self._raise(501, f"unsupported transfer coding {te!r}")
             chunked = True
         limit = self.server.max_body_bytes
         if content_length is not None and limit is not None and content_length > limit:
@@ -319,16 +330,21 @@ class HttpServerProtocol(asyncio.Protocol):
             self._set_timer(self.cfg.body_timeout_s, self._on_body_timeout)
         else:
             body = BytesBody(b"")
+        target = self._url.decode("latin-1")
+        if not target.startswith("/") and "://" in target:
+            target = self._origin_form(target, headers)
         request = Request(
             parser.get_method().decode("ascii"),
-            self._url.decode("latin-1"),
+            target,
             Headers.from_lower(headers),
             body,
             client_ip=self.client_ip,
             client_port=self.client_port,
             http_version=version,
         )
-        pending = _Pending(request, parser.should_keep_alive())
+        # HTTP/1.0 with Transfer-Encoding: framing is suspect (RFC 9112 6.1), close after.
+        keep_alive = parser.should_keep_alive() and not (te is not None and version == "1.0")
+        pending = _Pending(request, keep_alive)
         if expect_continue and self._current_body is not None:
             self._current_body.on_first_read(lambda: self._send_continue(pending))
         self._current = pending
@@ -336,18 +352,35 @@ class HttpServerProtocol(asyncio.Protocol):
         if len(self.queue) >= self.cfg.max_pipelined_requests:
             self._pause(_PAUSE_PIPELINE)
 
+    def _origin_form(self, target: str, headers: list[tuple[str, str]]) -> str:
+        """Absolute-form target: route on its path; its authority replaces Host (RFC 9112 3.2.2)."""
+        scheme, _, rest = target.partition("://")
+        if scheme.lower() not in ("http", "https"):
+            self._raise(400, f"unsupported request target scheme {scheme!r}")
+        slash = rest.find("/")
+        query = rest.find("?")
+        cut = min(i for i in (slash, query, len(rest)) if i != -1)
+        authority, path = rest[:cut], rest[cut:]
+        if not authority or "@" in authority:
+            self._raise(400, "invalid authority in the request target")
+        headers[:] = [(n, v) for n, v in headers if n != "host"]
+        headers.append(("host", authority))
+        if not path.startswith("/"):
+            path = "/" + path
+        return path
+
     def on_body(self, data: bytes) -> None:
         body = self._current_body
         if body is None:
             return
-        body.feed(data)
         limit = self.server.max_body_bytes
-        if limit is not None and body.received > limit:
+        if limit is not None and body.received + len(data) > limit:
             body.fail(BodyTooLarge(limit))
             if self._current is not None:
                 self._current.keep_alive = False
             self._stop_reading()
             raise _Reject(413, "request body too large")  # stop the parser here
+        body.feed(data)
         if not self._pause_flags:
             self._set_timer(self.cfg.body_timeout_s, self._on_body_timeout)
 
@@ -396,8 +429,12 @@ class HttpServerProtocol(asyncio.Protocol):
                     return
                 request = pending.request
                 assert request is not None
+                early = request.body.error if isinstance(request.body, StreamBody) else None
                 try:
-                    resp = await self.server.app(request)
+                    if early is not None:  # framing already broken: don't involve the app
+                        resp = error_response(early.status, early.detail, new_request_id())
+                    else:
+                        resp = await self.server.app(request)
                 except Exception:
                     log.exception("unhandled error answering %s %s", request.method, request.path)
                     resp = error_response(500, "internal error", new_request_id())
