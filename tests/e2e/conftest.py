@@ -653,11 +653,14 @@ def assert_json_error(resp: RawResponse | Any, status: int) -> dict[str, Any]:
     return data
 
 
-async def eventually(predicate: Callable[[], bool], wait_s: float = 3.0) -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``wait_s``."""
+async def eventually(predicate: Callable[[], Any], wait_s: float = 3.0) -> None:
+    """Poll ``predicate`` (sync or async) until it holds; fail the test after ``wait_s``."""
     deadline = time.monotonic() + wait_s
     while True:
-        if predicate():
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {wait_s} s")
@@ -691,6 +694,7 @@ class GatewayProcess:
     log_path: Path
     port: int = 0
     ports: list[int] = field(default_factory=list)
+    signalled: bool = False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -708,9 +712,14 @@ class GatewayProcess:
             await asyncio.sleep(0.05)
         raise AssertionError(f"gateway did not start listening; log:\n{self.log()}")
 
+    def send(self, sig: int) -> None:
+        self.signalled = True
+        self.proc.send_signal(sig)
+
     async def stop(self, sig: int = signal.SIGTERM, wait_s: float = 15.0) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
+        """Send ``sig`` (unless `send` already did) and return the exit code."""
+        if self.proc.returncode is None and not self.signalled:
+            self.send(sig)
         try:
             return await asyncio.wait_for(self.proc.wait(), wait_s)
         except TimeoutError:

@@ -43,3 +43,9 @@ async def add_header(ctx: RequestContext, call_next: Next, config: AddHeaderConf
 async def deny(ctx: RequestContext, call_next: Next) -> None:
     """Short-circuits with 403 (an authorization check that never calls the upstream)."""
     ctx.response = Response.json(403, {"error": "forbidden", "path": ctx.request.path})
+
+
+async def next_twice(ctx: RequestContext, call_next: Next) -> None:
+    """A buggy middleware that calls the rest of the chain twice."""
+    await call_next()
+    await call_next()
