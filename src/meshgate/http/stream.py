@@ -114,6 +114,18 @@ class StreamBody(Body):
     def is_complete(self) -> bool:
         return self._eof and self._exc is None
 
+    def take_all(self) -> bytes:
+        """Everything, when `is_complete` (no await needed); marks the body consumed."""
+        assert self._eof and self._exc is None and self._on_first_read is None
+        chunks = self._chunks
+        self._chunks = []
+        self._size = 0
+        self._done = True
+        if self._paused:
+            self._paused = False
+            self._resume()
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
     async def read(self) -> bytes:
         if self._on_first_read is not None:
             callback, self._on_first_read = self._on_first_read, None

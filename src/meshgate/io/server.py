@@ -126,6 +126,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deadline = 0.0  # loop time; 0 = none
+        self._deadline_cb: Callable[[], None] = self._on_idle_timeout
 
     # --- connection lifecycle -------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,7 +142,10 @@ class HttpServerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        self._cancel_timer()
+        self._deadline = 0.0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._current_body is not None:
             self._current_body.fail(ClientDisconnected())
         for pending in self.queue:
@@ -198,25 +204,40 @@ class HttpServerProtocol(asyncio.Protocol):
         self._resume(_PAUSE_BODY)
 
     # --- timers ----------------------------------------------------------
+    # One deadline per connection (head, body or idle), checked lazily: moving it
+    # is an assignment; the timer re-arms itself only when it fires early.
     def _set_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(delay_s, callback)
+        deadline = self.loop.time() + delay_s
+        self._deadline = deadline
+        self._deadline_cb = callback
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = 0.0
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if not deadline or self.closed:
+            return
+        if self.loop.time() < deadline:
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+            return
+        self._deadline = 0.0
+        self._deadline_cb()
 
     def _on_idle_timeout(self) -> None:
-        self._timer = None
         if self._in_head:
             self._protocol_error(_Reject(408, "request header timeout"))
         elif not self.queue and self.transport is not None:
             self.transport.close()
 
     def _on_body_timeout(self) -> None:
-        self._timer = None
         body = self._current_body
         if body is not None:
             body.fail(BodyTimeout(f"no request body data for {self.cfg.body_timeout_s:g} s"))
@@ -524,6 +545,16 @@ class HttpServerProtocol(asyncio.Protocol):
             return True
         if isinstance(body, BytesBody):
             transport.write(head + await body.read())
+            return True
+        if isinstance(body, StreamBody) and body.is_complete():  # whole body already here
+            data = body.take_all()
+            if length is not None and len(data) != length:
+                log.warning("response body ended after %d of %d bytes", len(data), length)
+                transport.abort()
+                return False
+            if chunked:
+                data = (b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data)) if data else b"0\r\n\r\n"
+            transport.write(head + data)
             return True
         return await self._stream_body(transport, head, body, chunked)
 

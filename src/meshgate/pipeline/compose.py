@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 
 from meshgate.pipeline.context import Middleware, RequestContext
 
@@ -14,35 +13,47 @@ class NextCalledTwice(RuntimeError):
     """A middleware awaited ``call_next()`` more than once."""
 
 
-class _Dispatch:
-    """Per-request position in the chain (no closures, so no reference cycles)."""
+class _Next:
+    """``call_next`` of one layer: starts the next layer's coroutine, once."""
 
-    __slots__ = ("chain", "ctx", "index")
+    __slots__ = ("called", "ctx", "fn", "next", "owner")
 
-    def __init__(self, chain: tuple[Middleware, ...], ctx: RequestContext) -> None:
-        self.chain = chain
+    def __init__(self, fn: Middleware | None, ctx: RequestContext, nxt: _Next | None) -> None:
+        self.fn = fn
         self.ctx = ctx
-        self.index = -1
+        self.next = nxt
+        self.called = False
+        self.owner: Middleware | None = None  # the layer this is the call_next of
 
-    async def call(self, i: int) -> None:
-        if i <= self.index:
-            mw = self.chain[i - 1]
-            name = getattr(mw, "__name__", None) or repr(mw)
+    def __call__(self) -> Awaitable[None]:
+        if self.called:
+            name = getattr(self.owner, "__name__", None) or repr(self.owner)
             raise NextCalledTwice(f"middleware {name} called call_next() more than once")
-        self.index = i
-        if i < len(self.chain):
-            await self.chain[i](self.ctx, partial(self.call, i + 1))
+        self.called = True
+        if self.fn is None:
+            return _done()
+        assert self.next is not None
+        return self.fn(self.ctx, self.next)
+
+
+async def _done() -> None:
+    return None
 
 
 def compose(middlewares: Sequence[Middleware]) -> Handler:
     """Chain ``middlewares`` so each wraps the rest.
 
     ``call_next()`` past the last middleware does nothing; calling it twice
-    from the same middleware raises `NextCalledTwice`.
+    from the same middleware raises `NextCalledTwice`. Per request this costs
+    one small object per layer and no extra coroutine frames.
     """
-    chain = tuple(middlewares)
+    chain = tuple(reversed(middlewares))
 
     async def run(ctx: RequestContext) -> None:
-        await _Dispatch(chain, ctx).call(0)
+        nxt = _Next(None, ctx, None)
+        for fn in chain:
+            nxt.owner = fn
+            nxt = _Next(fn, ctx, nxt)
+        await nxt()
 
     return run
