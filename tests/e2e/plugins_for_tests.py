@@ -49,3 +49,10 @@ async def next_twice(ctx: RequestContext, call_next: Next) -> None:
     """A buggy middleware that calls the rest of the chain twice."""
     await call_next()
     await call_next()
+
+
+async def bad_response_header(ctx: RequestContext, call_next: Next) -> None:
+    """Tries to inject a header line through a header value."""
+    await call_next()
+    if ctx.response is not None:
+        ctx.response.headers.set("x-injected", "a\r\nset-cookie: pwned=1")
