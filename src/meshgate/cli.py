@@ -21,13 +21,18 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def _report(exc: ConfigError) -> int:
+    """Print each config problem as ``file:line: key.path: problem``; exit code 1."""
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    return 1
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         config, _ = load_config(args.file)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
+        return _report(exc)
     # Plugins are resolved too, so a bad dotted path fails validation.
     from meshgate.pipeline.runtime import build_runtime
 
@@ -37,9 +42,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         asyncio.run(check())
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
+        return _report(exc)
     print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams)")
     return 0
 
@@ -56,9 +59,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     try:
         config, doc = load_config(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
+        return _report(exc)
     workers = args.workers or os.cpu_count() or 1
     reservation = None
     if workers > 1 and config.listener.port == 0:
@@ -75,9 +76,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         try:
             await gateway.start()
         except ConfigError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
-            return 1
+            return _report(exc)
         except OSError as exc:
             log.error(
                 "cannot listen on %s:%d: %s",

@@ -35,9 +35,19 @@ def users_service(instance: str) -> App:
     return app
 
 
+class _BadBody(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.response = Response.json(400, {"error": f"invalid JSON body: {detail}"})
+
+
 async def _json_body(request: Request) -> Any:
-    raw = await request.body.read_all(MAX_DEMO_BODY)
-    return json.loads(raw) if raw.strip() else {}
+    """The JSON request body ({} when empty); `_BadBody` carries the 400 to answer."""
+    try:
+        raw = await request.body.read_all(MAX_DEMO_BODY)
+        return json.loads(raw) if raw.strip() else {}
+    except (ValueError, BodyTooLarge) as exc:
+        raise _BadBody(str(exc)) from None
 
 
 def cart_service() -> App:
@@ -47,8 +57,8 @@ def cart_service() -> App:
         if request.method == "POST":
             try:
                 item = await _json_body(request)
-            except (ValueError, BodyTooLarge) as exc:
-                return Response.json(400, {"error": f"invalid JSON body: {exc}"})
+            except _BadBody as bad:
+                return bad.response
             items.append(item)
             return Response.json(201, {"items": items, "instance": "cart-1"})
         return Response.json(200, {"items": items, "path": request.path, "instance": "cart-1"})
@@ -63,8 +73,8 @@ def orders_service() -> App:
         if request.method == "POST":
             try:
                 data = await _json_body(request)
-            except (ValueError, BodyTooLarge) as exc:
-                return Response.json(400, {"error": f"invalid JSON body: {exc}"})
+            except _BadBody as bad:
+                return bad.response
             order = {"id": len(orders) + 1, "order": data}
             orders.append(order)
             return Response.json(201, order)

@@ -113,14 +113,19 @@ def response_from(head: ResponseHead) -> Response:
     return Response(head.status, Headers.from_lower(headers), head.body)
 
 
+async def _send_body(body: Body, conn: UpstreamConnection, chunked: bool) -> None:
+    """Write the whole request body upstream (framed when chunked)."""
+    while chunk := await body.read():
+        await conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+    if chunked:
+        await conn.write_body(b"0\r\n\r\n")
+    conn.request_written()
+
+
 async def _pump(body: Body, conn: UpstreamConnection, chunked: bool) -> None:
-    """Stream the request body upstream; any failure ends the exchange."""
+    """Stream the request body upstream in the background; any failure ends the exchange."""
     try:
-        while chunk := await body.read():
-            await conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-        if chunked:
-            await conn.write_body(b"0\r\n\r\n")
-        conn.request_written()
+        await _send_body(body, conn, chunked)
     except HTTPError as exc:
         conn.fail_exchange(exc)
     except asyncio.CancelledError:
@@ -139,11 +144,7 @@ async def _exchange(
     if has_body:
         body = req.body
         if body.is_complete():
-            while chunk := await body.read():
-                await conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-            if chunked:
-                await conn.write_body(b"0\r\n\r\n")
-            conn.request_written()
+            await _send_body(body, conn, chunked)
         else:
             task = asyncio.get_running_loop().create_task(_pump(body, conn, chunked))
             _pumps.add(task)
