@@ -86,6 +86,7 @@ class TestUpstream:
     ``/close-delimited``  body without length, ended by closing the connection
     ``/interim``          a 103 Early Hints interim response, then 200
     ``/garbage``          an invalid status line
+    ``/switch``           101 Switching Protocols (never asked for)
     anything else         200 JSON like /headers
     """
 
@@ -274,6 +275,15 @@ class TestUpstream:
             await writer.drain()
             await asyncio.sleep(0.05)
             await send(200, b"final", [("X-Final", "1")])
+        elif path == "/switch":
+            await body.read_all()
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n"
+                b"raw tunnel bytes"
+            )
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            return False
         elif path == "/garbage":
             await body.read_all()
             writer.write(b"HTTP/1.1 abc\r\nthis is not http\r\n\r\n")

@@ -287,6 +287,29 @@ async def test_expect_100_continue_over_limit_gets_413_without_100(gateway, upst
     assert upstream.connections == 0
 
 
+async def test_expect_100_continue_answered_by_middleware_gets_no_100(gateway_factory, upstream):
+    gw = await gateway_factory(
+        routes=[
+            {"path": "/admin/*", "upstream": "main",
+             "middleware": ["tests.e2e.plugins_for_tests:deny"]},
+            {"path": "/*", "upstream": "main"},
+        ]
+    )
+    conn = await RawConn.open(gw.port)
+    try:
+        await conn.send(
+            b"POST /admin/upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        resp = await conn.read_response(wait_s=3)
+        assert resp.status == 403  # final answer straight away, no 100 Continue
+        assert resp.header("connection") == "close"  # the unsent body is never read
+        assert await conn.is_closed()
+    finally:
+        await conn.close()
+    assert upstream.connections == 0
+
+
 # --- HEAD, 204, 304 ----------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
 import pytest
@@ -199,3 +200,21 @@ async def test_half_closed_client_waiting_for_slow_upstream_gets_the_answer(gate
         assert await conn.is_closed()
     finally:
         await conn.close()
+
+
+@pytest.mark.xfail(
+    reason="engine bug: UpstreamConnection.data_received catches HttpParserError but not "
+    "httptools.HttpParserUpgrade, so an upstream 101 escapes into the event loop "
+    "('Fatal error: protocol.data_received() call failed')",
+    strict=True,
+)
+async def test_unrequested_101_from_upstream_is_502_without_loop_errors(
+    gateway, upstream, caplog
+):
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    async with httpx.AsyncClient() as client:
+        r = await client.get(url(gateway, "/switch"))
+        assert_json_error(r, 502)
+        await assert_still_serves(client, gateway)
+    loop_errors = [rec.getMessage() for rec in caplog.records if rec.name == "asyncio"]
+    assert loop_errors == []
