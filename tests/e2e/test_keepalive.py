@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import RawConn, make_config, raw_exchange, url
 
@@ -181,3 +182,22 @@ async def test_pool_max_idle_zero_opens_a_connection_per_request(gateway_factory
         for _ in range(3):
             assert (await client.get(url(gw, "/headers"))).status_code == 200
     assert upstream.connections == 3
+
+
+@pytest.mark.xfail(
+    reason="engine bug: on_headers_complete pauses reading (_PAUSE_PIPELINE) as soon as the "
+    "queue reaches max_pipelined_requests, before the queued request's own body is read; with "
+    "max_pipelined_requests: 1 a body not in the head's packet is never read (504)",
+    strict=True,
+)
+async def test_max_pipelined_one_still_reads_request_bodies(gateway_factory, upstream):
+    gw = await gateway_factory(timeout_s=2, listener={"max_pipelined_requests": 1})
+    conn = await RawConn.open(gw.port)
+    try:
+        await conn.send(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n")
+        await asyncio.sleep(0.1)
+        await conn.send(b"hello")
+        resp = await conn.read_response(wait_s=5)
+    finally:
+        await conn.close()
+    assert (resp.status, resp.body) == (200, b"hello")

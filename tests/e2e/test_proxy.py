@@ -374,12 +374,6 @@ async def test_response_header_with_line_break_is_refused(gateway_factory, upstr
     assert responses[0].header("x-injected") is None
 
 
-@pytest.mark.xfail(
-    reason="engine bug: names listed in the client's Connection header are removed in "
-    "build_request_head after middleware ran, so a client strips headers the gateway itself "
-    "adds for the upstream (x-request-id, plugin headers)",
-    strict=True,
-)
 async def test_connection_header_cannot_strip_headers_added_by_the_gateway(
     gateway_factory, upstream
 ):
@@ -408,11 +402,6 @@ async def test_connection_header_cannot_strip_headers_added_by_the_gateway(
     assert rec.header_all("x-team") == ["core"]
 
 
-@pytest.mark.xfail(
-    reason="engine bug: 'Connection: host' removes the Host field after has_host was set in "
-    "build_request_head, so the upstream gets an HTTP/1.1 request without Host",
-    strict=True,
-)
 async def test_connection_naming_host_still_sends_a_host(gateway, upstream):
     responses, _ = await raw_exchange(
         gateway.port, b"GET /headers HTTP/1.1\r\nHost: client.example\r\nConnection: host\r\n\r\n"
