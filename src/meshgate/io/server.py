@@ -42,6 +42,8 @@ _STATUS_LINES: dict[int, str] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" f
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _NO_BODY_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# End-to-end fields a client's Connection header may not remove.
+_NEVER_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 # Reasons reading from the client socket is paused (bit flags).
 _PAUSE_BODY = 1
@@ -317,9 +319,12 @@ class HttpServerProtocol(asyncio.Protocol):
         te: str | None = None
         content_length: int | None = None
         expect_continue = False
+        connection: str | None = None
         for name, value in headers:
             if name == "host":
                 host_count += 1
+            elif name == "connection":
+                connection = value if connection is None else f"{connection},{value}"
             elif name == "transfer-encoding":
                 te = value if te is None else f"{te}, {value}"
             elif name == "content-length":
@@ -351,6 +356,12 @@ class HttpServerProtocol(asyncio.Protocol):
             self._set_timer(self.cfg.body_timeout_s, self._on_body_timeout)
         else:
             body = BytesBody(b"")
+        if connection is not None:
+            # Fields named by Connection are hop-by-hop: they end here, before any
+            # middleware, so they can never remove what the gateway adds later.
+            named = {t.strip().lower() for t in connection.split(",")} - _NEVER_HOP
+            if any(name in named for name, _ in headers):
+                headers[:] = [(n, v) for n, v in headers if n not in named]
         target = self._url.decode("latin-1")
         if not target.startswith("/") and "://" in target:
             target = self._origin_form(target, headers)

@@ -59,7 +59,11 @@ def _is_hop(name: str, extra: frozenset[str]) -> bool:
 
 
 def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, bool, bool]:
-    """Serialize the upstream request head; return (head, has_body, chunked)."""
+    """Serialize the upstream request head; return (head, has_body, chunked).
+
+    Fields the client's Connection header named were already dropped by the
+    server on receipt, so only fixed hop-by-hop names are filtered here.
+    """
     req = ctx.request
     route = ctx.route
     assert route is not None
@@ -67,23 +71,17 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
     preserve_host = route.preserve_host
     kept: list[tuple[str, str]] = []
     forwarded_for = ""
-    connection = ""
     has_host = False
     for name, value in req.headers.raw():
         if name in _SKIP_REQUEST or name.startswith("proxy-") or name in removed:
             if name == "x-forwarded-for":
                 forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
-            elif name == "connection":
-                connection = f"{connection},{value}"
             continue
         if name == "host":
             if not preserve_host:
                 continue
             has_host = True
         kept.append((name, value))
-    if connection:
-        named = {t.strip().lower() for t in connection.split(",")}
-        kept = [kv for kv in kept if kv[0] not in named]
     parts = [f"{req.method} {req.target} HTTP/1.1\r\n"]
     parts.extend(f"{name}: {value}\r\n" for name, value in kept)
     if not has_host:
