@@ -201,3 +201,33 @@ async def test_max_pipelined_one_still_reads_request_bodies(gateway_factory, ups
     finally:
         await conn.close()
     assert (resp.status, resp.body) == (200, b"hello")
+
+
+async def test_pipelined_large_posts_with_mixed_framing(gateway_factory, upstream):
+    gw = await gateway_factory(
+        max_request_body_bytes=None, listener={"max_pipelined_requests": 2}
+    )
+    bodies = [bytes([65 + i]) * (1_000_000 + i) for i in range(5)]
+    data = b""
+    for i, body in enumerate(bodies):
+        if i % 2:
+            data += b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            data += b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+        else:
+            data += b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body)
+            data += body
+    conn = await RawConn.open(gw.port)
+
+    async def writer() -> None:
+        for i in range(0, len(data), 100_000):
+            await conn.send(data[i : i + 100_000])
+
+    try:
+        sending = asyncio.create_task(writer())
+        responses = [await conn.read_response(wait_s=20) for _ in bodies]
+        await sending
+    finally:
+        await conn.close()
+    assert [r.status for r in responses] == [200] * 5
+    assert [r.body == b for r, b in zip(responses, bodies, strict=True)] == [True] * 5
+    assert upstream.connections == 1

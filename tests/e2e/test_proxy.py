@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import (
     GatewayFactory,

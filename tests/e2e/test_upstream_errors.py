@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 
 import httpx
 import pytest
@@ -218,3 +220,39 @@ async def test_unrequested_101_from_upstream_is_502_without_loop_errors(
         await assert_still_serves(client, gateway)
     loop_errors = [rec.getMessage() for rec in caplog.records if rec.name == "asyncio"]
     assert loop_errors == []
+
+
+async def test_connect_timeout_is_503(gateway_factory, upstream):
+    """An upstream whose accept queue is full drops SYNs: the connect times out."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):  # fill the accept queue; nobody ever accepts
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            fillers.append(s)
+        await asyncio.sleep(0.1)
+        cfg = make_config(
+            upstream.port,
+            upstreams=[
+                {
+                    "name": "main",
+                    "connect_timeout_s": 0.3,
+                    "instances": [{"host": "127.0.0.1", "port": port}],
+                }
+            ],
+        )
+        gw = await gateway_factory(cfg)
+        async with httpx.AsyncClient() as client:
+            r = await client.get(url(gw, "/x"))
+        data = assert_json_error(r, 503)
+        assert "timed out" in data["error"]
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
