@@ -87,6 +87,7 @@ class TestUpstream:
     ``/interim``          a 103 Early Hints interim response, then 200
     ``/garbage``          an invalid status line
     ``/switch``           101 Switching Protocols (never asked for)
+    ``/trailers?v=V``     chunked body with a trailer field ``X-Checksum: V``
     anything else         200 JSON like /headers
     """
 
@@ -284,6 +285,13 @@ class TestUpstream:
             await writer.drain()
             await asyncio.sleep(0.2)
             return False
+        elif path == "/trailers":
+            await body.read_all()
+            head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n"
+            writer.write((head + ("" if keep else "Connection: close\r\n") + "\r\n").encode())
+            writer.write(b"4\r\nbody\r\n0\r\nX-Checksum: " + query.get("v", "abc").encode())
+            writer.write(b"\r\n\r\n")
+            await writer.drain()
         elif path == "/garbage":
             await body.read_all()
             writer.write(b"HTTP/1.1 abc\r\nthis is not http\r\n\r\n")
