@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
@@ -426,3 +427,44 @@ async def test_upstream_trailers_never_leak_into_another_response(gateway, upstr
         assert r2.status_code == 200
     assert upstream.connections == 1  # the same pooled upstream connection served both
     assert "x-checksum" not in r2.headers, r2.headers
+
+
+async def test_host_based_routing(gateway_factory, upstream, upstream2):
+    cfg = make_config(
+        upstream.port,
+        upstreams=[
+            {"name": "api", "instances": [{"host": "127.0.0.1", "port": upstream.port}]},
+            {"name": "tenants", "instances": [{"host": "127.0.0.1", "port": upstream2.port}]},
+        ],
+        routes=[
+            {"path": "/*", "hosts": ["api.example.com"], "upstream": "api"},
+            {"path": "/*", "hosts": ["*.tenants.example.com"], "upstream": "tenants"},
+        ],
+    )
+    gw = await gateway_factory(cfg)
+    async with httpx.AsyncClient() as client:
+        a = await client.get(url(gw, "/x"), headers={"host": "API.example.com:8443"})
+        t = await client.get(url(gw, "/x"), headers={"host": "acme.tenants.example.com"})
+        none = await client.get(url(gw, "/x"), headers={"host": "tenants.example.com"})
+    assert a.json()["upstream"] == "up1"
+    assert t.json()["upstream"] == "up2"
+    assert_json_error(none, 404)
+
+
+async def test_many_concurrent_clients(gateway, upstream):
+    async def one(i: int) -> tuple[int, str]:
+        conn = await RawConn.open(gateway.port)
+        try:
+            await conn.send(
+                b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%d"
+                % (len(str(i)), i)
+            )
+            resp = await conn.read_response(wait_s=10)
+            return resp.status, resp.body.decode()
+        finally:
+            await conn.close()
+
+    results = await asyncio.gather(*(one(i) for i in range(100)))
+    assert results == [(200, str(i)) for i in range(100)]
+    assert len(upstream.requests) == 100
+    assert upstream.connections <= 100
