@@ -76,6 +76,7 @@ class TestUpstream:
     ``/echo``             echo the request body (read whole; Content-Length reply)
     ``/echo-stream``      echo each received chunk at once (chunked reply)
     ``/echo-discard``     count the body bytes without keeping them; reply JSON
+                          (``?delay=SEC`` first stops reading for a while)
     ``/slow?s=SEC``       sleep, then answer 200
     ``/reset?when=W&how=H``  W: before (no answer) | partial (head + part of body);
                           H: rst (abort) | fin (close)
@@ -215,6 +216,7 @@ class TestUpstream:
             writer.write(b"0\r\n\r\n")
             await writer.drain()
         elif path == "/echo-discard":
+            await asyncio.sleep(float(query.get("delay", "0")))  # back-pressure on the gateway
             n = 0
             async for chunk in body.chunks(record=False):
                 n += len(chunk)

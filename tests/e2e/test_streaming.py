@@ -360,3 +360,14 @@ async def test_204_and_304_pass_through_without_body(gateway, upstream, status):
         assert (nxt.status, nxt.body) == (200, b"012")
     finally:
         await conn.close()
+
+
+async def test_back_pressure_pause_is_not_a_body_timeout(gateway_factory, upstream):
+    """The upstream stops reading for longer than body_timeout_s: the gateway pauses the
+    client instead of failing the upload with 408."""
+    gw = await gateway_factory(max_request_body_bytes=None, listener={"body_timeout_s": 0.5})
+    total = 48 * 2**20
+    async with httpx.AsyncClient(timeout=30) as client:
+        r = await client.post(url(gw, "/echo-discard?delay=1.5"), content=blocks(total))
+    assert r.status_code == 200
+    assert r.json() == {"received": total}
