@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import os
 import re
@@ -89,6 +90,7 @@ class TestUpstream:
     ``/garbage``          an invalid status line
     ``/switch``           101 Switching Protocols (never asked for)
     ``/trailers?v=V``     chunked body with a trailer field ``X-Checksum: V``
+    ``/te-gzip``          ``Transfer-Encoding: gzip, chunked`` response
     anything else         200 JSON like /headers
     """
 
@@ -293,6 +295,14 @@ class TestUpstream:
             writer.write((head + ("" if keep else "Connection: close\r\n") + "\r\n").encode())
             writer.write(b"4\r\nbody\r\n0\r\nX-Checksum: " + query.get("v", "abc").encode())
             writer.write(b"\r\n\r\n")
+            await writer.drain()
+        elif path == "/te-gzip":
+            await body.read_all()
+            z = gzip.compress(b"plain text body")
+            head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            head += "Transfer-Encoding: gzip, chunked\r\n"
+            writer.write((head + ("" if keep else "Connection: close\r\n") + "\r\n").encode())
+            writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(z), z))
             await writer.drain()
         elif path == "/garbage":
             await body.read_all()
