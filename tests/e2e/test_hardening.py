@@ -337,12 +337,6 @@ async def test_idle_keep_alive_connection_is_closed(gateway_factory, upstream):
     assert len(upstream.requests) == 2
 
 
-@pytest.mark.xfail(
-    reason="engine bug: server on_header keeps appending after the head, to the same list the "
-    "Request's Headers wraps, so chunked trailer fields become request headers forwarded "
-    "upstream (a second Host that bypassed the one-Host check, X-Trailer, ...)",
-    strict=True,
-)
 async def test_request_trailers_do_not_become_headers(gw, upstream):
     data = (
         b"POST /echo HTTP/1.1\r\nHost: good.example\r\nTransfer-Encoding: chunked\r\n"

@@ -184,12 +184,6 @@ async def test_pool_max_idle_zero_opens_a_connection_per_request(gateway_factory
     assert upstream.connections == 3
 
 
-@pytest.mark.xfail(
-    reason="engine bug: on_headers_complete pauses reading (_PAUSE_PIPELINE) as soon as the "
-    "queue reaches max_pipelined_requests, before the queued request's own body is read; with "
-    "max_pipelined_requests: 1 a body not in the head's packet is never read (504)",
-    strict=True,
-)
 async def test_max_pipelined_one_still_reads_request_bodies(gateway_factory, upstream):
     gw = await gateway_factory(timeout_s=2, listener={"max_pipelined_requests": 1})
     conn = await RawConn.open(gw.port)

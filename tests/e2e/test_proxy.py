@@ -412,13 +412,6 @@ async def test_connection_naming_host_still_sends_a_host(gateway, upstream):
     assert upstream.requests[0].header_all("host") == ["client.example"]
 
 
-@pytest.mark.xfail(
-    reason="engine bug: UpstreamConnection.on_header appends trailer fields of a chunked "
-    "response to self._headers after on_headers_complete swapped it out, and nothing resets "
-    "it, so they are prepended to the NEXT response's headers on the pooled connection "
-    "(leaks between clients)",
-    strict=True,
-)
 async def test_upstream_trailers_never_leak_into_another_response(gateway, upstream):
     async with httpx.AsyncClient() as alice, httpx.AsyncClient() as bob:
         r1 = await alice.get(url(gateway, "/trailers?v=alice-secret"))
@@ -470,12 +463,6 @@ async def test_many_concurrent_clients(gateway, upstream):
     assert upstream.connections <= 100
 
 
-@pytest.mark.xfail(
-    reason="engine bug: build_request_head collects the client's X-Forwarded-For in the same "
-    "branch that skips remove_request_headers, so 'remove_request_headers: "
-    "[x-forwarded-for]' still forwards the client's (spoofable) value",
-    strict=True,
-)
 async def test_remove_request_headers_can_drop_untrusted_forwarded_for(gateway_factory, upstream):
     gw = await gateway_factory(
         routes=[{"path": "/*", "upstream": "main", "remove_request_headers": ["x-forwarded-for"]}]

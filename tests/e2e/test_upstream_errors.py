@@ -205,12 +205,6 @@ async def test_half_closed_client_waiting_for_slow_upstream_gets_the_answer(gate
         await conn.close()
 
 
-@pytest.mark.xfail(
-    reason="engine bug: UpstreamConnection.data_received catches HttpParserError but not "
-    "httptools.HttpParserUpgrade, so an upstream 101 escapes into the event loop "
-    "('Fatal error: protocol.data_received() call failed')",
-    strict=True,
-)
 async def test_unrequested_101_from_upstream_is_502_without_loop_errors(
     gateway, upstream, caplog
 ):
@@ -259,12 +253,6 @@ async def test_connect_timeout_is_503(gateway_factory, upstream):
         listener.close()
 
 
-@pytest.mark.xfail(
-    reason="engine bug: UpstreamConnection.on_headers_complete treats any Transfer-Encoding "
-    "as plain chunked; the gzip transfer coding is dropped with the hop-by-hop header and "
-    "the client gets gzip bytes labelled as identity",
-    strict=True,
-)
 async def test_upstream_transfer_coding_is_not_silently_dropped(gateway, upstream):
     responses, _ = await raw_exchange(
         gateway.port, b"GET /te-gzip HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
