@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import RawConn, make_config, raw_exchange, url
 

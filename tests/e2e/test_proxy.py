@@ -6,7 +6,6 @@ import asyncio
 import re
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import (
     GatewayFactory,
