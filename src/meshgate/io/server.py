@@ -303,7 +303,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self.cfg.max_header_bytes:
             self._raise(431, "request header fields too large")
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if self._in_head:  # fields after a chunked body are trailers: counted, dropped
+            self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def _raise(self, status: int, detail: str) -> None:
         self._reject = _Reject(status, detail)
@@ -381,8 +382,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._current_body.on_first_read(lambda: self._send_continue(pending))
         self._current = pending
         self.queue.append(pending)
-        if len(self.queue) >= self.cfg.max_pipelined_requests:
-            self._pause(_PAUSE_PIPELINE)
+        self._headers = []  # the request owns the list now
 
     def _origin_form(self, target: str, headers: list[tuple[str, str]]) -> str:
         """Absolute-form target: route on its path; its authority replaces Host (RFC 9112 3.2.2)."""
@@ -422,6 +422,8 @@ class HttpServerProtocol(asyncio.Protocol):
             self._cancel_timer()
         self._current_body = None
         self._current = None
+        if len(self.queue) >= self.cfg.max_pipelined_requests:
+            self._pause(_PAUSE_PIPELINE)  # enough parsed ahead; bodies of queued ones are in
 
     def _stop_reading(self) -> None:
         self._stopped = True

@@ -53,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_future: asyncio.Future[ResponseHead] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._headers: list[tuple[str, str]] = []
+        self._in_head = False
         self._body: StreamBody | None = None
         self._head_request = False
         self._close_delimited = False
@@ -89,6 +90,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._error = UpstreamBadResponse("upstream switched protocols without being asked")
+            self.abort()
         except httptools.HttpParserError as exc:
             self._error = UpstreamBadResponse(f"invalid response from upstream: {exc}")
             self.abort()
@@ -108,10 +112,16 @@ class UpstreamConnection(asyncio.Protocol):
                 waiter.set_result(None)
 
     # --- parser callbacks --------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._in_head = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if self._in_head:  # fields after a chunked body are trailers: dropped
+            self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             self._headers = []  # interim response (100 Continue, 103): not forwarded
@@ -123,6 +133,12 @@ class UpstreamConnection(asyncio.Protocol):
             if name == "content-length":
                 length = int(value)
             elif name == "transfer-encoding":
+                if value.strip().lower() != "chunked":
+                    # gzip etc. as a transfer coding: we would have to decode it to drop it
+                    self._error = UpstreamBadResponse(f"unsupported transfer coding {value!r}")
+                    self._fail_head(self._error)
+                    self.abort()
+                    return
                 chunked = True
         self._keep_alive = self.parser.should_keep_alive()
         no_body = self._head_request or status in (204, 304)

@@ -73,7 +73,9 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
     forwarded_for = ""
     has_host = False
     for name, value in req.headers.raw():
-        if name in _SKIP_REQUEST or name.startswith("proxy-") or name in removed:
+        if name in removed:  # configured away (may include an untrusted x-forwarded-for)
+            continue
+        if name in _SKIP_REQUEST or name.startswith("proxy-"):
             if name == "x-forwarded-for":
                 forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
             continue
