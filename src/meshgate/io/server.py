@@ -378,7 +378,7 @@ class HttpServerProtocol(asyncio.Protocol):
         # HTTP/1.0 with Transfer-Encoding: framing is suspect (RFC 9112 6.1), close after.
         keep_alive = parser.should_keep_alive() and not (te is not None and version == "1.0")
         pending = _Pending(request, keep_alive)
-        if expect_continue and self._current_body is not None:
+        if expect_continue and self._current_body is not None and version == "1.1":
             self._current_body.on_first_read(lambda: self._send_continue(pending))
         self._current = pending
         self.queue.append(pending)
