@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ Serve = Callable[[asyncio.Event, asyncio.Event], Awaitable[int]]
 """A worker body: runs until the stop event is set; the reload event asks for a reload."""
 
 RESTART_BACKOFF_S = 1.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def run_in_loop(serve: Serve) -> int:
@@ -43,12 +45,25 @@ def run_in_loop(serve: Serve) -> int:
         return runner.run(main())
 
 
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this worker (so it drains) if the parent dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: workers outlive a killed parent
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_workers(serve: Serve, workers: int) -> int:
     """Run ``serve`` in ``workers`` processes (in this process when 1)."""
     if workers <= 1:
         return run_in_loop(serve)
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
+
+    parent = os.getpid()
 
     def spawn(index: int) -> None:
         pid = os.fork()
@@ -58,6 +73,7 @@ def run_workers(serve: Serve, workers: int) -> int:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                _die_with_parent(parent)
                 code = run_in_loop(serve)
             except BaseException:
                 log.exception("worker %d crashed", index)
