@@ -373,11 +373,6 @@ async def test_back_pressure_pause_is_not_a_body_timeout(gateway_factory, upstre
     assert r.json() == {"received": total}
 
 
-@pytest.mark.xfail(
-    reason="engine bug: on_headers_complete honours 'Expect: 100-continue' on HTTP/1.0 "
-    "requests and sends an interim 100 (RFC 9110 10.1.1: MUST ignore it for HTTP/1.0)",
-    strict=True,
-)
 async def test_expect_100_continue_is_ignored_for_http10(gateway, upstream):
     responses, _ = await raw_exchange(
         gateway.port,
