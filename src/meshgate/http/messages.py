@@ -66,16 +66,23 @@ class Headers:
         return any(k == name for k, _ in self._items)
 
     def set(self, name: str, value: str) -> None:
-        """Replace every field called ``name`` with one field."""
+        """Replace every field called ``name`` with one field (in the first one's place)."""
         name = name.lower()
         items = self._items
-        for i, (k, _) in enumerate(items):
-            if k == name:
-                items[i] = (name, value)
-                if any(k2 == name for k2, _ in items[i + 1 :]):
-                    self._items = items[: i + 1] + [kv for kv in items[i + 1 :] if kv[0] != name]
-                return
-        items.append((name, value))
+        found = -1
+        dupes = False
+        for i, kv in enumerate(items):
+            if kv[0] == name:
+                if found < 0:
+                    found = i
+                else:
+                    dupes = True
+        if found < 0:
+            items.append((name, value))
+            return
+        items[found] = (name, value)
+        if dupes:
+            self._items = items[: found + 1] + [kv for kv in items[found + 1 :] if kv[0] != name]
 
     def add(self, name: str, value: str) -> None:
         self._items.append((name.lower(), value))
@@ -145,6 +152,22 @@ class Body:
     async def _iterate(self) -> AsyncIterator[bytes]:
         while chunk := await self.read():
             yield chunk
+
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+"""Fields that describe one connection, never forwarded (plus any ``proxy-*``)."""
 
 
 class BytesBody(Body):

@@ -24,6 +24,7 @@ from meshgate.http.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from meshgate.http.messages import HOP_BY_HOP
 from meshgate.http.stream import StreamBody
 
 log = logging.getLogger("meshgate.upstream")
@@ -126,12 +127,18 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200:
             self._headers = []  # interim response (100 Continue, 103): not forwarded
             return
-        headers, self._headers = self._headers, []
+        raw, self._headers = self._headers, []
+        headers: list[tuple[str, str]] = []  # end-to-end fields only
         length: int | None = None
         chunked = False
-        for name, value in headers:
-            if name == "content-length":
-                length = int(value)
+        connection = ""
+        for name, value in raw:
+            if name not in HOP_BY_HOP and not name.startswith("proxy-"):
+                headers.append((name, value))
+                if name == "content-length":
+                    length = int(value)
+            elif name == "connection":
+                connection = f"{connection},{value}"
             elif name == "transfer-encoding":
                 if value.strip().lower() != "chunked":
                     # gzip etc. as a transfer coding: we would have to decode it to drop it
@@ -140,6 +147,9 @@ class UpstreamConnection(asyncio.Protocol):
                     self.abort()
                     return
                 chunked = True
+        if connection:
+            named = {t.strip().lower() for t in connection.split(",")}
+            headers = [kv for kv in headers if kv[0] not in named]
         self._keep_alive = self.parser.should_keep_alive()
         no_body = self._head_request or status in (204, 304)
         transport = self.transport
@@ -287,16 +297,22 @@ class Pool:
         self.connects = 0  # connections opened, for tests and metrics
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def acquire(self) -> UpstreamConnection:
-        """A pooled idle connection (most recently used first) or a new one."""
-        now = self._clock()
+    def take_idle(self) -> UpstreamConnection | None:
+        """The most recently used live idle connection, if any (no await on the hot path)."""
         idle = self.idle
+        if not idle:
+            return None
+        now = self._clock()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self.idle_timeout_s:
                 return conn
             conn.abort()
-        return await self.connect()
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        """A pooled idle connection or a new one."""
+        return self.take_idle() or await self.connect()
 
     async def connect(self) -> UpstreamConnection:
         try:

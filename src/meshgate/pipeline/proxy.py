@@ -12,26 +12,13 @@ import logging
 import time
 
 from meshgate.http.errors import HTTPError, UpstreamError, UpstreamReset
-from meshgate.http.messages import Body, Headers, Response
+from meshgate.http.messages import HOP_BY_HOP, Body, Headers, Response
 from meshgate.io.upstream import ResponseHead, UpstreamConnection
 from meshgate.pipeline.context import Next, RequestContext
 from meshgate.upstream.cluster import UpstreamHost
 
 log = logging.getLogger("meshgate.proxy")
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-    }
-)
 # Not copied to the upstream request: hop-by-hop, or set by the proxy itself.
 _SKIP_REQUEST = HOP_BY_HOP | {
     "content-length",
@@ -43,19 +30,6 @@ _SKIP_REQUEST = HOP_BY_HOP | {
 
 # Request-body pump tasks, referenced until done (asyncio keeps tasks weakly).
 _pumps: set[asyncio.Task[None]] = set()
-
-
-def connection_tokens(headers: list[tuple[str, str]]) -> frozenset[str]:
-    """Header names listed in Connection (they are hop-by-hop too)."""
-    tokens: set[str] = set()
-    for name, value in headers:
-        if name == "connection":
-            tokens.update(t.strip().lower() for t in value.split(","))
-    return frozenset(tokens)
-
-
-def _is_hop(name: str, extra: frozenset[str]) -> bool:
-    return name in HOP_BY_HOP or name.startswith("proxy-") or name in extra
 
 
 def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, bool, bool]:
@@ -107,10 +81,8 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
 
 
 def response_from(head: ResponseHead) -> Response:
-    raw = head.headers
-    extra = connection_tokens(raw)
-    headers = [(n, v) for n, v in raw if not _is_hop(n, extra)]
-    return Response(head.status, Headers.from_lower(headers), head.body)
+    """The client-facing response (the connection already dropped hop-by-hop fields)."""
+    return Response(head.status, Headers.from_lower(head.headers), head.body)
 
 
 async def _send_body(body: Body, conn: UpstreamConnection, chunked: bool) -> None:
@@ -162,7 +134,7 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
     conn: UpstreamConnection | None = None
     host.active_requests += 1
     try:
-        conn = await host.pool.acquire()
+        conn = host.pool.take_idle() or await host.pool.connect()
         try:
             result = await _exchange(conn, ctx, head, has_body, chunked)
         except UpstreamReset:
