@@ -511,21 +511,16 @@ class HttpServerProtocol(asyncio.Protocol):
             or status in _NO_BODY_STATUS
             or status < 200
         )
-        parts = [status_line(status)]
-        has_date = False
-        for name, value in resp.headers.raw():
-            if name in _FRAMING:
-                continue
-            if name == "date":
-                has_date = True
-            if "\n" in value or "\r" in value:
-                log.error("response header %r has a line break; answering 500", name)
-                await body.aclose()
-                return await self._write_response(
-                    pending, error_response(500, "invalid response header", new_request_id()), keep
-                )
-            parts.append(f"{name}: {value}\r\n")
-        if not has_date:
+        fields = [f"{n}: {v}\r\n" for n, v in resp.headers.raw() if n not in _FRAMING]
+        block = "".join(fields)
+        if block.count("\n") != len(fields) or block.count("\r") != len(fields):
+            log.error("a response header has a line break; answering 500")
+            await body.aclose()
+            return await self._write_response(
+                pending, error_response(500, "invalid response header", new_request_id()), keep
+            )
+        parts = [status_line(status), block]
+        if "date" not in resp.headers:
             parts.append(f"date: {_date.get()}\r\n")
         chunked = False
         length = body.length
