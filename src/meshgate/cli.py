@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Plugins are named by dotted path: find them in the current directory too,
+    # as `python -m meshgate` would.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     _configure_logging(args.log_level)
     code: int = args.func(args)
     return code

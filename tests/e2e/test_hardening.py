@@ -15,6 +15,7 @@ from tests.e2e.conftest import (
     RawConn,
     TestUpstream,
     assert_json_error,
+    make_config,
     raw_exchange,
 )
 
@@ -348,3 +349,45 @@ async def test_request_trailers_do_not_become_headers(gw, upstream):
     for rec in upstream.requests:
         assert rec.header_all("host") == ["good.example"]
         assert rec.header("x-trailer") is None
+
+
+async def test_dot_segments_cannot_escape_a_route(gateway_factory, upstream: TestUpstream):
+    """`/public/../admin/x` is routed (and forwarded) as `/admin/x`, so /admin's chain applies."""
+    gw = await gateway_factory(
+        make_config(
+            upstream.port,
+            routes=[
+                {"path": "/public/*", "upstream": "main"},
+                {
+                    "path": "/admin/*",
+                    "upstream": "main",
+                    "middleware": ["tests.e2e.plugins_for_tests:deny"],
+                },
+            ],
+        )
+    )
+    for target in ("/public/../admin/x", "/public/%2e%2e/admin/x", "/public/./../admin/x"):
+        request = f"GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        responses, _ = await raw_exchange(gw.port, request.encode())
+        assert [r.status for r in responses] == [403], target
+    assert upstream.requests == []
+    responses, _ = await raw_exchange(
+        gw.port, b"GET /public/a/../b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert [r.status for r in responses] == [200]
+    assert [r.target for r in upstream.requests] == ["/public/b"]
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [(b"CONNECT evil.example:443 HTTP/1.1", 405), (b"GET * HTTP/1.1", 400)],
+)
+async def test_connect_and_asterisk_targets_are_refused(
+    gateway_factory, upstream: TestUpstream, request_line: bytes, status: int
+):
+    gw = await gateway_factory(make_config(upstream.port))
+    responses, closed = await raw_exchange(gw.port, request_line + b"\r\nHost: t\r\n\r\n")
+    assert len(responses) == 1
+    assert_json_error(responses[0], status)
+    assert closed
+    assert upstream.requests == []

@@ -32,6 +32,7 @@ from meshgate.http.messages import (
     error_response,
     new_request_id,
 )
+from meshgate.http.paths import normalize_target
 from meshgate.http.stream import StreamBody
 
 log = logging.getLogger("meshgate.server")
@@ -363,11 +364,18 @@ class HttpServerProtocol(asyncio.Protocol):
             named = {t.strip().lower() for t in connection.split(",")} - _NEVER_HOP
             if any(name in named for name, _ in headers):
                 headers[:] = [(n, v) for n, v in headers if n not in named]
+        method = parser.get_method().decode("ascii")
         target = self._url.decode("latin-1")
-        if not target.startswith("/") and "://" in target:
+        if not target.startswith("/"):
+            if method == "CONNECT":
+                self._raise(405, "CONNECT is not supported")
+            if "://" not in target:
+                self._raise(400, "the request target must be a path (origin-form)")
             target = self._origin_form(target, headers)
+        if "/." in target or "%2" in target:
+            target = normalize_target(target)
         request = Request(
-            parser.get_method().decode("ascii"),
+            method,
             target,
             Headers.from_lower(headers),
             body,
