@@ -781,10 +781,19 @@ async def gateway_process(
         log_path = tmp_path / f"gateway{n}.log"
         with log_path.open("wb") as log_file:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "meshgate", "gateway", "-c", str(cfg_path),
-                "--workers", str(workers),
-                stdout=log_file, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                env=subprocess_env(), cwd=str(tmp_path),
+                sys.executable,
+                "-m",
+                "meshgate",
+                "gateway",
+                "-c",
+                str(cfg_path),
+                "--workers",
+                str(workers),
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=subprocess_env(),
+                cwd=str(tmp_path),
             )
         gp = GatewayProcess(proc, log_path)
         procs.append(gp)

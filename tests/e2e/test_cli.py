@@ -98,27 +98,66 @@ async def test_validate_installed_console_script(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "needle", "key", "message"),
     [
-        (("  port: 0", "  port: 0\n  bogus_key: 1"), "bogus_key", "listener.bogus_key",
-         "unknown key"),
-        (("  port: 0", "  port: 99999"), "port: 99999", "listener.port",
-         "less than or equal to 65535"),
+        (
+            ("  port: 0", "  port: 0\n  bogus_key: 1"),
+            "bogus_key",
+            "listener.bogus_key",
+            "unknown key",
+        ),
+        (
+            ("  port: 0", "  port: 99999"),
+            "port: 99999",
+            "listener.port",
+            "less than or equal to 65535",
+        ),
         (("  port: 0", "  port: http"), "port: http", "listener.port", "valid integer"),
-        (("    upstream: users\n    middleware", "    upstream: nope\n    middleware"),
-         "upstream: nope", "routes[1].upstream", "unknown upstream 'nope'; defined: users"),
-        (("tests.e2e.plugins_for_tests:add_header", "no_such_pkg.plugins:add_header"),
-         "no_such_pkg", "routes[1].middleware[1].name", "cannot import module 'no_such_pkg"),
-        (("tests.e2e.plugins_for_tests:add_header", "tests.e2e.plugins_for_tests:missing"),
-         "plugins_for_tests:missing", "routes[1].middleware[1].name", "has no attribute"),
-        (("{name: x-team, value: core}", "{name: x-team}"), "{name: x-team}",
-         "routes[1].middleware[1].config.value", "Field required"),
-        (("methods: [GET]", "methods: [FETCH]"), "FETCH", "routes[0].methods",
-         "unknown HTTP method 'FETCH'"),
-        (("path: /api/users/:id", "path: api/users"), "path: api/users", "routes[0].path",
-         "must start with '/'"),
+        (
+            ("    upstream: users\n    middleware", "    upstream: nope\n    middleware"),
+            "upstream: nope",
+            "routes[1].upstream",
+            "unknown upstream 'nope'; defined: users",
+        ),
+        (
+            ("tests.e2e.plugins_for_tests:add_header", "no_such_pkg.plugins:add_header"),
+            "no_such_pkg",
+            "routes[1].middleware[1].name",
+            "cannot import module 'no_such_pkg",
+        ),
+        (
+            ("tests.e2e.plugins_for_tests:add_header", "tests.e2e.plugins_for_tests:missing"),
+            "plugins_for_tests:missing",
+            "routes[1].middleware[1].name",
+            "has no attribute",
+        ),
+        (
+            ("{name: x-team, value: core}", "{name: x-team}"),
+            "{name: x-team}",
+            "routes[1].middleware[1].config.value",
+            "Field required",
+        ),
+        (
+            ("methods: [GET]", "methods: [FETCH]"),
+            "FETCH",
+            "routes[0].methods",
+            "unknown HTTP method 'FETCH'",
+        ),
+        (
+            ("path: /api/users/:id", "path: api/users"),
+            "path: api/users",
+            "routes[0].path",
+            "must start with '/'",
+        ),
     ],
     ids=[
-        "unknown-key", "port-too-big", "port-not-int", "unknown-upstream", "bad-plugin-module",
-        "bad-plugin-attribute", "bad-plugin-config", "bad-method", "bad-path",
+        "unknown-key",
+        "port-too-big",
+        "port-not-int",
+        "unknown-upstream",
+        "bad-plugin-module",
+        "bad-plugin-attribute",
+        "bad-plugin-config",
+        "bad-method",
+        "bad-path",
     ],
 )
 async def test_validate_reports_file_line_key_problem(tmp_path, edit, needle, key, message):
@@ -214,9 +253,13 @@ async def test_demo_serves_and_stops_on_sigint(tmp_path):
     log_path = tmp_path / "demo.log"
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
-            *MESHGATE, "demo",
-            stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL, env=subprocess_env(), cwd=str(tmp_path),
+            *MESHGATE,
+            "demo",
+            stdout=log_file,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            env=subprocess_env(),
+            cwd=str(tmp_path),
         )
     try:
         try:
@@ -234,8 +277,14 @@ async def test_demo_serves_and_stops_on_sigint(tmp_path):
         assert set(instances) == {"users-1", "users-2"}
 
         code, out, err = await curl(
-            "-i", "-X", "POST", "-H", "content-type: application/json",
-            "--data", '{"total": 12}', f"{base}/api/v1/orders",
+            "-i",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            '{"total": 12}',
+            f"{base}/api/v1/orders",
         )
         assert code == 0, err
         assert out.startswith("HTTP/1.1 201 ")
@@ -244,8 +293,9 @@ async def test_demo_serves_and_stops_on_sigint(tmp_path):
         assert isinstance(order["id"], int)
         assert re.search(r"(?im)^x-request-id: [0-9a-f]{32}\r$", out)
 
-        code, out, err = await curl("-s", "-o", "/dev/null", "-w", "%{http_code}",
-                                    "-X", "DELETE", f"{base}/api/v1/orders")
+        code, out, err = await curl(
+            "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", f"{base}/api/v1/orders"
+        )
         assert (code, out) == (0, "405")
 
         proc.send_signal(signal.SIGINT)

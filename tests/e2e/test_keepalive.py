@@ -154,9 +154,7 @@ async def test_posts_with_bodies_reuse_the_upstream_connection(gateway, upstream
 
 async def test_concurrent_requests_open_parallel_upstream_connections(gateway, upstream):
     async with httpx.AsyncClient() as client:
-        results = await asyncio.gather(
-            *(client.get(url(gateway, "/slow?s=0.3")) for _ in range(4))
-        )
+        results = await asyncio.gather(*(client.get(url(gateway, "/slow?s=0.3")) for _ in range(4)))
         assert [r.status_code for r in results] == [200] * 4
         assert upstream.connections == 4
         # Afterwards the pooled connections serve new requests without new connects.
@@ -197,9 +195,7 @@ async def test_max_pipelined_one_still_reads_request_bodies(gateway_factory, ups
 
 
 async def test_pipelined_large_posts_with_mixed_framing(gateway_factory, upstream):
-    gw = await gateway_factory(
-        max_request_body_bytes=None, listener={"max_pipelined_requests": 2}
-    )
+    gw = await gateway_factory(max_request_body_bytes=None, listener={"max_pipelined_requests": 2})
     bodies = [bytes([65 + i]) * (1_000_000 + i) for i in range(5)]
     data = b""
     for i, body in enumerate(bodies):

@@ -90,8 +90,12 @@ async def test_route_chain_replaces_the_top_level_chain(gateway_factory, upstrea
             {
                 "path": "/tagged/*",
                 "upstream": "main",
-                "middleware": [{"name": f"{PLUGINS}:add_header",
-                                "config": {"name": "x-route", "value": "tagged"}}],
+                "middleware": [
+                    {
+                        "name": f"{PLUGINS}:add_header",
+                        "config": {"name": "x-route", "value": "tagged"},
+                    }
+                ],
             },
             {"path": "/*", "upstream": "main"},
         ]

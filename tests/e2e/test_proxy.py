@@ -235,8 +235,16 @@ async def test_hop_by_hop_request_headers_are_removed(gateway, upstream):
     rec = upstream.requests[0]
     names = {n for n, _ in rec.headers}
     for hop in (
-        "connection", "x-foo", "x-bar", "keep-alive", "te", "trailer",
-        "proxy-authorization", "proxy-connection", "proxy-foo", "upgrade",
+        "connection",
+        "x-foo",
+        "x-bar",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "proxy-foo",
+        "upgrade",
     ):
         assert hop not in names, (hop, rec.headers)
     assert rec.header("x-keep") == "yes"
@@ -263,8 +271,14 @@ async def test_hop_by_hop_response_headers_are_removed(gateway, upstream):
     assert r.status_code == 200
     assert r.content == b"hop"
     for hop in (
-        "x-foo", "x-bar", "keep-alive", "proxy-foo", "proxy-authenticate",
-        "trailer", "te", "upgrade",
+        "x-foo",
+        "x-bar",
+        "keep-alive",
+        "proxy-foo",
+        "proxy-authenticate",
+        "trailer",
+        "te",
+        "upgrade",
     ):
         assert hop not in r.headers, (hop, r.headers)
     assert "connection" not in r.headers or r.headers["connection"].lower() in ("keep-alive",)
@@ -448,8 +462,7 @@ async def test_many_concurrent_clients(gateway, upstream):
         conn = await RawConn.open(gateway.port)
         try:
             await conn.send(
-                b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%d"
-                % (len(str(i)), i)
+                b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%d" % (len(str(i)), i)
             )
             resp = await conn.read_response(wait_s=10)
             return resp.status, resp.body.decode()

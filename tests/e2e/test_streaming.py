@@ -16,6 +16,7 @@ from tests.e2e.conftest import (
     RawConn,
     assert_json_error,
     curl,
+    eventually,
     make_config,
     parse_curl_i,
     raw_exchange,
@@ -236,8 +237,7 @@ async def test_expect_100_continue(gateway, upstream):
     conn = await RawConn.open(gateway.port)
     try:
         await conn.send(
-            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n"
-            b"Expect: 100-continue\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n"
         )
         interim = await conn.read_response(wait_s=3)
         assert (interim.version, interim.status) == ("HTTP/1.1", 100)
@@ -290,8 +290,11 @@ async def test_expect_100_continue_over_limit_gets_413_without_100(gateway, upst
 async def test_expect_100_continue_answered_by_middleware_gets_no_100(gateway_factory, upstream):
     gw = await gateway_factory(
         routes=[
-            {"path": "/admin/*", "upstream": "main",
-             "middleware": ["tests.e2e.plugins_for_tests:deny"]},
+            {
+                "path": "/admin/*",
+                "upstream": "main",
+                "middleware": ["tests.e2e.plugins_for_tests:deny"],
+            },
             {"path": "/*", "upstream": "main"},
         ]
     )
@@ -379,3 +382,19 @@ async def test_expect_100_continue_is_ignored_for_http10(gateway, upstream):
         b"POST /echo HTTP/1.0\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
     )
     assert [(r.status, r.body) for r in responses] == [(200, b"hello")]
+
+
+async def test_client_that_stops_reading_is_dropped_after_send_timeout(gateway_factory, upstream):
+    """A reader that stalls cannot hold the gateway and upstream connections forever."""
+    gw = await gateway_factory(make_config(upstream.port, listener={"send_timeout_s": 0.5}))
+    conn = await RawConn.open(gw.port)
+    await conn.send(b"GET /big?n=268435456 HTTP/1.1\r\nHost: t\r\n\r\n")
+    await eventually(lambda: upstream.open_connections == 1)
+    # Read nothing: socket buffers fill, the gateway waits send_timeout_s, then gives up.
+    await eventually(lambda: upstream.open_connections == 0, wait_s=10)
+    received = 0
+    with contextlib.suppress(ConnectionError):
+        while chunk := await asyncio.wait_for(conn.reader.read(1 << 20), 5):
+            received += len(chunk)
+    assert received < 268435456
+    conn.writer.close()

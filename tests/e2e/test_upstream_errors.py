@@ -205,9 +205,7 @@ async def test_half_closed_client_waiting_for_slow_upstream_gets_the_answer(gate
         await conn.close()
 
 
-async def test_unrequested_101_from_upstream_is_502_without_loop_errors(
-    gateway, upstream, caplog
-):
+async def test_unrequested_101_from_upstream_is_502_without_loop_errors(gateway, upstream, caplog):
     caplog.set_level(logging.ERROR, logger="asyncio")
     async with httpx.AsyncClient() as client:
         r = await client.get(url(gateway, "/switch"))

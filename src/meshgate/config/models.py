@@ -39,6 +39,10 @@ class ListenerConfig(_Model):
     idle_timeout_s: PositiveSeconds = Field(
         60.0, description="Keep-alive: close a connection idle this long between requests."
     )
+    send_timeout_s: PositiveSeconds = Field(
+        60.0,
+        description="A client that accepts no response bytes for this long is disconnected.",
+    )
     max_header_bytes: int = Field(
         32768, ge=1024, description="Request line plus headers larger than this get 431."
     )

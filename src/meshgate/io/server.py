@@ -182,7 +182,13 @@ class HttpServerProtocol(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is None:
             waiter = self._drain_waiter = self.loop.create_future()
-        await waiter
+        try:
+            async with asyncio.timeout(self.cfg.send_timeout_s):
+                await waiter
+        except TimeoutError:
+            raise ClientDisconnected(
+                f"client read nothing for {self.cfg.send_timeout_s:g} s"
+            ) from None
 
     def _pause(self, flag: int) -> None:
         if not self._pause_flags and self.transport is not None:
