@@ -398,3 +398,29 @@ async def test_client_that_stops_reading_is_dropped_after_send_timeout(gateway_f
             received += len(chunk)
     assert received < 268435456
     conn.writer.close()
+
+
+async def test_route_timeout_starts_after_a_slow_upload(gateway_factory, upstream):
+    """As Envoy's route timeout: a body slower than timeout_s is not cut by it."""
+    gw = await gateway_factory(make_config(upstream.port, timeout_s=0.5))
+
+    async def slow_body():
+        for _ in range(3):
+            yield b"x" * 1000
+            await asyncio.sleep(0.4)
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        resp = await client.post(url(gw.port, "/echo-discard"), content=slow_body())
+    assert resp.status_code == 200, resp.text
+    assert upstream.requests[-1].body_len == 3000
+
+
+async def test_route_timeout_still_applies_after_the_upload(gateway_factory, upstream):
+    gw = await gateway_factory(make_config(upstream.port, timeout_s=0.5))
+
+    async def body():
+        yield b"x" * 100
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        resp = await client.post(url(gw.port, "/slow?s=2"), content=body())
+    assert_json_error(resp, 504)

@@ -53,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False  # any response byte for the current exchange
         self._head_future: asyncio.Future[ResponseHead] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timeout_s: float | None = None  # armed once the request is written
         self._headers: list[tuple[str, str]] = []
         self._in_head = False
         self._body: StreamBody | None = None
@@ -205,6 +206,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.requests += 1
         self.got_bytes = False
+        self._head_timeout_s = None
         self._head_request = head_request
         self._request_done = not body_follows
         self._response_done = False
@@ -227,14 +229,27 @@ class UpstreamConnection(asyncio.Protocol):
 
     def request_written(self) -> None:
         self._request_done = True
+        if self._head_timeout_s is not None:
+            self._arm_head_timer(self._head_timeout_s)
         self._maybe_release()
 
     async def response_head(self, timeout_s: float) -> ResponseHead:
+        """Wait for the response head; the timeout runs from the end of the request
+        body (as Envoy's route timeout), so a slow upload is not cut by it."""
         future = self._head_future
         assert future is not None
         if not future.done():
-            self._head_timer = self.loop.call_later(timeout_s, self._head_timeout, timeout_s)
+            if self._request_done:
+                self._arm_head_timer(timeout_s)
+            else:
+                self._head_timeout_s = timeout_s
         return await future
+
+    def _arm_head_timer(self, timeout_s: float) -> None:
+        self._head_timeout_s = None
+        future = self._head_future
+        if future is not None and not future.done() and self._head_timer is None:
+            self._head_timer = self.loop.call_later(timeout_s, self._head_timeout, timeout_s)
 
     def _head_timeout(self, timeout_s: float) -> None:
         self._head_timer = None
