@@ -56,3 +56,9 @@ async def bad_response_header(ctx: RequestContext, call_next: Next) -> None:
     await call_next()
     if ctx.response is not None:
         ctx.response.headers.set("x-injected", "a\r\nset-cookie: pwned=1")
+
+
+async def bad_request_header(ctx: RequestContext, call_next: Next) -> None:
+    """Tries to smuggle a second request line into the upstream request."""
+    ctx.request.headers.set("x-injected", "a\r\n\r\nGET /admin HTTP/1.1")
+    await call_next()

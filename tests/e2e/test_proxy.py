@@ -388,6 +388,16 @@ async def test_response_header_with_line_break_is_refused(gateway_factory, upstr
     assert responses[0].header("x-injected") is None
 
 
+async def test_request_header_with_line_break_never_reaches_the_upstream(gateway_factory, upstream):
+    gw = await gateway_factory(middleware=["tests.e2e.plugins_for_tests:bad_request_header"])
+    responses, _ = await raw_exchange(
+        gw.port, b"GET /headers HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    )
+    assert_json_error(responses[0], 500)
+    assert upstream.requests == []
+    assert upstream.connections == 0
+
+
 async def test_connection_header_cannot_strip_headers_added_by_the_gateway(
     gateway_factory, upstream
 ):

@@ -77,7 +77,13 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
     elif length > 0 or req.method in ("POST", "PUT", "PATCH"):
         parts.append(f"content-length: {length}\r\n")
     parts.append("\r\n")
-    return "".join(parts).encode("latin-1"), has_body, chunked
+    text = "".join(parts)
+    if text.count("\n") != len(parts) or text.count("\r") != len(parts):
+        raise HTTPError("a middleware put a line break into the request line or a header")
+    try:
+        return text.encode("latin-1"), has_body, chunked
+    except UnicodeEncodeError:
+        raise HTTPError("a middleware put a non-latin-1 character into a header") from None
 
 
 def response_from(head: ResponseHead) -> Response:
@@ -130,7 +136,18 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
     route = ctx.route
     assert route is not None
     host = route.cluster.pick()
-    head, has_body, chunked = build_request_head(ctx, host)
+    try:
+        head, has_body, chunked = build_request_head(ctx, host)
+    except HTTPError as exc:
+        log.error(
+            "%s %s: %s (request id %s)",
+            ctx.request.method,
+            ctx.request.path,
+            exc.detail,
+            ctx.request_id,
+        )
+        ctx.error(exc.status, exc.detail)
+        return
     conn: UpstreamConnection | None = None
     host.active_requests += 1
     try:
