@@ -64,7 +64,8 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
         parts.append(f"host: {host.key}\r\n")
     client = req.client_ip
     xff = f"{forwarded_for}, {client}" if forwarded_for else client
-    parts.append(f"x-forwarded-for: {xff}\r\nx-forwarded-proto: {req.scheme}\r\n")
+    parts.append(f"x-forwarded-for: {xff}\r\n")
+    parts.append(f"x-forwarded-proto: {req.scheme}\r\n")  # one line per part: counted below
     if req.host:
         parts.append(f"x-forwarded-host: {req.host}\r\n")
     body = req.body
