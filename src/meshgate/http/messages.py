@@ -180,6 +180,10 @@ class BytesBody(Body):
         self._data: bytes | None = data
 
     async def read(self) -> bytes:
+        return self.take()
+
+    def take(self) -> bytes:
+        """The data, without awaiting (later reads return b"")."""
         data, self._data = self._data, None
         return data or b""
 

@@ -112,6 +112,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.client_port = 0
         self.queue: deque[_Pending] = deque()
         self.task: asyncio.Task[None] | None = None
+        self.fast_busy = False  # an answer is on its way without a task (HttpServer.fast)
         self.closed = False
         self.draining = False
         # parsing state of the request being received
@@ -486,34 +487,89 @@ class HttpServerProtocol(asyncio.Protocol):
                 except Exception:
                     log.exception("unhandled error answering %s %s", request.method, request.path)
                     resp = error_response(500, "internal error", new_request_id())
-                keep = pending.keep_alive and not self.draining
-                body = request.body
-                if isinstance(body, StreamBody) and not body.at_eof:
-                    keep = False  # the rest of an unread body is still on the wire
-                ok = await self._write_response(pending, resp, keep)
-                self.queue.popleft()
-                if self._pause_flags & _PAUSE_PIPELINE and len(self.queue) < (
-                    self.cfg.max_pipelined_requests
-                ):
-                    self._resume(_PAUSE_PIPELINE)
-                if not ok or not keep:
-                    self._close()
+                ok, keep = await self._write_response(pending, resp, self._keep(pending))
+                if not self._finish(ok, keep):
                     return
-            if not self.closed:
-                if self.draining or self._stopped:
-                    if not self._in_head and self._current is None:
-                        self._close()
-                elif not self._in_head and self._current is None:
-                    self._set_timer(self.cfg.idle_timeout_s, self._on_idle_timeout)
+            self._await_next()
         finally:
             self.task = None
+
+    def _keep(self, pending: _Pending) -> bool:
+        """Whether the connection may serve another request after this one."""
+        if not pending.keep_alive or self.draining:
+            return False
+        body = pending.request.body if pending.request is not None else None
+        # The rest of an unread body would still be on the wire.
+        return not (isinstance(body, StreamBody) and not body.at_eof)
+
+    def _finish(self, ok: bool, keep: bool) -> bool:
+        """The head of the queue is answered; False when the connection is done."""
+        self.queue.popleft()
+        if self._pause_flags & _PAUSE_PIPELINE and len(self.queue) < (
+            self.cfg.max_pipelined_requests
+        ):
+            self._resume(_PAUSE_PIPELINE)
+        if not ok or not keep:
+            self._close()
+            return False
+        return True
+
+    def _await_next(self) -> None:
+        """Nothing left to answer: wait for the next request, or close when stopping."""
+        if self.closed or self._in_head or self._current is not None:
+            return
+        if self.draining or self._stopped:
+            self._close()
+        else:
+            self._set_timer(self.cfg.idle_timeout_s, self._on_idle_timeout)
+
+    def fast_done(self, pending: _Pending, resp: Response) -> None:
+        """The application answered ``pending`` without a task (see `HttpServer.fast`)."""
+        self.fast_busy = False
+        if self.closed:
+            if isinstance(resp.body, StreamBody):
+                resp.body.abandon()
+            return
+        head, chunked, ok, keep = self._start_response(pending, resp, self._keep(pending))
+        if head is not None:  # the body streams: finish in a task, then go on with the queue
+            self.task = self.loop.create_task(self._stream_then_run(head, resp, chunked, keep))
+        elif self._finish(ok, keep):
+            if self.queue:
+                self.task = self.loop.create_task(self._run())
+            else:
+                self._await_next()
+
+    async def _stream_then_run(
+        self, head: bytes, resp: Response, chunked: bool, keep: bool
+    ) -> None:
+        assert self.transport is not None
+        ok = await self._stream_body(self.transport, head, resp.body, chunked)
+        if self._finish(ok, keep):
+            self.task = None
+            await self._run()
 
     def _close(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.close()
 
-    async def _write_response(self, pending: _Pending, resp: Response, keep: bool) -> bool:
-        """Send ``resp``; return False when the connection can no longer be used."""
+    async def _write_response(
+        self, pending: _Pending, resp: Response, keep: bool
+    ) -> tuple[bool, bool]:
+        """Send ``resp``; return (connection still usable, keep-alive)."""
+        head, chunked, ok, keep = self._start_response(pending, resp, keep)
+        if head is not None:
+            assert self.transport is not None
+            ok = await self._stream_body(self.transport, head, resp.body, chunked)
+        return ok, keep
+
+    def _start_response(
+        self, pending: _Pending, resp: Response, keep: bool
+    ) -> tuple[bytes | None, bool, bool, bool]:
+        """Serialize the head; write it with the body when the body is in memory.
+
+        Returns ``(head, chunked, ok, keep)``: ``head`` is None when everything
+        was written, else the head still to send before streaming the body.
+        """
         transport = self.transport
         assert transport is not None
         pending.response_started = True
@@ -528,11 +584,7 @@ class HttpServerProtocol(asyncio.Protocol):
         fields = [f"{n}: {v}\r\n" for n, v in resp.headers.raw() if n not in _FRAMING]
         block = "".join(fields)
         if block.count("\n") != len(fields) or block.count("\r") != len(fields):
-            log.error("a response header has a line break; answering 500")
-            await body.aclose()
-            return await self._write_response(
-                pending, error_response(500, "invalid response header", new_request_id()), keep
-            )
+            return self._invalid_head(pending, resp, keep, "a response header has a line break")
         parts = [status_line(status), block]
         if "date" not in resp.headers:
             parts.append(f"date: {_date.get()}\r\n")
@@ -556,29 +608,35 @@ class HttpServerProtocol(asyncio.Protocol):
         try:
             head = "".join(parts).encode("latin-1")
         except UnicodeEncodeError:
-            log.error("response header is not latin-1; answering 500")
-            await body.aclose()
-            return await self._write_response(
-                pending, error_response(500, "invalid response header", new_request_id()), keep
-            )
+            return self._invalid_head(pending, resp, keep, "a response header is not latin-1")
         if head_only:
-            await body.aclose()
+            if isinstance(body, StreamBody):
+                body.abandon()
             transport.write(head)
-            return True
+            return None, False, True, keep
         if isinstance(body, BytesBody):
-            transport.write(head + await body.read())
-            return True
+            transport.write(head + body.take())
+            return None, False, True, keep
         if isinstance(body, StreamBody) and body.is_complete():  # whole body already here
             data = body.take_all()
             if length is not None and len(data) != length:
                 log.warning("response body ended after %d of %d bytes", len(data), length)
                 transport.abort()
-                return False
+                return None, False, False, keep
             if chunked:
                 data = (b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data)) if data else b"0\r\n\r\n"
             transport.write(head + data)
-            return True
-        return await self._stream_body(transport, head, body, chunked)
+            return None, False, True, keep
+        return head, chunked, True, keep
+
+    def _invalid_head(
+        self, pending: _Pending, resp: Response, keep: bool, problem: str
+    ) -> tuple[bytes | None, bool, bool, bool]:
+        log.error("%s; answering 500", problem)
+        if isinstance(resp.body, StreamBody):
+            resp.body.abandon()
+        error = error_response(500, "invalid response header", new_request_id())
+        return self._start_response(pending, error, keep)
 
     async def _stream_body(
         self, transport: asyncio.Transport, head: bytes, body: Body, chunked: bool
