@@ -220,3 +220,18 @@ async def test_pipelined_large_posts_with_mixed_framing(gateway_factory, upstrea
     assert [r.status for r in responses] == [200] * 5
     assert [r.body == b for r, b in zip(responses, bodies, strict=True)] == [True] * 5
     assert upstream.connections == 1
+
+
+async def test_http10_keepalive_client_gets_close_delimited_body_then_close(
+    gateway_factory, upstream
+):
+    """No length and no chunked for HTTP/1.0: the close must end the body (not the idle timer)."""
+    gateway = await gateway_factory(make_config(upstream.port, listener={"idle_timeout_s": 60}))
+    conn = await RawConn.open(gateway.port)
+    await conn.send(b"GET /big?n=5000&mode=chunked HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    raw = await asyncio.wait_for(conn.reader.read(), 10)  # returns only once the gateway closes
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" in head.lower()
+    assert b"transfer-encoding" not in head.lower()
+    assert len(body) == 5000
