@@ -51,9 +51,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.requests = 0  # exchanges started on this connection
         self.got_bytes = False  # any response byte for the current exchange
+        # The response head of the current exchange goes to exactly one of: a future
+        # (`response_head`), a callback (`on_head`), or `_head_result` until asked for.
+        self._head_waiting = False
+        self._head_result: ResponseHead | Exception | None = None
         self._head_future: asyncio.Future[ResponseHead] | None = None
+        self._head_callback: Callable[[ResponseHead | Exception], None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_timeout_s: float | None = None  # armed once the request is written
+        self._feeding = False  # inside data_received: callbacks wait for the whole read
         self._headers: list[tuple[str, str]] = []
         self._in_head = False
         self._body: StreamBody | None = None
@@ -73,8 +79,6 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool._forget(self)
-        if self._head_timer is not None:
-            self._head_timer.cancel()
         body = self._body
         if body is not None and not self._response_done:
             if self._close_delimited and exc is None:
@@ -90,6 +94,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        self._feeding = True
+        try:
+            self._feed(data)
+        finally:
+            self._feeding = False
+        result = self._head_result
+        if result is not None and self._head_callback is not None:
+            self._head_result = None
+            callback, self._head_callback = self._head_callback, None
+            callback(result)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -167,13 +183,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._keep_alive = False
         if no_body:
             self._finish_response()
-        future = self._head_future
-        if future is not None and not future.done():
-            future.set_result(ResponseHead(status, headers, body))
-        self._head_future = None
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._deliver(ResponseHead(status, headers, body))
 
     def on_body(self, data: bytes) -> None:
         if self._body is not None and not self._response_done:
@@ -211,7 +221,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_done = not body_follows
         self._response_done = False
         self._body = None
-        self._head_future = self.loop.create_future()
+        self._head_waiting = True
+        self._head_result = None
         self.transport.write(head)
 
     async def write_body(self, data: bytes) -> None:
@@ -236,19 +247,64 @@ class UpstreamConnection(asyncio.Protocol):
     async def response_head(self, timeout_s: float) -> ResponseHead:
         """Wait for the response head; the timeout runs from the end of the request
         body (as Envoy's route timeout), so a slow upload is not cut by it."""
+        result = self._take_head(timeout_s)
+        if result is None:
+            future: asyncio.Future[ResponseHead] = self.loop.create_future()
+            self._head_future = future
+            return await future
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def on_head(
+        self, timeout_s: float, callback: Callable[[ResponseHead | Exception], None]
+    ) -> None:
+        """Like `response_head`, but call ``callback`` (never inside the parser) instead."""
+        result = self._take_head(timeout_s)
+        if result is None:
+            self._head_callback = callback
+        else:
+            callback(result)
+
+    def _take_head(self, timeout_s: float) -> ResponseHead | Exception | None:
+        result = self._head_result
+        if result is not None:
+            self._head_result = None
+            return result
+        assert self._head_waiting, "no exchange in progress"
+        if self._request_done:
+            self._arm_head_timer(timeout_s)
+        else:
+            self._head_timeout_s = timeout_s
+        return None
+
+    def _deliver(self, result: ResponseHead | Exception) -> None:
+        if not self._head_waiting:
+            return
+        self._head_waiting = False
+        self._head_timeout_s = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         future = self._head_future
-        assert future is not None
-        if not future.done():
-            if self._request_done:
-                self._arm_head_timer(timeout_s)
-            else:
-                self._head_timeout_s = timeout_s
-        return await future
+        if future is not None:
+            self._head_future = None
+            if not future.done():
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+            return
+        callback = self._head_callback
+        if callback is not None and not self._feeding:
+            self._head_callback = None
+            callback(result)
+            return
+        self._head_result = result
 
     def _arm_head_timer(self, timeout_s: float) -> None:
         self._head_timeout_s = None
-        future = self._head_future
-        if future is not None and not future.done() and self._head_timer is None:
+        if self._head_waiting and self._head_timer is None:
             self._head_timer = self.loop.call_later(timeout_s, self._head_timeout, timeout_s)
 
     def _head_timeout(self, timeout_s: float) -> None:
@@ -262,14 +318,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.abort()
 
     def _fail_head(self, exc: Exception) -> None:
-        future = self._head_future
-        if future is not None:
-            self._head_future = None
-            if not future.done():
-                future.set_exception(exc)
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._deliver(exc)
         if isinstance(exc, UpstreamTimeout):
             self.abort()
 
