@@ -51,15 +51,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.requests = 0  # exchanges started on this connection
         self.got_bytes = False  # any response byte for the current exchange
-        # The response head of the current exchange goes to exactly one of: a future
-        # (`response_head`), a callback (`on_head`), or `_head_result` until asked for.
+        # The response head of the current exchange goes to the future of
+        # `response_head`, or waits in `_head_result` until asked for.
         self._head_waiting = False
         self._head_result: ResponseHead | Exception | None = None
         self._head_future: asyncio.Future[ResponseHead] | None = None
-        self._head_callback: Callable[[ResponseHead | Exception], None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timer_at = 0.0
+        self._head_deadline = 0.0  # loop time; 0 = none
+        self._head_limit_s = 0.0
         self._head_timeout_s: float | None = None  # armed once the request is written
-        self._feeding = False  # inside data_received: callbacks wait for the whole read
         self._headers: list[tuple[str, str]] = []
         self._in_head = False
         self._body: StreamBody | None = None
@@ -79,6 +80,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool._forget(self)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         body = self._body
         if body is not None and not self._response_done:
             if self._close_delimited and exc is None:
@@ -94,18 +98,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
-        self._feeding = True
-        try:
-            self._feed(data)
-        finally:
-            self._feeding = False
-        result = self._head_result
-        if result is not None and self._head_callback is not None:
-            self._head_result = None
-            callback, self._head_callback = self._head_callback, None
-            callback(result)
-
-    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -256,16 +248,6 @@ class UpstreamConnection(asyncio.Protocol):
             raise result
         return result
 
-    def on_head(
-        self, timeout_s: float, callback: Callable[[ResponseHead | Exception], None]
-    ) -> None:
-        """Like `response_head`, but call ``callback`` (never inside the parser) instead."""
-        result = self._take_head(timeout_s)
-        if result is None:
-            self._head_callback = callback
-        else:
-            callback(result)
-
     def _take_head(self, timeout_s: float) -> ResponseHead | Exception | None:
         result = self._head_result
         if result is not None:
@@ -283,9 +265,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._head_waiting = False
         self._head_timeout_s = None
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_deadline = 0.0  # the timer, if any, finds nothing due
         future = self._head_future
         if future is not None:
             self._head_future = None
@@ -295,21 +275,33 @@ class UpstreamConnection(asyncio.Protocol):
                 else:
                     future.set_result(result)
             return
-        callback = self._head_callback
-        if callback is not None and not self._feeding:
-            self._head_callback = None
-            callback(result)
-            return
         self._head_result = result
 
     def _arm_head_timer(self, timeout_s: float) -> None:
+        # Lazy like the server's deadlines: moving the deadline is an assignment;
+        # the one timer of this connection re-arms itself when it fires early.
         self._head_timeout_s = None
-        if self._head_waiting and self._head_timer is None:
-            self._head_timer = self.loop.call_later(timeout_s, self._head_timeout, timeout_s)
+        if not self._head_waiting:
+            return
+        deadline = self.loop.time() + timeout_s
+        self._head_deadline = deadline
+        self._head_limit_s = timeout_s
+        if self._head_timer is None or self._head_timer_at > deadline:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer_at = deadline
+            self._head_timer = self.loop.call_at(deadline, self._on_head_timer)
 
-    def _head_timeout(self, timeout_s: float) -> None:
+    def _on_head_timer(self) -> None:
         self._head_timer = None
-        self._fail_head(UpstreamTimeout(f"no response within {timeout_s:g} s"))
+        deadline = self._head_deadline
+        if not deadline or self.closed:
+            return
+        if self.loop.time() < deadline:
+            self._head_timer_at = deadline
+            self._head_timer = self.loop.call_at(deadline, self._on_head_timer)
+            return
+        self._fail_head(UpstreamTimeout(f"no response within {self._head_limit_s:g} s"))
 
     def fail_exchange(self, exc: Exception) -> None:
         """Our side failed (e.g. the client body broke): drop the connection."""
