@@ -34,6 +34,7 @@ from meshgate.http.messages import (
 )
 from meshgate.http.paths import normalize_target
 from meshgate.http.stream import StreamBody
+from meshgate.io.timers import Deadline
 
 log = logging.getLogger("meshgate.server")
 
@@ -129,9 +130,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self._pause_flags = 0
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
-        self._deadline = 0.0  # loop time; 0 = none
+        # One deadline at a time: head, body or idle; `_deadline_cb` says which.
+        self._deadline = Deadline(self.loop, self._on_deadline)
         self._deadline_cb: Callable[[], None] = self._on_idle_timeout
 
     # --- connection lifecycle -------------------------------------------
@@ -146,10 +146,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        self._deadline = 0.0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.cancel()
         if self._current_body is not None:
             self._current_body.fail(ClientDisconnected())
         for pending in self.queue:
@@ -214,32 +211,16 @@ class HttpServerProtocol(asyncio.Protocol):
         self._resume(_PAUSE_BODY)
 
     # --- timers ----------------------------------------------------------
-    # One deadline per connection (head, body or idle), checked lazily: moving it
-    # is an assignment; the timer re-arms itself only when it fires early.
     def _set_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
-        deadline = self.loop.time() + delay_s
-        self._deadline = deadline
         self._deadline_cb = callback
-        if self._timer is None or self._timer_at > deadline:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = deadline
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._deadline.set(delay_s)
 
     def _cancel_timer(self) -> None:
-        self._deadline = 0.0
+        self._deadline.clear()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if not deadline or self.closed:
-            return
-        if self.loop.time() < deadline:
-            self._timer_at = deadline
-            self._timer = self.loop.call_at(deadline, self._on_timer)
-            return
-        self._deadline = 0.0
-        self._deadline_cb()
+    def _on_deadline(self) -> None:
+        if not self.closed:
+            self._deadline_cb()
 
     def _on_idle_timeout(self) -> None:
         if self._in_head:

@@ -26,6 +26,7 @@ from meshgate.http.errors import (
 )
 from meshgate.http.messages import HOP_BY_HOP
 from meshgate.http.stream import StreamBody
+from meshgate.io.timers import Deadline
 
 log = logging.getLogger("meshgate.upstream")
 
@@ -56,9 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_waiting = False
         self._head_result: ResponseHead | Exception | None = None
         self._head_future: asyncio.Future[ResponseHead] | None = None
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._head_timer_at = 0.0
-        self._head_deadline = 0.0  # loop time; 0 = none
+        self._head_deadline = Deadline(self.loop, self._head_timed_out)
         self._head_limit_s = 0.0
         self._head_timeout_s: float | None = None  # armed once the request is written
         self._headers: list[tuple[str, str]] = []
@@ -80,9 +79,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool._forget(self)
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_deadline.cancel()
         body = self._body
         if body is not None and not self._response_done:
             if self._close_delimited and exc is None:
@@ -265,7 +262,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._head_waiting = False
         self._head_timeout_s = None
-        self._head_deadline = 0.0  # the timer, if any, finds nothing due
+        self._head_deadline.clear()
         future = self._head_future
         if future is not None:
             self._head_future = None
@@ -278,30 +275,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_result = result
 
     def _arm_head_timer(self, timeout_s: float) -> None:
-        # Lazy like the server's deadlines: moving the deadline is an assignment;
-        # the one timer of this connection re-arms itself when it fires early.
         self._head_timeout_s = None
-        if not self._head_waiting:
-            return
-        deadline = self.loop.time() + timeout_s
-        self._head_deadline = deadline
-        self._head_limit_s = timeout_s
-        if self._head_timer is None or self._head_timer_at > deadline:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-            self._head_timer_at = deadline
-            self._head_timer = self.loop.call_at(deadline, self._on_head_timer)
+        if self._head_waiting:
+            self._head_limit_s = timeout_s
+            self._head_deadline.set(timeout_s)
 
-    def _on_head_timer(self) -> None:
-        self._head_timer = None
-        deadline = self._head_deadline
-        if not deadline or self.closed:
-            return
-        if self.loop.time() < deadline:
-            self._head_timer_at = deadline
-            self._head_timer = self.loop.call_at(deadline, self._on_head_timer)
-            return
-        self._fail_head(UpstreamTimeout(f"no response within {self._head_limit_s:g} s"))
+    def _head_timed_out(self) -> None:
+        if not self.closed:
+            self._fail_head(UpstreamTimeout(f"no response within {self._head_limit_s:g} s"))
 
     def fail_exchange(self, exc: Exception) -> None:
         """Our side failed (e.g. the client body broke): drop the connection."""
