@@ -10,8 +10,11 @@ is missing), then measures with wrk, one target at a time:
 * ``meshgate`` - ``meshgate gateway --workers 1`` with a generated gateway.yaml.
 
 The proxy under test is pinned to one CPU (default 0), the upstream and wrk to another
-(default 1), identically for every proxy. Stdlib only (bare_proxy.py needs uvloop and
-httptools, which meshgate depends on anyway); see bench/README.md.
+(default 1), identically for every proxy. Besides requests/s, the CPU time each proxy's
+processes use during the measured run (from /proc) gives CPU microseconds per request, a
+per-core figure that does not depend on whether the load side kept up. Stdlib only
+(bare_proxy.py needs uvloop and httptools, which meshgate depends on anyway); see
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 UPSTREAM_BODY = "hello from upstream"
 TARGETS = ("direct", "nginx", "bare", "meshgate")
-# (numerator, denominator) pairs reported as requests/s ratios, e.g. meshgate/nginx.
+# (numerator, denominator) pairs reported as ratios, e.g. meshgate/nginx: requests/s of
+# numerator / denominator, and per core = CPU us/request of denominator / numerator.
 RATIOS = (("meshgate", "nginx"), ("meshgate", "bare"))
+PROC = Path("/proc")
 MAX_ERROR_RATE = 0.01
 STOP_TIMEOUT_S = 5.0
 
@@ -293,6 +298,52 @@ def wait_ready(proc: Proc, port: int, timeout_s: float) -> None:
     )
 
 
+# --------------------------------------------------------------------------- CPU time
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (the command name, which may hold spaces, is cut off)."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:  # gone, or no /proc
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def process_tree(root: int) -> dict[int, list[str]]:
+    """Stat fields of root and every live descendant, found through the parent pids."""
+    stats: dict[int, list[str]] = {}
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in PROC.iterdir():
+            if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))):
+                stats[int(entry.name)] = fields
+                children.setdefault(int(fields[1]), []).append(int(entry.name))  # field 4
+    tree: dict[int, list[str]] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats and pid not in tree:
+            tree[pid] = stats[pid]
+            todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_cpu_s(root: int) -> tuple[float, int] | None:
+    """CPU seconds used so far by root and its descendants, and how many processes that is.
+
+    utime + stime (fields 14, 15) of each live process, plus cutime + cstime (16, 17): the
+    time of children that exited and were reaped, which leaves their own entry and is added
+    to the parent's. The difference between two calls is then the CPU the tree used in
+    between, even if a child came and went. None when /proc/ROOT/stat cannot be read.
+    """
+    tree = process_tree(root)
+    if root not in tree:
+        return None
+    ticks = sum(int(f) for fields in tree.values() for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK"), len(tree)
+
+
 # --------------------------------------------------------------------------- wrk
 
 
@@ -313,6 +364,12 @@ class Result:
     )
     errors: int = 0
     error_rate: float | None = None
+    # Proxy CPU (process and descendants) over the measured wrk run; None for direct.
+    cpu_s: float | None = None
+    wall_s: float | None = None
+    cpu_us_per_req: float | None = None
+    cpu_percent: float | None = None
+    cpu_processes: int | None = None
     failure: str | None = None
     failure_log: str | None = None
     skipped: str | None = None
@@ -384,17 +441,37 @@ def run_wrk(
 
 
 def measure(
-    procs: ProcessSet, pinning: Pinning, args: argparse.Namespace, target: str, port: int
+    procs: ProcessSet,
+    pinning: Pinning,
+    args: argparse.Namespace,
+    target: str,
+    port: int,
+    cpu_pid: int | None = None,
 ) -> Result:
+    """Warm up, then run wrk; with cpu_pid, also the CPU that pid's tree used meanwhile."""
     url = f"http://127.0.0.1:{port}/"
     if args.warmup > 0:
         log(f"{target}: warm-up {args.warmup}s")
         run_wrk(procs, pinning, url, args.warmup, args.connections, latency=False)
     log(f"{target}: measuring {args.duration}s, {args.connections} connections")
+    cpu_before = tree_cpu_s(cpu_pid) if cpu_pid is not None else None
+    t0 = time.monotonic()
     output = run_wrk(procs, pinning, url, args.duration, args.connections, latency=True)
+    wall_s = time.monotonic() - t0
+    cpu_after = tree_cpu_s(cpu_pid) if cpu_pid is not None else None
     if args.verbose:
         print(output, file=sys.stderr)
-    return parse_wrk(output, Result(target, url))
+    result = parse_wrk(output, Result(target, url))
+    if cpu_pid is not None and (cpu_before is None or cpu_after is None):
+        log(f"{target}: proxy CPU time not available (no /proc/{cpu_pid}/stat)")
+    elif cpu_before is not None and cpu_after is not None:
+        result.cpu_s = round(cpu_after[0] - cpu_before[0], 3)
+        result.wall_s = round(wall_s, 3)
+        result.cpu_percent = round(result.cpu_s / wall_s * 100, 1)
+        result.cpu_processes = cpu_after[1]
+        if result.requests:
+            result.cpu_us_per_req = round(result.cpu_s / result.requests * 1e6, 3)
+    return result
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -462,7 +539,7 @@ def bench_target(ctx: Context, target: str, upstream_port: int) -> Result:
     proxy: Proc | None = None
     try:
         proxy, port = start_proxy(ctx, target, upstream_port)
-        result = measure(ctx.procs, ctx.pinning, ctx.args, target, port)
+        result = measure(ctx.procs, ctx.pinning, ctx.args, target, port, proxy.popen.pid)
         if proxy.popen.poll() is not None:
             result.failure = f"{target} exited during the run (code {proxy.popen.returncode})"
         return result
@@ -518,8 +595,23 @@ def ratio(results: list[Result], num: str, den: str) -> float | None:
     return None
 
 
+def per_core_ratio(results: list[Result], num: str, den: str) -> float | None:
+    """Requests per CPU-second of num relative to den: den's CPU us/request over num's."""
+    by = {r.target: r for r in results}
+    a, b = by.get(num), by.get(den)
+    if not (a and b and a.failure is None and b.failure is None):
+        return None
+    if a.cpu_us_per_req and b.cpu_us_per_req:
+        return b.cpu_us_per_req / a.cpu_us_per_req
+    return None
+
+
 def ratios(results: list[Result]) -> dict[str, float | None]:
     return {f"{num}/{den}": ratio(results, num, den) for num, den in RATIOS}
+
+
+def per_core_ratios(results: list[Result]) -> dict[str, float | None]:
+    return {f"{num}/{den}": per_core_ratio(results, num, den) for num, den in RATIOS}
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -527,7 +619,10 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(
-    info: dict[str, Any], results: list[Result], rates: dict[str, float | None]
+    info: dict[str, Any],
+    results: list[Result],
+    rates: dict[str, float | None],
+    core_rates: dict[str, float | None],
 ) -> None:
     print(
         f"upstream={info['upstream']}  connections={info['connections']}  "
@@ -535,7 +630,10 @@ def print_table(
         f"git={info['git_rev'] or '-'}  load1m={info['loadavg_1m_before']}"
     )
     print(f"pinning: {info['pinning']}")
-    header = f"{'target':<10} {'rps':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>14}"
+    header = (
+        f"{'target':<10} {'rps':>10} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'cpu µs/req':>11} {'cpu %':>6} {'errors':>14}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
@@ -551,10 +649,14 @@ def print_table(
         errors = f"{r.errors} ({fmt((r.error_rate or 0) * 100, '.2f')}%)"
         print(
             f"{r.target:<10} {fmt(r.rps, '10.0f')} {fmt(r.p50_ms, '9.3f')} "
-            f"{fmt(r.p99_ms, '9.3f')} {errors:>14}"
+            f"{fmt(r.p99_ms, '9.3f')} {fmt(r.cpu_us_per_req, '11.2f'):>11} "
+            f"{fmt(r.cpu_percent, '6.1f'):>6} {errors:>14}"
         )
     for name, rate in rates.items():
         print(f"{name} rps ratio: {fmt(rate, '.3f')}")
+    for name, rate in core_rates.items():
+        num, den = name.split("/")
+        print(f"{name} per-core ratio: {fmt(rate, '.3f')} ({den} cpu µs/req / {num} cpu µs/req)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -638,17 +740,20 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     rates = ratios(results)
+    core_rates = per_core_ratios(results)
     if args.json:
         doc = {
             "info": ctx.info,
             "results": [{**asdict(r), "ok": r.ok} for r in results],
             # meshgate_nginx_rps_ratio, meshgate_bare_rps_ratio
             **{f"{k.replace('/', '_')}_rps_ratio": v for k, v in rates.items()},
+            # meshgate_nginx_per_core_ratio, meshgate_bare_per_core_ratio
+            **{f"{k.replace('/', '_')}_per_core_ratio": v for k, v in core_rates.items()},
             "ok": all(r.ok for r in results),
         }
         print(json.dumps(doc, indent=2))
     else:
-        print_table(ctx.info, results, rates)
+        print_table(ctx.info, results, rates, core_rates)
 
     bad = [r for r in results if not r.ok]
     for r in bad:
