@@ -530,6 +530,7 @@ class HttpServerProtocol(asyncio.Protocol):
             await self._run()
 
     def _close(self) -> None:
+        self._stopped = True  # whatever still arrives is not parsed
         if self.transport is not None and not self.closed:
             self.transport.close()
 
