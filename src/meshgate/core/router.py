@@ -41,12 +41,27 @@ class PatternError(ValueError):
     """A path or host pattern is malformed."""
 
 
-@dataclass(frozen=True, slots=True)
 class Match(Generic[T]):
-    """A full match: the route value and the captured parameters."""
+    """A full match: the route value and the captured parameters.
 
-    route: T
-    params: dict[str, str]
+    A plain slotted class, not a frozen dataclass: one is built per request.
+    """
+
+    __slots__ = ("params", "route")
+
+    def __init__(self, route: T, params: dict[str, str]) -> None:
+        self.route = route
+        self.params = params
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Match):
+            return NotImplemented
+        return bool(self.route == other.route and self.params == other.params)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable params: unhashable, like a dict
+
+    def __repr__(self) -> str:
+        return f"Match(route={self.route!r}, params={self.params!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,6 +222,7 @@ class Request:
         client_port: int = 0,
         http_version: str = "1.1",
         scheme: str = "http",
+        host: str | None = None,
     ) -> None:
         self.method = method
         self.target = target  # path plus query, as sent
@@ -238,7 +239,7 @@ class Request:
         self.client_port = client_port
         self.http_version = http_version
         self.scheme = scheme
-        self.host = headers.get("host") or ""
+        self.host = (headers.get("host") if host is None else host) or ""
 
     @property
     def query(self) -> dict[str, str]:

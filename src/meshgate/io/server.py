@@ -22,7 +22,13 @@ from typing import cast
 import httptools
 
 from meshgate.config.models import ListenerConfig
-from meshgate.http.errors import BadRequest, BodyTimeout, BodyTooLarge, ClientDisconnected
+from meshgate.http.errors import (
+    BadRequest,
+    BodyTimeout,
+    BodyTooLarge,
+    ClientDisconnected,
+    HTTPError,
+)
 from meshgate.http.messages import (
     Body,
     BytesBody,
@@ -306,6 +312,7 @@ class HttpServerProtocol(asyncio.Protocol):
         headers = self._headers
         version = parser.get_http_version()
         host_count = 0
+        host = ""
         te: str | None = None
         content_length: int | None = None
         expect_continue = False
@@ -313,6 +320,7 @@ class HttpServerProtocol(asyncio.Protocol):
         for name, value in headers:
             if name == "host":
                 host_count += 1
+                host = value
             elif name == "connection":
                 connection = value if connection is None else f"{connection},{value}"
             elif name == "transfer-encoding":
@@ -359,7 +367,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._raise(405, "CONNECT is not supported")
             if "://" not in target:
                 self._raise(400, "the request target must be a path (origin-form)")
-            target = self._origin_form(target, headers)
+            target, host = self._origin_form(target, headers)
         if "/." in target or "%2" in target:
             target = normalize_target(target)
         request = Request(
@@ -370,6 +378,7 @@ class HttpServerProtocol(asyncio.Protocol):
             client_ip=self.client_ip,
             client_port=self.client_port,
             http_version=version,
+            host=host,
         )
         # HTTP/1.0 with Transfer-Encoding: framing is suspect (RFC 9112 6.1), close after.
         keep_alive = parser.should_keep_alive() and not (te is not None and version == "1.0")
@@ -380,8 +389,10 @@ class HttpServerProtocol(asyncio.Protocol):
         self.queue.append(pending)
         self._headers = []  # the request owns the list now
 
-    def _origin_form(self, target: str, headers: list[tuple[str, str]]) -> str:
-        """Absolute-form target: route on its path; its authority replaces Host (RFC 9112 3.2.2)."""
+    def _origin_form(self, target: str, headers: list[tuple[str, str]]) -> tuple[str, str]:
+        """Absolute-form target: route on its path; its authority replaces Host (RFC 9112 3.2.2).
+
+        Returns (path, authority)."""
         scheme, _, rest = target.partition("://")
         if scheme.lower() not in ("http", "https"):
             self._raise(400, f"unsupported request target scheme {scheme!r}")
@@ -395,7 +406,7 @@ class HttpServerProtocol(asyncio.Protocol):
         headers.append(("host", authority))
         if not path.startswith("/"):
             path = "/" + path
-        return path
+        return path, authority
 
     def on_body(self, data: bytes) -> None:
         body = self._current_body
@@ -465,6 +476,8 @@ class HttpServerProtocol(asyncio.Protocol):
                         resp = error_response(early.status, early.detail, new_request_id())
                     else:
                         resp = await self.server.app(request)
+                except HTTPError as exc:  # e.g. the body broke while the app read it
+                    resp = error_response(exc.status, exc.detail, new_request_id())
                 except Exception:
                     log.exception("unhandled error answering %s %s", request.method, request.path)
                     resp = error_response(500, "internal error", new_request_id())
