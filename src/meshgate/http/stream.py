@@ -34,6 +34,7 @@ class StreamBody(Body):
         "_paused",
         "_resume",
         "_size",
+        "_started",
         "_waiter",
         "received",
     )
@@ -60,6 +61,7 @@ class StreamBody(Body):
         self._high = high_water
         self._on_abandon = on_abandon
         self._on_first_read: Callable[[], None] | None = None
+        self._started = False
         self.received = 0  # bytes fed so far
 
     # producer side -------------------------------------------------------
@@ -126,7 +128,13 @@ class StreamBody(Body):
             self._resume()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    @property
+    def being_read(self) -> bool:
+        """A consumer has started reading and has not given up."""
+        return self._started and not self._done
+
     async def read(self) -> bytes:
+        self._started = True
         if self._on_first_read is not None:
             callback, self._on_first_read = self._on_first_read, None
             callback()

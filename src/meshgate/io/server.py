@@ -119,7 +119,6 @@ class HttpServerProtocol(asyncio.Protocol):
         self.client_port = 0
         self.queue: deque[_Pending] = deque()
         self.task: asyncio.Task[None] | None = None
-        self.fast_busy = False  # an answer is on its way without a task (HttpServer.fast)
         self.closed = False
         self.draining = False
         # parsing state of the request being received
@@ -476,25 +475,41 @@ class HttpServerProtocol(asyncio.Protocol):
                         resp = error_response(early.status, early.detail, new_request_id())
                     else:
                         resp = await self.server.app(request)
+                except ClientDisconnected:  # nobody left to answer
+                    self._close()
+                    return
                 except HTTPError as exc:  # e.g. the body broke while the app read it
                     resp = error_response(exc.status, exc.detail, new_request_id())
                 except Exception:
                     log.exception("unhandled error answering %s %s", request.method, request.path)
                     resp = error_response(500, "internal error", new_request_id())
-                ok, keep = await self._write_response(pending, resp, self._keep(pending))
+                if resp.status == ClientDisconnected.status:  # nobody left to answer
+                    await resp.body.aclose()
+                    self._close()
+                    return
+                ok, keep = await self._write_response(pending, resp, self._keep(pending, False))
+                keep = keep and self._keep(pending, True)
                 if not self._finish(ok, keep):
                     return
             self._await_next()
         finally:
             self.task = None
 
-    def _keep(self, pending: _Pending) -> bool:
-        """Whether the connection may serve another request after this one."""
+    def _keep(self, pending: _Pending, answered: bool) -> bool:
+        """Whether the connection may serve another request after this one.
+
+        Asked before the head (for its Connection field) and again once the
+        response is sent: an upstream may answer early and still read the whole
+        body (an echo), so a body still being read keeps the connection until
+        the end; one nobody reads (or unfinished by then) closes it.
+        """
         if not pending.keep_alive or self.draining:
             return False
         body = pending.request.body if pending.request is not None else None
-        # The rest of an unread body would still be on the wire.
-        return not (isinstance(body, StreamBody) and not body.at_eof)
+        if not isinstance(body, StreamBody) or body.at_eof:
+            return True
+        # The rest of the body is still on the wire: fine only while someone reads it.
+        return not answered and body.being_read
 
     def _finish(self, ok: bool, keep: bool) -> bool:
         """The head of the queue is answered; False when the connection is done."""
@@ -516,31 +531,6 @@ class HttpServerProtocol(asyncio.Protocol):
             self._close()
         else:
             self._set_timer(self.cfg.idle_timeout_s, self._on_idle_timeout)
-
-    def fast_done(self, pending: _Pending, resp: Response) -> None:
-        """The application answered ``pending`` without a task (see `HttpServer.fast`)."""
-        self.fast_busy = False
-        if self.closed:
-            if isinstance(resp.body, StreamBody):
-                resp.body.abandon()
-            return
-        head, chunked, ok, keep = self._start_response(pending, resp, self._keep(pending))
-        if head is not None:  # the body streams: finish in a task, then go on with the queue
-            self.task = self.loop.create_task(self._stream_then_run(head, resp, chunked, keep))
-        elif self._finish(ok, keep):
-            if self.queue:
-                self.task = self.loop.create_task(self._run())
-            else:
-                self._await_next()
-
-    async def _stream_then_run(
-        self, head: bytes, resp: Response, chunked: bool, keep: bool
-    ) -> None:
-        assert self.transport is not None
-        ok = await self._stream_body(self.transport, head, resp.body, chunked)
-        if self._finish(ok, keep):
-            self.task = None
-            await self._run()
 
     def _close(self) -> None:
         self._stopped = True  # whatever still arrives is not parsed
