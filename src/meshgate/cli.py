@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -52,6 +53,22 @@ def cmd_schema(_args: argparse.Namespace) -> int:
     return 0
 
 
+async def watch_file(target: str, reload: asyncio.Event, stop: asyncio.Event) -> None:
+    """Set ``reload`` whenever the file ``target`` (an absolute, resolved path) changes.
+
+    Its folder is watched, so editors that replace the file are seen too.
+    """
+    from watchfiles import awatch
+
+    async for _ in awatch(
+        os.path.dirname(target),
+        stop_event=stop,
+        watch_filter=lambda _change, changed: changed == target,
+    ):
+        logging.getLogger("meshgate").info("%s changed: reloading", target)
+        reload.set()
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from meshgate.gateway import Gateway
     from meshgate.io.workers import run_workers
@@ -70,6 +87,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         listener = config.listener.model_copy(update={"port": reservation.getsockname()[1]})
         config = config.model_copy(update={"listener": listener})
     log = logging.getLogger("meshgate")
+    watched = os.path.realpath(args.config)
 
     async def serve(stop: asyncio.Event, reload: asyncio.Event) -> int:
         gateway = Gateway(config, doc, reuse_port=workers > 1)
@@ -89,6 +107,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         # walk live in-flight objects: scan less often, and never the startup ones.
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+        watcher = asyncio.create_task(watch_file(watched, reload, stop)) if args.watch else None
         while not stop.is_set():
             reload_wait = asyncio.ensure_future(reload.wait())
             stop_wait = asyncio.ensure_future(stop.wait())
@@ -102,6 +121,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                     await gateway.reload(new_config, new_doc)
                 except ConfigError as exc:
                     log.error("reload refused, keeping the running config:\n%s", exc)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         log.info("draining (up to %g s)", gateway.config.drain_timeout_s)
         await gateway.stop()
         log.info("stopped")
@@ -132,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="worker processes sharing the port (default: number of cores)",
+    )
+    p.add_argument(
+        "--watch", action="store_true", help="reload when the config file changes (as SIGHUP)"
     )
     p.set_defaults(func=cmd_gateway)
 

@@ -771,10 +771,12 @@ def subprocess_env() -> dict[str, str]:
 async def gateway_process(
     tmp_path: Path,
 ) -> AsyncIterator[Callable[..., Awaitable[GatewayProcess]]]:
-    """``await start(cfg_dict, workers=1)`` runs ``python -m meshgate gateway`` on it."""
+    """``await start(cfg_dict, workers=1, extra=())`` runs ``python -m meshgate gateway`` on it."""
     procs: list[GatewayProcess] = []
 
-    async def start(cfg: dict[str, Any] | str, workers: int = 1) -> GatewayProcess:
+    async def start(
+        cfg: dict[str, Any] | str, workers: int = 1, extra: tuple[str, ...] = ()
+    ) -> GatewayProcess:
         n = len(procs)
         cfg_path = tmp_path / f"gateway{n}.yaml"
         cfg_path.write_text(to_yaml(cfg))
@@ -789,6 +791,7 @@ async def gateway_process(
                 str(cfg_path),
                 "--workers",
                 str(workers),
+                *extra,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,

@@ -244,3 +244,33 @@ async def test_sighup_reloads_config_and_refuses_a_bad_one(gateway_process, upst
         assert await status("/v3/a") == 404
     assert "routes[0].upstream" in gp.log()
     assert await gp.stop() == 0
+
+
+async def test_watch_reloads_when_the_file_changes(gateway_process, upstream, tmp_path):
+    cfg = make_config(upstream.port, routes=[{"path": "/v1/*", "upstream": "main"}])
+    gp = await gateway_process(cfg, workers=1, extra=("--watch",))
+    cfg_path = tmp_path / "gateway0.yaml"
+    async with httpx.AsyncClient() as client:
+
+        async def status(path: str) -> int:
+            with contextlib.suppress(httpx.HTTPError):
+                return (await client.get(url(gp.port, path))).status_code
+            return 0
+
+        assert await status("/v1/a") == 200
+        cfg["routes"] = [{"path": "/v2/*", "upstream": "main"}]
+        # Replace the file the way editors do: write aside, rename over it.
+        aside = tmp_path / "gateway0.yaml.tmp"
+        aside.write_text(to_yaml(cfg))
+        aside.replace(cfg_path)
+
+        async def v2_served() -> bool:
+            return await status("/v2/a") == 200
+
+        await eventually(v2_served, wait_s=10)
+        assert await status("/v1/a") == 404
+
+        cfg_path.write_text("routes: [{path: /v3/*, upstream: missing}]\n")  # invalid: refused
+        await eventually(lambda: "reload refused" in gp.log(), wait_s=10)
+        assert await status("/v2/a") == 200
+    assert await gp.stop() == 0
