@@ -30,6 +30,9 @@ from meshgate.io.timers import Deadline
 
 log = logging.getLogger("meshgate.upstream")
 
+# Connection values that name no other field (the usual ones): nothing to filter.
+_PLAIN_CONNECTION = frozenset({",keep-alive", ",close"})
+
 
 class ResponseHead:
     __slots__ = ("body", "headers", "status")
@@ -153,7 +156,7 @@ class UpstreamConnection(asyncio.Protocol):
                     self.abort()
                     return
                 chunked = True
-        if connection:
+        if connection and connection.lower() not in _PLAIN_CONNECTION:
             named = {t.strip().lower() for t in connection.split(",")}
             headers = [kv for kv in headers if kv[0] not in named]
         self._keep_alive = self.parser.should_keep_alive()
