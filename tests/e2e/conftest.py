@@ -88,6 +88,7 @@ class TestUpstream:
     ``/close-delimited``  body without length, ended by closing the connection
     ``/interim``          a 103 Early Hints interim response, then 200
     ``/garbage``          an invalid status line
+    ``/huge-head?n=&line=`` n bytes of response header fields, head never completed
     ``/switch``           101 Switching Protocols (never asked for)
     ``/trailers?v=V``     chunked body with a trailer field ``X-Checksum: V``
     ``/te-gzip``          ``Transfer-Encoding: gzip, chunked`` response
@@ -304,6 +305,19 @@ class TestUpstream:
             writer.write((head + ("" if keep else "Connection: close\r\n") + "\r\n").encode())
             writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(z), z))
             await writer.drain()
+        elif path == "/huge-head":
+            # n bytes of header fields (one endless line when line=1), never finishing
+            await body.read_all()
+            n = int(query.get("n", "200000"))
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            if query.get("line") == "1":
+                writer.write(b"X-Long: " + b"a" * n)
+            else:
+                writer.write(b"".join(b"X-F%d: %s\r\n" % (i, b"b" * 90) for i in range(n // 100)))
+            await writer.drain()
+            with contextlib.suppress(ConnectionError):
+                await reader.read(1)  # until the gateway gives up
+            return False
         elif path == "/garbage":
             await body.read_all()
             writer.write(b"HTTP/1.1 abc\r\nthis is not http\r\n\r\n")

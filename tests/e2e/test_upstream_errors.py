@@ -263,3 +263,13 @@ async def test_upstream_transfer_coding_is_not_silently_dropped(gateway, upstrea
         resp.header("content-encoding") or ""
     )
     assert resp.body == b"plain text body" or labelled, (resp.headers, resp.body[:10])
+
+
+async def test_upstream_response_head_over_the_limit_is_502(gateway, upstream):
+    """An upstream cannot make the gateway buffer an endless response head."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        for target in ("/huge-head?n=400000", "/huge-head?n=400000&line=1"):
+            resp = await client.get(url(gateway, target))
+            assert_json_error(resp, 502)
+            assert "head" in resp.json()["error"]
+        assert (await client.get(url(gateway, "/headers"))).status_code == 200

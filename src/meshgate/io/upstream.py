@@ -30,6 +30,9 @@ from meshgate.io.timers import Deadline
 
 log = logging.getLogger("meshgate.upstream")
 
+# Response heads larger than this are refused (502), as Envoy's max_response_headers_kb.
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+
 # Connection values that name no other field (the usual ones): nothing to filter.
 _PLAIN_CONNECTION = frozenset({",keep-alive", ",close"})
 
@@ -58,6 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         # The response head of the current exchange goes to the future of
         # `response_head`, or waits in `_head_result` until asked for.
         self._head_waiting = False
+        self._head_bytes = 0
         self._head_result: ResponseHead | Exception | None = None
         self._head_future: asyncio.Future[ResponseHead] | None = None
         self._head_deadline = Deadline(self.loop, self._head_timed_out)
@@ -98,6 +102,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self._head_waiting:  # reads that end inside the head count against its limit
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD_BYTES + len(data):
+                self._error = UpstreamBadResponse(
+                    f"upstream response head larger than {MAX_RESPONSE_HEAD_BYTES} bytes"
+                )
+                self._fail_head(self._error)
+                self.abort()
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -215,6 +228,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._body = None
         self._head_waiting = True
         self._head_result = None
+        self._head_bytes = 0
         self.transport.write(head)
 
     async def write_body(self, data: bytes) -> None:
