@@ -7,6 +7,7 @@ gateway's JSON format, and what (if anything) reached the test upstream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -391,3 +392,41 @@ async def test_connect_and_asterisk_targets_are_refused(
     assert_json_error(responses[0], status)
     assert closed
     assert upstream.requests == []
+
+
+async def test_endless_trailer_line_is_cut_off(gw, upstream):
+    """Trailers are framing, not body: bounded by max_header_bytes, not by the body timeout."""
+    conn = await RawConn.open(gw.port)
+
+    async def flood() -> None:
+        await conn.send(
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\nX-Trailer: "
+        )
+        with contextlib.suppress(ConnectionError):
+            for _ in range(250):  # up to 2 MB of one trailer line
+                await conn.send(b"t" * 8192)
+
+    sender = asyncio.create_task(flood())
+    try:
+        resp = await conn.read_response(wait_s=5)
+        assert resp.status == 400
+        assert await conn.is_closed()
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await sender
+        await conn.close()
+    assert all(not r.body_complete for r in upstream.requests)
+
+
+async def test_many_tiny_chunks_are_fine(gw, upstream):
+    body = b"".join(b"1\r\n%c\r\n" % (65 + i % 26) for i in range(3000))
+    responses, _ = await raw_exchange(
+        gw.port,
+        b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        + body
+        + b"0\r\n\r\n",
+    )
+    assert [r.status for r in responses] == [200]
+    assert len(responses[0].body) == 3000

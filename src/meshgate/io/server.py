@@ -58,6 +58,9 @@ _PAUSE_BODY = 1
 _PAUSE_PIPELINE = 2
 _PAUSE_STOPPED = 4
 
+# Framing bytes allowed per chunk ("ffffffff;ext\r\n" ... "\r\n") beyond max_header_bytes.
+_CHUNK_FRAMING_BYTES = 32
+
 
 def status_line(status: int) -> str:
     line = _STATUS_LINES.get(status)
@@ -129,6 +132,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._in_head = False
         self._current: _Pending | None = None  # headers done, body still arriving
         self._current_body: StreamBody | None = None
+        self._chunked = False  # the body being received is chunked
+        self._chunked_raw = 0  # raw bytes read while receiving it
+        self._chunks = 0
         self._stopped = False  # no more requests will be parsed on this connection
         self._reject: _Reject | None = None
         # flow control
@@ -244,6 +250,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._stopped:
             return
         was_in_head = self._in_head
+        chunked_body = self._current_body if self._chunked else None
         try:
             self.parser.feed_data(data)
             if was_in_head and self._in_head:
@@ -252,6 +259,8 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._head_raw_bytes += len(data)
                 if self._head_raw_bytes > self.cfg.max_header_bytes:
                     self._protocol_error(_Reject(431, "request header fields too large"))
+            elif chunked_body is not None and chunked_body is self._current_body:
+                self._check_chunk_overhead(chunked_body, len(data))
         except httptools.HttpParserUpgrade:
             # Upgrade (WebSocket, h2c) is not served by the HTTP/1.1 engine: the
             # request is answered normally and the connection closed after it.
@@ -278,6 +287,20 @@ class HttpServerProtocol(asyncio.Protocol):
         if not self.queue and self.transport is not None:
             self.transport.close()
         return True  # keep the write side open to answer what is queued
+
+    def _check_chunk_overhead(self, body: StreamBody, read: int) -> None:
+        """Chunk framing and trailers are not body: bound them (an endless trailer
+        line would otherwise sit in the parser's buffer until the body timeout)."""
+        self._chunked_raw += read
+        overhead = self._chunked_raw - body.received
+        if overhead > self.cfg.max_header_bytes + _CHUNK_FRAMING_BYTES * self._chunks:
+            body.fail(BadRequest("chunk framing or trailers too large"))
+            if self._current is not None:
+                self._current.keep_alive = False
+            self._stop_reading()
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_message_begin(self) -> None:
         self._url = b""
@@ -344,6 +367,9 @@ class HttpServerProtocol(asyncio.Protocol):
         if content_length is not None and limit is not None and content_length > limit:
             self._raise(413, f"request body larger than {limit} bytes")
         body: Body
+        self._chunked = chunked
+        self._chunked_raw = 0
+        self._chunks = 0
         if chunked or (content_length is not None and content_length > 0):
             stream = StreamBody(
                 None if chunked else content_length, self._pause_body, self._resume_body
