@@ -88,6 +88,7 @@ class TestUpstream:
     ``/close-delimited``  body without length, ended by closing the connection
     ``/interim``          a 103 Early Hints interim response, then 200
     ``/garbage``          an invalid status line
+    ``/endless-trailer``  chunked body then an endless trailer line
     ``/huge-head?n=&line=`` n bytes of response header fields, head never completed
     ``/switch``           101 Switching Protocols (never asked for)
     ``/trailers?v=V``     chunked body with a trailer field ``X-Checksum: V``
@@ -317,6 +318,19 @@ class TestUpstream:
             await writer.drain()
             with contextlib.suppress(ConnectionError):
                 await reader.read(1)  # until the gateway gives up
+            return False
+        elif path == "/endless-trailer":
+            # a chunked body, then one trailer line that never ends
+            await body.read_all()
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"3\r\nabc\r\n0\r\nX-T: ")
+            with contextlib.suppress(ConnectionError):
+                for _ in range(1000):  # up to 8 MB unless the gateway hangs up first
+                    writer.write(b"t" * 8192)
+                    await writer.drain()
+                rec.abandoned = False
+                return False
+            rec.abandoned = True  # the gateway hung up
             return False
         elif path == "/garbage":
             await body.read_all()

@@ -273,3 +273,11 @@ async def test_upstream_response_head_over_the_limit_is_502(gateway, upstream):
             assert_json_error(resp, 502)
             assert "head" in resp.json()["error"]
         assert (await client.get(url(gateway, "/headers"))).status_code == 200
+
+
+async def test_upstream_endless_trailer_is_cut_off(gateway, upstream):
+    """The client's response is aborted and the gateway hangs up on the upstream early."""
+    with pytest.raises(httpx.HTTPError):
+        async with httpx.AsyncClient(timeout=10) as client:
+            await client.get(url(gateway, "/endless-trailer"))
+    await eventually(lambda: upstream.requests and upstream.requests[0].abandoned, wait_s=10)

@@ -70,6 +70,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._in_head = False
         self._body: StreamBody | None = None
+        self._chunked = False  # the response being received is chunked
+        self._chunked_raw = 0  # raw bytes of later reads while receiving it
+        self._chunks = 0
         self._head_request = False
         self._close_delimited = False
         self._keep_alive = False
@@ -111,6 +114,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail_head(self._error)
                 self.abort()
                 return
+        body = self._body if self._chunked and not self._response_done else None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -119,6 +123,16 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._error = UpstreamBadResponse(f"invalid response from upstream: {exc}")
             self.abort()
+        if body is not None and not self._response_done:
+            # Chunk framing and trailers are not body: bound them like the head.
+            self._chunked_raw += len(data)
+            framing = self._chunked_raw - body.received
+            if framing > MAX_RESPONSE_HEAD_BYTES + 32 * self._chunks:
+                body.fail(UpstreamBadResponse("upstream chunk framing or trailers too large"))
+                self.abort()
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -183,6 +197,9 @@ class UpstreamConnection(asyncio.Protocol):
             on_abandon=self.abort,
         )
         self._body = body
+        self._chunked = chunked
+        self._chunked_raw = 0
+        self._chunks = 0
         self._close_delimited = not no_body and length is None and not chunked
         if self._close_delimited:
             self._keep_alive = False
