@@ -89,6 +89,7 @@ class TestUpstream:
     ``/interim``          a 103 Early Hints interim response, then 200
     ``/garbage``          an invalid status line
     ``/endless-trailer``  chunked body then an endless trailer line
+    ``/stall``            head and 10 of 100 body bytes, then silence
     ``/huge-head?n=&line=`` n bytes of response header fields, head never completed
     ``/switch``           101 Switching Protocols (never asked for)
     ``/trailers?v=V``     chunked body with a trailer field ``X-Checksum: V``
@@ -318,6 +319,15 @@ class TestUpstream:
             await writer.drain()
             with contextlib.suppress(ConnectionError):
                 await reader.read(1)  # until the gateway gives up
+            return False
+        elif path == "/stall":
+            # the head and part of the body, then silence (until the gateway hangs up)
+            await body.read_all()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"s" * 10)
+            await writer.drain()
+            with contextlib.suppress(ConnectionError):
+                await asyncio.wait_for(reader.read(1), 10)
+            rec.abandoned = True
             return False
         elif path == "/endless-trailer":
             # a chunked body, then one trailer line that never ends

@@ -281,3 +281,21 @@ async def test_upstream_endless_trailer_is_cut_off(gateway, upstream):
         async with httpx.AsyncClient(timeout=10) as client:
             await client.get(url(gateway, "/endless-trailer"))
     await eventually(lambda: upstream.requests and upstream.requests[0].abandoned, wait_s=10)
+
+
+async def test_upstream_silent_mid_body_is_cut_after_read_timeout(gateway_factory, upstream):
+    gw = await gateway_factory(
+        upstreams=[
+            {
+                "name": "main",
+                "read_timeout_s": 0.3,
+                "instances": [{"host": "127.0.0.1", "port": upstream.port}],
+            }
+        ]
+    )
+    with pytest.raises(httpx.HTTPError):
+        async with httpx.AsyncClient(timeout=10) as client:
+            await client.get(url(gw, "/stall"))
+    await eventually(lambda: upstream.requests and upstream.requests[0].abandoned, wait_s=5)
+    async with httpx.AsyncClient(timeout=10) as client:  # and the gateway goes on serving
+        assert (await client.get(url(gw, "/headers"))).status_code == 200

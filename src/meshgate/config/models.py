@@ -77,6 +77,11 @@ class UpstreamConfig(_Model):
     instances: list[InstanceConfig] = Field(min_length=1)
     load_balancer: str = Field("round_robin", description=f"One of: {', '.join(BALANCERS)}.")
     connect_timeout_s: PositiveSeconds = Field(5.0, description="TCP connect timeout.")
+    read_timeout_s: PositiveSeconds = Field(
+        60.0,
+        description="Longest pause between two pieces of a response body (as nginx's "
+        "proxy_read_timeout); the client's response is then aborted.",
+    )
     pool: PoolConfig = PoolConfig()
 
     @field_validator("load_balancer")

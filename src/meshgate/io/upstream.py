@@ -65,6 +65,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_result: ResponseHead | Exception | None = None
         self._head_future: asyncio.Future[ResponseHead] | None = None
         self._head_deadline = Deadline(self.loop, self._head_timed_out)
+        # While a response body arrives: the longest pause between reads (read_timeout_s).
+        self._read_deadline = Deadline(self.loop, self._read_timed_out)
         self._head_limit_s = 0.0
         self._head_timeout_s: float | None = None  # armed once the request is written
         self._headers: list[tuple[str, str]] = []
@@ -90,6 +92,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.pool._forget(self)
         self._head_deadline.cancel()
+        self._read_deadline.cancel()
         body = self._body
         if body is not None and not self._response_done:
             if self._close_delimited and exc is None:
@@ -115,6 +118,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.abort()
                 return
         body = self._body if self._chunked and not self._response_done else None
+        if self._body is not None and not self._response_done:
+            self._read_deadline.set(self.pool.read_timeout_s)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -192,7 +197,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert transport is not None
         body = StreamBody(
             length if not chunked else None,
-            transport.pause_reading,
+            self._pause_reading,
             self._resume_reading,
             on_abandon=self.abort,
         )
@@ -205,6 +210,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._keep_alive = False
         if no_body:
             self._finish_response()
+        else:
+            self._read_deadline.set(self.pool.read_timeout_s)
         self._deliver(ResponseHead(status, headers, body))
 
     def on_body(self, data: bytes) -> None:
@@ -220,6 +227,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._response_done:
             return
         self._response_done = True
+        self._read_deadline.clear()
         if self._head_request:
             # llhttp cannot be told a HEAD response has no body: use a fresh parser.
             self.parser = httptools.HttpResponseParser(self)
@@ -228,9 +236,23 @@ class UpstreamConnection(asyncio.Protocol):
             body.feed_eof()
         self._maybe_release()
 
+    def _pause_reading(self) -> None:
+        """The client is slower than the upstream: stop reading (and timing) the upstream."""
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+            self._read_deadline.clear()
+
     def _resume_reading(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
+            if not self._response_done:
+                self._read_deadline.set(self.pool.read_timeout_s)
+
+    def _read_timed_out(self) -> None:
+        body = self._body
+        if body is not None and not self._response_done and not self.closed:
+            body.fail(UpstreamTimeout(f"no response data for {self.pool.read_timeout_s:g} s"))
+            self.abort()
 
     # --- used by the proxy ---------------------------------------------------
     def start(self, head: bytes, *, head_request: bool, body_follows: bool) -> None:
@@ -354,6 +376,7 @@ class Pool:
         max_idle: int,
         idle_timeout_s: float,
         connect_timeout_s: float,
+        read_timeout_s: float = 60.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.host = host
@@ -361,6 +384,7 @@ class Pool:
         self.max_idle = max_idle
         self.idle_timeout_s = idle_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
         self.loop = asyncio.get_running_loop()
         self._clock = clock or self.loop.time
         self.idle: deque[UpstreamConnection] = deque()

@@ -42,6 +42,7 @@ class Cluster:
                     max_idle=config.pool.max_idle,
                     idle_timeout_s=config.pool.idle_timeout_s,
                     connect_timeout_s=config.connect_timeout_s,
+                    read_timeout_s=config.read_timeout_s,
                 ),
             )
             for inst in config.instances
