@@ -1,7 +1,8 @@
 """Randomized pipelines through real sockets: what goes in comes out, in order.
 
-A seeded RNG builds pipelines of GET and POST requests (Content-Length or
-chunked bodies of random sizes, some with Expect-less 0-byte bodies), sends
+A seeded RNG builds pipelines of GET, HEAD and POST requests (Content-Length or
+chunked bodies of random sizes, 0-byte ones included), with at most two
+requests parsed ahead (so reading pauses and resumes), sends
 them in randomly split writes, and checks that every response echoes its own
 request body, in order, and that the upstream saw each body exactly.
 """
@@ -25,7 +26,8 @@ def build_request(rng: random.Random, i: int) -> tuple[bytes, bytes]:
     """
     path = rng.choice([b"/echo", b"/echo-stream"])
     if rng.random() < 0.3:
-        return b"GET %b?i=%d HTTP/1.1\r\nHost: r\r\n\r\n" % (path, i), b""
+        method = rng.choice([b"GET", b"HEAD"])
+        return b"%b %b?i=%d HTTP/1.1\r\nHost: r\r\n\r\n" % (method, path, i), b""
     body = rng.randbytes(rng.choice([0, 1, 17, 1000, 70_000, 300_000]))
     if rng.random() < 0.5:
         head = b"POST %b?i=%d HTTP/1.1\r\nHost: r\r\nContent-Length: %d\r\n\r\n" % (
@@ -49,7 +51,9 @@ def split(rng: random.Random, data: bytes) -> list[bytes]:
 
 
 async def test_random_pipelines_echo_in_order(gateway_factory, upstream: TestUpstream):
-    gw = await gateway_factory(max_request_body_bytes=1_000_000)
+    gw = await gateway_factory(
+        max_request_body_bytes=1_000_000, listener={"max_pipelined_requests": 2}
+    )
     rng = random.Random(SEED)
     for case in range(CASES):
         upstream.requests.clear()
@@ -59,9 +63,11 @@ async def test_random_pipelines_echo_in_order(gateway_factory, upstream: TestUps
             await conn.send(piece)
             if rng.random() < 0.3:
                 await asyncio.sleep(0.001)
-        for i, (_, body) in enumerate(requests):
-            resp = await conn.read_response(wait_s=10)
+        for i, (raw, body) in enumerate(requests):
+            resp = await conn.read_response(wait_s=10, head=raw.startswith(b"HEAD"))
             assert resp.status == 200, (case, i, resp.status, resp.body[:200])
             assert resp.body == body, (case, i, len(resp.body), len(body))
         assert [r.body for r in upstream.requests] == [b for _, b in requests], case
+        methods = [raw.split(b" ")[0].decode() for raw, _ in requests]
+        assert [r.method for r in upstream.requests] == methods, case
         conn.writer.close()

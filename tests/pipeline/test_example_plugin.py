@@ -22,7 +22,9 @@ async def test_tags_request_and_response():
         return Response(200, body=b"ok")
 
     ctx = await run_middleware(
-        team_header, make_context(path="/api/v1/users/1"), upstream=upstream,
+        team_header,
+        make_context(path="/api/v1/users/1"),
+        upstream=upstream,
         config=TeamHeader(team="identity"),
     )
     assert seen["x-team"] == "identity"
@@ -32,7 +34,8 @@ async def test_tags_request_and_response():
 
 async def test_denied_prefix_never_reaches_the_upstream():
     ctx = await run_middleware(
-        team_header, make_context(path="/internal/x"),
+        team_header,
+        make_context(path="/internal/x"),
         config=TeamHeader(team="identity", deny_prefix="/internal"),
     )
     assert ctx.response is not None and ctx.response.status == 403
@@ -42,7 +45,10 @@ async def test_denied_prefix_never_reaches_the_upstream():
 def test_example_config_validates():
     result = subprocess.run(
         [sys.executable, "-m", "meshgate", "validate", "examples/plugin.yaml"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "ok (1 routes, 1 upstreams)" in result.stdout
