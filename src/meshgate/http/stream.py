@@ -156,10 +156,7 @@ class StreamBody(Body):
         return data
 
     async def aclose(self) -> None:
-        self.abandon()
-
-    def abandon(self) -> None:
-        """Synchronous `aclose`: drop what is buffered; stop the producer if not at the end."""
+        """Drop what is buffered; stop the producer if not at the end."""
         if self._done:
             return
         self._done = True

@@ -29,6 +29,12 @@ from meshgate.http.errors import (
     ClientDisconnected,
     HTTPError,
 )
+from meshgate.http.framing import (
+    LAST_CHUNK,
+    connection_tokens,
+    frame_chunk,
+    framing_too_large,
+)
 from meshgate.http.messages import (
     Body,
     BytesBody,
@@ -57,9 +63,6 @@ _NEVER_HOP = frozenset({"host", "content-length", "transfer-encoding", "connecti
 _PAUSE_BODY = 1
 _PAUSE_PIPELINE = 2
 _PAUSE_STOPPED = 4
-
-# Framing bytes allowed per chunk ("ffffffff;ext\r\n" ... "\r\n") beyond max_header_bytes.
-_CHUNK_FRAMING_BYTES = 32
 
 
 def status_line(status: int) -> str:
@@ -292,8 +295,9 @@ class HttpServerProtocol(asyncio.Protocol):
         """Chunk framing and trailers are not body: bound them (an endless trailer
         line would otherwise sit in the parser's buffer until the body timeout)."""
         self._chunked_raw += read
-        overhead = self._chunked_raw - body.received
-        if overhead > self.cfg.max_header_bytes + _CHUNK_FRAMING_BYTES * self._chunks:
+        if framing_too_large(
+            self._chunked_raw, body.received, self._chunks, self.cfg.max_header_bytes
+        ):
             body.fail(BadRequest("chunk framing or trailers too large"))
             if self._current is not None:
                 self._current.keep_alive = False
@@ -382,7 +386,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if connection is not None:
             # Fields named by Connection are hop-by-hop: they end here, before any
             # middleware, so they can never remove what the gateway adds later.
-            named = {t.strip().lower() for t in connection.split(",")} - _NEVER_HOP
+            named = connection_tokens(connection) - _NEVER_HOP
             if any(name in named for name, _ in headers):
                 headers[:] = [(n, v) for n, v in headers if n not in named]
         method = parser.get_method().decode("ascii")
@@ -501,15 +505,12 @@ class HttpServerProtocol(asyncio.Protocol):
                         resp = error_response(early.status, early.detail, new_request_id())
                     else:
                         resp = await self.server.app(request)
-                except ClientDisconnected:  # nobody left to answer
-                    self._close()
-                    return
                 except HTTPError as exc:  # e.g. the body broke while the app read it
                     resp = error_response(exc.status, exc.detail, new_request_id())
                 except Exception:
                     log.exception("unhandled error answering %s %s", request.method, request.path)
                     resp = error_response(500, "internal error", new_request_id())
-                if resp.status == ClientDisconnected.status:  # nobody left to answer
+                if resp.status == ClientDisconnected.status:  # client gone: nobody to answer
                     await resp.body.aclose()
                     self._close()
                     return
@@ -566,20 +567,10 @@ class HttpServerProtocol(asyncio.Protocol):
     async def _write_response(
         self, pending: _Pending, resp: Response, keep: bool
     ) -> tuple[bool, bool]:
-        """Send ``resp``; return (connection still usable, keep-alive)."""
-        head, chunked, ok, keep = self._start_response(pending, resp, keep)
-        if head is not None:
-            assert self.transport is not None
-            ok = await self._stream_body(self.transport, head, resp.body, chunked)
-        return ok, keep
+        """Send ``resp``; return (connection still usable, keep-alive).
 
-    def _start_response(
-        self, pending: _Pending, resp: Response, keep: bool
-    ) -> tuple[bytes | None, bool, bool, bool]:
-        """Serialize the head; write it with the body when the body is in memory.
-
-        Returns ``(head, chunked, ok, keep)``: ``head`` is None when everything
-        was written, else the head still to send before streaming the body.
+        A body already in memory goes out with the head in one write; any other
+        is streamed.
         """
         transport = self.transport
         assert transport is not None
@@ -595,7 +586,9 @@ class HttpServerProtocol(asyncio.Protocol):
         fields = [f"{n}: {v}\r\n" for n, v in resp.headers.raw() if n not in _FRAMING]
         block = "".join(fields)
         if block.count("\n") != len(fields) or block.count("\r") != len(fields):
-            return self._invalid_head(pending, resp, keep, "a response header has a line break")
+            return await self._invalid_head(
+                pending, resp, keep, "a response header has a line break"
+            )
         parts = [status_line(status), block]
         if "date" not in resp.headers:
             parts.append(f"date: {_date.get()}\r\n")
@@ -619,35 +612,33 @@ class HttpServerProtocol(asyncio.Protocol):
         try:
             head = "".join(parts).encode("latin-1")
         except UnicodeEncodeError:
-            return self._invalid_head(pending, resp, keep, "a response header is not latin-1")
+            return await self._invalid_head(pending, resp, keep, "a response header is not latin-1")
         if head_only:
-            if isinstance(body, StreamBody):
-                body.abandon()
+            await body.aclose()
             transport.write(head)
-            return None, False, True, keep
+            return True, keep
         if isinstance(body, BytesBody):
             transport.write(head + body.take())
-            return None, False, True, keep
+            return True, keep
         if isinstance(body, StreamBody) and body.is_complete():  # whole body already here
             data = body.take_all()
             if length is not None and len(data) != length:
                 log.warning("response body ended after %d of %d bytes", len(data), length)
                 transport.abort()
-                return None, False, False, keep
+                return False, keep
             if chunked:
-                data = (b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data)) if data else b"0\r\n\r\n"
+                data = (frame_chunk(data) if data else b"") + LAST_CHUNK
             transport.write(head + data)
-            return None, False, True, keep
-        return head, chunked, True, keep
+            return True, keep
+        return await self._stream_body(transport, head, body, chunked), keep
 
-    def _invalid_head(
+    async def _invalid_head(
         self, pending: _Pending, resp: Response, keep: bool, problem: str
-    ) -> tuple[bytes | None, bool, bool, bool]:
+    ) -> tuple[bool, bool]:
         log.error("%s; answering 500", problem)
-        if isinstance(resp.body, StreamBody):
-            resp.body.abandon()
+        await resp.body.aclose()
         error = error_response(500, "invalid response header", new_request_id())
-        return self._start_response(pending, error, keep)
+        return await self._write_response(pending, error, keep)
 
     async def _stream_body(
         self, transport: asyncio.Transport, head: bytes, body: Body, chunked: bool
@@ -655,10 +646,7 @@ class HttpServerProtocol(asyncio.Protocol):
         sent = 0
         try:
             chunk = await body.read()
-            if chunked:
-                out = head + (b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b"")
-            else:
-                out = head + chunk
+            out = head + (frame_chunk(chunk) if chunked and chunk else chunk)
             sent = len(chunk)
             transport.write(out)
             while chunk:
@@ -670,9 +658,9 @@ class HttpServerProtocol(asyncio.Protocol):
                 if not chunk:
                     break
                 sent += len(chunk)
-                transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                transport.write(frame_chunk(chunk) if chunked else chunk)
             if chunked:
-                transport.write(b"0\r\n\r\n")
+                transport.write(LAST_CHUNK)
         except (Exception, asyncio.CancelledError) as exc:
             await body.aclose()
             if not self.closed:

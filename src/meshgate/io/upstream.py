@@ -24,6 +24,7 @@ from meshgate.http.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from meshgate.http.framing import connection_tokens, framing_too_large
 from meshgate.http.messages import HOP_BY_HOP
 from meshgate.http.stream import StreamBody
 from meshgate.io.timers import Deadline
@@ -131,8 +132,9 @@ class UpstreamConnection(asyncio.Protocol):
         if body is not None and not self._response_done:
             # Chunk framing and trailers are not body: bound them like the head.
             self._chunked_raw += len(data)
-            framing = self._chunked_raw - body.received
-            if framing > MAX_RESPONSE_HEAD_BYTES + 32 * self._chunks:
+            if framing_too_large(
+                self._chunked_raw, body.received, self._chunks, MAX_RESPONSE_HEAD_BYTES
+            ):
                 body.fail(UpstreamBadResponse("upstream chunk framing or trailers too large"))
                 self.abort()
 
@@ -189,7 +191,7 @@ class UpstreamConnection(asyncio.Protocol):
                     return
                 chunked = True
         if connection and connection.lower() not in _PLAIN_CONNECTION:
-            named = {t.strip().lower() for t in connection.split(",")}
+            named = connection_tokens(connection)
             headers = [kv for kv in headers if kv[0] not in named]
         self._keep_alive = self.parser.should_keep_alive()
         no_body = self._head_request or status in (204, 304)
@@ -292,26 +294,20 @@ class UpstreamConnection(asyncio.Protocol):
     async def response_head(self, timeout_s: float) -> ResponseHead:
         """Wait for the response head; the timeout runs from the end of the request
         body (as Envoy's route timeout), so a slow upload is not cut by it."""
-        result = self._take_head(timeout_s)
+        result = self._head_result
         if result is None:
+            assert self._head_waiting, "no exchange in progress"
+            if self._request_done:
+                self._arm_head_timer(timeout_s)
+            else:
+                self._head_timeout_s = timeout_s
             future: asyncio.Future[ResponseHead] = self.loop.create_future()
             self._head_future = future
             return await future
+        self._head_result = None
         if isinstance(result, Exception):
             raise result
         return result
-
-    def _take_head(self, timeout_s: float) -> ResponseHead | Exception | None:
-        result = self._head_result
-        if result is not None:
-            self._head_result = None
-            return result
-        assert self._head_waiting, "no exchange in progress"
-        if self._request_done:
-            self._arm_head_timer(timeout_s)
-        else:
-            self._head_timeout_s = timeout_s
-        return None
 
     def _deliver(self, result: ResponseHead | Exception) -> None:
         if not self._head_waiting:

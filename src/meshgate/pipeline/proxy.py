@@ -12,6 +12,7 @@ import logging
 import time
 
 from meshgate.http.errors import HTTPError, UpstreamError, UpstreamReset
+from meshgate.http.framing import LAST_CHUNK, frame_chunk
 from meshgate.http.messages import HOP_BY_HOP, Body, Headers, Response
 from meshgate.io.upstream import ResponseHead, UpstreamConnection
 from meshgate.pipeline.context import Next, RequestContext
@@ -95,9 +96,9 @@ def response_from(head: ResponseHead) -> Response:
 async def _send_body(body: Body, conn: UpstreamConnection, chunked: bool) -> None:
     """Write the whole request body upstream (framed when chunked)."""
     while chunk := await body.read():
-        await conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        await conn.write_body(frame_chunk(chunk) if chunked else chunk)
     if chunked:
-        await conn.write_body(b"0\r\n\r\n")
+        await conn.write_body(LAST_CHUNK)
     conn.request_written()
 
 
