@@ -401,10 +401,6 @@ class Pool:
             conn.abort()
         return None
 
-    async def acquire(self) -> UpstreamConnection:
-        """A pooled idle connection or a new one."""
-        return self.take_idle() or await self.connect()
-
     async def connect(self) -> UpstreamConnection:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
