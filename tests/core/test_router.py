@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import string
+from collections.abc import Sequence
 from urllib.parse import quote
 
 import pytest
@@ -285,8 +286,8 @@ def test_same_wildcard_suffix_shares_a_tree() -> None:
     router = build([("/a", "a", None, ["*.example.com"]), ("/b", "b", None, ["*.EXAMPLE.com"])])
     assert matched(router.match("GET", "/a", "x.example.com"))[0] == "a"
     assert matched(router.match("GET", "/b", "x.example.com"))[0] == "b"
-    with pytest.raises(RouteConflictError):
-        router.add("/a", "again", None, ["*.example.com"])
+    router.add("/a", "again", None, ["*.example.com"])  # same tree: declared later, shadowed
+    assert matched(router.match("GET", "/a", "y.example.com"))[0] == "a"
 
 
 @pytest.mark.parametrize("host", ["", "  ", "*.", "*", "a.*.com", "a/b", "a b.com", "**.x.com"])
@@ -305,16 +306,16 @@ def test_host_pattern_normalised() -> None:
 # --------------------------------------------------------------------------- conflicts / patterns
 
 
-def test_same_method_twice_conflicts() -> None:
+def test_same_method_twice_first_declared_wins() -> None:
     router = build([("/x/:id", "a", ["GET"], None)])
-    with pytest.raises(RouteConflictError):
-        router.add("/x/:id", "b", ["get"])
+    router.add("/x/:id", "b", ["get"])
+    assert matched(router.match("GET", "/x/1")) == ("a", {"id": "1"})
 
 
-def test_any_method_twice_conflicts() -> None:
+def test_any_method_twice_first_declared_wins() -> None:
     router = build([("/x", "a", None, None)])
-    with pytest.raises(RouteConflictError):
-        router.add("/x", "b")
+    router.add("/x", "b")
+    assert matched(router.match("DELETE", "/x"))[0] == "a"
 
 
 def test_different_methods_same_path_ok() -> None:
@@ -349,17 +350,11 @@ def test_same_path_in_different_host_trees_no_conflict() -> None:
     assert matched(router.match("GET", "/x", "b.com"))[0] == "b"
 
 
-@pytest.mark.parametrize(
-    ("methods", "hosts", "host"),
-    [(["GET", "POST"], None, None), (None, ["a.com", "b.com"], "a.com")],
-)
-def test_failed_add_leaves_table_unchanged(
-    methods: list[str] | None, hosts: list[str] | None, host: str | None
-) -> None:
-    router = build([("/x", "old", ["POST"] if methods else None, ["b.com"] if hosts else None)])
+def test_failed_add_leaves_table_unchanged() -> None:
+    router = build([("/x/:id", "old", None, ["b.com"])])
     with pytest.raises(RouteConflictError):
-        router.add("/x", "new", methods, hosts)
-    assert not isinstance(router.match("GET", "/x", host), Match)
+        router.add("/x/:name", "new", None, ["a.com", "b.com"])
+    assert router.match("GET", "/x/1", "a.com") is None
 
 
 def test_conflict_is_a_value_error() -> None:
@@ -579,3 +574,102 @@ def test_property_match_never_raises(path: str, method: str, host: str | None) -
     if isinstance(result, MethodNotAllowed):
         assert list(result.allowed) == sorted(result.allowed)
         assert "*" not in result.allowed
+
+
+# ------------------------------------------------------------------- guards and regex routes
+
+
+class HeaderIs:
+    """A guard accepting requests whose header ``name`` equals ``value``."""
+
+    def __init__(self, name: str, value: str) -> None:
+        self.name = name
+        self.value = value
+
+    def test(self, headers: Sequence[tuple[str, str]], query_string: str) -> bool:
+        return any(k == self.name and v == self.value for k, v in headers)
+
+
+class QueryHas:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def test(self, headers: Sequence[tuple[str, str]], query_string: str) -> bool:
+        return self.text in query_string.split("&")
+
+
+def test_guarded_routes_tried_in_declaration_order() -> None:
+    router: Router[str] = Router()
+    router.add("/users/:id", "v2", guard=HeaderIs("x-api-version", "2"))
+    router.add("/users/:id", "v3", guard=QueryHas("version=3"))
+    router.add("/users/:id", "v1")
+    assert matched(router.match("GET", "/users/7", headers=[("x-api-version", "2")])) == (
+        "v2",
+        {"id": "7"},
+    )
+    assert matched(router.match("GET", "/users/7", query="a=1&version=3"))[0] == "v3"
+    assert matched(router.match("GET", "/users/7", headers=[("x-api-version", "9")]))[0] == "v1"
+
+
+def test_failed_guard_backtracks_to_less_specific_route() -> None:
+    router: Router[str] = Router()
+    router.add("/api/users", "static", guard=HeaderIs("x-beta", "1"))
+    router.add("/api/:thing", "param")
+    router.add("/api/*", "wild")
+    assert matched(router.match("GET", "/api/users", headers=[("x-beta", "1")]))[0] == "static"
+    assert matched(router.match("GET", "/api/users")) == ("param", {"thing": "users"})
+
+
+def test_failed_guard_is_404_not_405() -> None:
+    router: Router[str] = Router()
+    router.add("/x", "guarded", ["GET"], guard=HeaderIs("x-k", "v"))
+    router.add("/x", "post", ["POST"])
+    assert router.match("GET", "/x") is None
+    assert router.match("PUT", "/x") == MethodNotAllowed(("GET", "HEAD", "POST"))
+
+
+def test_method_specific_guard_failure_falls_back_to_any_method_route() -> None:
+    router: Router[str] = Router()
+    router.add("/x", "get-beta", ["GET"], guard=HeaderIs("x-beta", "1"))
+    router.add("/x", "any")
+    assert matched(router.match("GET", "/x"))[0] == "any"
+    assert matched(router.match("GET", "/x", headers=[("x-beta", "1")]))[0] == "get-beta"
+
+
+def test_regex_routes_come_after_the_tree_in_declaration_order() -> None:
+    router: Router[str] = Router()
+    router.add_regex(r"/api/v(?P<version>\d+)/.*", "versioned")
+    router.add_regex(r"/api/.*", "any-api")
+    router.add("/api/v1/health", "static")
+    assert matched(router.match("GET", "/api/v1/health"))[0] == "static"
+    assert matched(router.match("GET", "/api/v2/users")) == ("versioned", {"version": "2"})
+    assert matched(router.match("GET", "/api/users"))[0] == "any-api"
+    assert router.match("GET", "/other") is None
+
+
+def test_regex_must_match_whole_path_and_sees_it_undecoded() -> None:
+    router: Router[str] = Router()
+    router.add_regex(r"/files/[a-z]+", "files")
+    assert router.match("GET", "/files/abc/def") is None
+    assert router.match("GET", "/files/a%20b") is None
+    assert matched(router.match("GET", "/files/abc"))[0] == "files"
+
+
+def test_regex_route_methods_and_guard() -> None:
+    router: Router[str] = Router()
+    router.add_regex(r"/r/\d+", "guarded", ["POST"], guard=HeaderIs("x-k", "v"))
+    assert router.match("GET", "/r/1") == MethodNotAllowed(("POST",))
+    assert router.match("POST", "/r/1") is None
+    assert matched(router.match("POST", "/r/1", headers=[("x-k", "v")]))[0] == "guarded"
+
+
+def test_regex_routes_per_host() -> None:
+    router: Router[str] = Router()
+    router.add_regex(r"/.*", "a", hosts=["a.com"])
+    assert matched(router.match("GET", "/x", "a.com"))[0] == "a"
+    assert router.match("GET", "/x", "b.com") is None
+
+
+def test_bad_regex_is_a_pattern_error() -> None:
+    with pytest.raises(PatternError, match=r"path regex '/\(': missing \)"):
+        Router[str]().add_regex("/(", "r")

@@ -13,6 +13,7 @@ import pytest
 
 from meshgate.config.loader import ConfigError, parse_config
 from meshgate.config.models import MiddlewareRef
+from meshgate.core.router import Match
 from meshgate.http.messages import BytesBody, Headers, Request, Response
 from meshgate.pipeline import builtins
 from meshgate.pipeline.compose import compose
@@ -388,21 +389,30 @@ async def test_build_runtime_proxy_must_be_last() -> None:
     ]
 
 
-async def test_build_runtime_route_conflict() -> None:
+async def test_build_runtime_same_path_and_method_first_declared_wins() -> None:
     text = UPSTREAMS + dedent(
         """\
         routes:
           - path: /x/:id
             upstream: svc
             methods: [GET]
+            timeout_s: 1
           - path: /x/:id
             upstream: svc
             methods: [POST, GET]
+            timeout_s: 2
         """
     )
-    assert runtime_problems(text) == [
-        "gw.yaml:9: routes[1].path: path pattern '/x/:id': method GET is already routed"
-    ]
+    config, doc = parse_config(text, "gw.yaml")
+    runtime = build_runtime(config, doc)
+    try:
+        get = runtime.router.match("GET", "/x/1")
+        post = runtime.router.match("POST", "/x/1")
+        assert isinstance(get, Match) and isinstance(post, Match)
+        assert get.route.timeout_s == 1
+        assert post.route.timeout_s == 2
+    finally:
+        runtime.close()
 
 
 async def test_build_runtime_param_name_conflict() -> None:

@@ -17,15 +17,24 @@ Routes without hosts match any host. A request is tried against the tree for
 its exact host, then the wildcard trees from the longest suffix down, then
 the any-host tree; the first full match wins.
 
+Several routes may share a path shape and method: each may carry a *guard*
+(header and query conditions, `meshgate.core.matchers.RequestMatcher`) and
+they are tried in the order they were added; the first whose guard accepts
+the request wins, and when none does the walk backtracks as if the node had
+no route. Regex routes (`add_regex`) are tried after the tree, in the order
+added, against the request path as received (not percent-decoded); their
+named groups become params.
+
 The table is immutable once built: build a new one aside and swap the
 reference to reload.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 from urllib.parse import unquote
 
 T = TypeVar("T")
@@ -34,7 +43,15 @@ ANY_METHOD = "*"
 
 
 class RouteConflictError(ValueError):
-    """Two routes claim the same host, path shape and method."""
+    """Two routes name the parameter at the same path position differently."""
+
+
+class Guard(Protocol):
+    """Extra conditions on a route (headers, query), checked after the path matched."""
+
+    def test(self, headers: Sequence[tuple[str, str]], query_string: str) -> bool: ...
+
+
 
 
 class PatternError(ValueError):
@@ -71,13 +88,32 @@ class MethodNotAllowed:
     allowed: tuple[str, ...]
 
 
-@dataclass(slots=True)
 class _Node(Generic[T]):
-    children: dict[str, _Node[T]] = field(default_factory=dict)
-    param: _Node[T] | None = None
-    param_name: str = ""
-    wildcard: _Node[T] | None = None
-    routes: dict[str, T] = field(default_factory=dict)
+    __slots__ = ("children", "param", "param_name", "routes", "wildcard")
+
+    def __init__(self, param_name: str = "") -> None:
+        self.children: dict[str, _Node[T]] = {}
+        self.param: _Node[T] | None = None
+        self.param_name = param_name
+        self.wildcard: _Node[T] | None = None
+        # method -> candidates in the order added
+        self.routes: dict[str, list[tuple[Guard | None, T]]] = {}
+
+
+class _RegexRoute(Generic[T]):
+    __slots__ = ("guard", "methods", "pattern", "route")
+
+    def __init__(
+        self, pattern: re.Pattern[str], methods: frozenset[str], guard: Guard | None, route: T
+    ) -> None:
+        self.pattern = pattern
+        self.methods = methods
+        self.guard = guard
+        self.route = route
+
+    def allows(self, method: str) -> bool:
+        m = self.methods
+        return ANY_METHOD in m or method in m or (method == "HEAD" and "GET" in m)
 
 
 def split_path(path: str) -> list[str]:
@@ -121,12 +157,13 @@ def validate_host_pattern(host: str) -> str:
 
 
 class _Tree(Generic[T]):
-    __slots__ = ("root",)
+    __slots__ = ("regexes", "root")
 
     def __init__(self) -> None:
         self.root: _Node[T] = _Node()
+        self.regexes: list[_RegexRoute[T]] = []
 
-    def conflict(self, segments: Sequence[str], methods: Sequence[str], pattern: str) -> str | None:
+    def conflict(self, segments: Sequence[str], pattern: str) -> str | None:
         """Why adding this route would fail, without changing the tree; None if it fits."""
         node: _Node[T] | None = self.root
         for seg in segments:
@@ -144,13 +181,11 @@ class _Tree(Generic[T]):
                 node = node.children.get(seg)
             if node is None:
                 return None
-        assert node is not None
-        for method in methods:
-            if method in node.routes:
-                return f"path pattern {pattern!r}: method {method} is already routed"
         return None
 
-    def insert(self, segments: Sequence[str], methods: Sequence[str], route: T) -> None:
+    def insert(
+        self, segments: Sequence[str], methods: Sequence[str], guard: Guard | None, route: T
+    ) -> None:
         node = self.root
         for seg in segments:
             if seg == "*":
@@ -167,33 +202,44 @@ class _Tree(Generic[T]):
                     child = node.children[seg] = _Node()
                 node = child
         for method in methods:
-            node.routes[method] = route
+            node.routes.setdefault(method, []).append((guard, route))
 
-    def match(
-        self, segments: list[str], method: str, allowed: set[str]
-    ) -> tuple[T, dict[str, str]] | None:
+    def match(self, segments: list[str], req: _Req) -> tuple[T, dict[str, str]] | None:
         params: dict[str, str] = {}
-        route = self._walk(self.root, segments, 0, method, params, allowed)
-        if route is None:
-            return None
-        return route, params
+        route = self._walk(self.root, segments, 0, req, params)
+        if route is not None:
+            return route, params
+        if self.regexes:
+            return self._match_regex(req)
+        return None
+
+    def _match_regex(self, req: _Req) -> tuple[T, dict[str, str]] | None:
+        for rx in self.regexes:
+            m = rx.pattern.fullmatch(req.path)
+            if m is None:
+                continue
+            if not rx.allows(req.method):
+                req.allowed.update(rx.methods)
+                continue
+            if rx.guard is None or rx.guard.test(req.headers, req.query):
+                return rx.route, {k: v for k, v in m.groupdict().items() if v is not None}
+        return None
 
     def _walk(
         self,
         node: _Node[T],
         segments: list[str],
         index: int,
-        method: str,
+        req: _Req,
         params: dict[str, str],
-        allowed: set[str],
     ) -> T | None:
         if index == len(segments):
-            found = self._take(node, method, allowed)
+            found = self._take(node, req)
             if found is not None:
                 return found
             # `*` also matches zero remaining segments.
             if node.wildcard is not None:
-                found = self._take(node.wildcard, method, allowed)
+                found = self._take(node.wildcard, req)
                 if found is not None:
                     params["*"] = ""
                 return found
@@ -201,36 +247,59 @@ class _Tree(Generic[T]):
         seg = segments[index]
         child = node.children.get(seg)
         if child is not None:
-            found = self._walk(child, segments, index + 1, method, params, allowed)
+            found = self._walk(child, segments, index + 1, req, params)
             if found is not None:
                 return found
         param = node.param
         if param is not None:
-            found = self._walk(param, segments, index + 1, method, params, allowed)
+            found = self._walk(param, segments, index + 1, req, params)
             if found is not None:
                 params[param.param_name] = seg
                 return found
         wild = node.wildcard
         if wild is not None:
-            found = self._take(wild, method, allowed)
+            found = self._take(wild, req)
             if found is not None:
                 params["*"] = "/".join(segments[index:])
                 return found
         return None
 
     @staticmethod
-    def _take(node: _Node[T], method: str, allowed: set[str]) -> T | None:
+    def _take(node: _Node[T], req: _Req) -> T | None:
         routes = node.routes
         if not routes:
             return None
-        found = routes.get(method)
-        if found is None and method == "HEAD":
-            found = routes.get("GET")
-        if found is None:
-            found = routes.get(ANY_METHOD)
-        if found is None:
-            allowed.update(routes)
-        return found
+        method = req.method
+        candidates = routes.get(method)
+        if candidates is None and method == "HEAD":
+            candidates = routes.get("GET")
+        if candidates is not None:
+            for guard, route in candidates:
+                if guard is None or guard.test(req.headers, req.query):
+                    return route
+        any_method = routes.get(ANY_METHOD)
+        if any_method is not None:
+            for guard, route in any_method:
+                if guard is None or guard.test(req.headers, req.query):
+                    return route
+        elif candidates is None:
+            req.allowed.update(routes)
+        return None
+
+
+class _Req:
+    """What one lookup needs about the request, plus the methods seen (for 405)."""
+
+    __slots__ = ("allowed", "headers", "method", "path", "query")
+
+    def __init__(
+        self, method: str, path: str, headers: Sequence[tuple[str, str]], query: str
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.query = query
+        self.allowed: set[str] = set()
 
 
 class Router(Generic[T]):
@@ -249,17 +318,41 @@ class Router(Generic[T]):
         route: T,
         methods: Iterable[str] | None = None,
         hosts: Iterable[str] | None = None,
+        *,
+        guard: Guard | None = None,
     ) -> None:
-        """Register ``route`` for ``path`` (and ``methods``/``hosts``; None = any)."""
+        """Register ``route`` for ``path`` (and ``methods``/``hosts``; None = any).
+
+        ``guard``, when given, must also accept the request. Routes added for
+        the same path shape and method are tried in the order added.
+        """
         segments = parse_pattern(path)
-        method_list = list(dict.fromkeys(m.upper() for m in methods)) if methods else [ANY_METHOD]
+        method_list = _methods(methods)
         trees = self._trees_for(hosts)
         for tree in trees:  # all checks first: a refused route changes nothing
-            problem = tree.conflict(segments, method_list, path)
+            problem = tree.conflict(segments, path)
             if problem is not None:
                 raise RouteConflictError(problem)
         for tree in trees:
-            tree.insert(segments, method_list, route)
+            tree.insert(segments, method_list, guard, route)
+
+    def add_regex(
+        self,
+        pattern: str,
+        route: T,
+        methods: Iterable[str] | None = None,
+        hosts: Iterable[str] | None = None,
+        *,
+        guard: Guard | None = None,
+    ) -> None:
+        """Register ``route`` for paths the regex matches whole (tried after the tree)."""
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise PatternError(f"path regex {pattern!r}: {exc}") from None
+        entry = _RegexRoute(compiled, frozenset(_methods(methods)), guard, route)
+        for tree in self._trees_for(hosts):
+            tree.regexes.append(entry)
 
     def _trees_for(self, hosts: Iterable[str] | None) -> list[_Tree[T]]:
         if not hosts:
@@ -280,11 +373,20 @@ class Router(Generic[T]):
         return trees
 
     def match(
-        self, method: str, path: str, host: str | None = None
+        self,
+        method: str,
+        path: str,
+        host: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        query: str = "",
     ) -> Match[T] | MethodNotAllowed | None:
-        """Find the route for a request; None means 404."""
+        """Find the route for a request; None means 404.
+
+        ``headers`` (lower-case names) and ``query`` (the raw query string)
+        are only looked at by routes with a guard.
+        """
         segments = split_path(path)
-        allowed: set[str] = set()
+        req = _Req(method, path, headers, query)
         if host and (self._exact or self._wild):
             h = host.lower()
             colon = h.rfind(":")
@@ -292,20 +394,25 @@ class Router(Generic[T]):
                 h = h[:colon]
             tree = self._exact.get(h)
             if tree is not None:
-                found = tree.match(segments, method, allowed)
+                found = tree.match(segments, req)
                 if found is not None:
                     return Match(found[0], found[1])
             for suffix, tree in self._wild:
                 if h.endswith(suffix) and len(h) > len(suffix):
-                    found = tree.match(segments, method, allowed)
+                    found = tree.match(segments, req)
                     if found is not None:
                         return Match(found[0], found[1])
-        found = self._any.match(segments, method, allowed)
+        found = self._any.match(segments, req)
         if found is not None:
             return Match(found[0], found[1])
-        if allowed:
-            methods = set(allowed)
+        if req.allowed:
+            methods = set(req.allowed)
+            methods.discard(ANY_METHOD)
             if "GET" in methods:
                 methods.add("HEAD")
             return MethodNotAllowed(tuple(sorted(methods)))
         return None
+
+
+def _methods(methods: Iterable[str] | None) -> list[str]:
+    return list(dict.fromkeys(m.upper() for m in methods)) if methods else [ANY_METHOD]
