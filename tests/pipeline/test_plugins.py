@@ -468,7 +468,7 @@ async def test_build_runtime_success() -> None:
         route_a: CompiledRoute = match.route  # type: ignore[union-attr]
         assert route_a.timeout_s == 7
         assert route_a.cluster is runtime.clusters["svc"]
-        assert repr(route_a) == "<CompiledRoute /a/:id -> svc>"
+        assert repr(route_a) == "<CompiledRoute routes[0] /a/:id -> svc>"
         match_b = runtime.router.match("DELETE", "/b/x/y")
         route_b: CompiledRoute = match_b.route  # type: ignore[union-attr]
         assert match_b.params == {"*": "x/y"}  # type: ignore[union-attr]

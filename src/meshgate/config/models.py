@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meshgate.core.balancer import BALANCERS
 from meshgate.core.router import PatternError, parse_pattern, validate_host_pattern
@@ -106,15 +106,221 @@ def _coerce_middleware(v: Any) -> Any:
     return v
 
 
+def _header_name(name: str) -> str:
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"{name!r} is not a valid header name")
+    return name.lower()
+
+
+def _check_regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+    return pattern
+
+
+def _one_of(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
+    given = [f for f in fields if getattr(model, f) is not None]
+    if len(given) != 1:
+        names = ", ".join(fields)
+        if given:
+            raise ValueError(f"{what}: give only one of {names} (got {', '.join(given)})")
+        raise ValueError(f"{what}: give one of {names}")
+
+
+class HeaderMatchConfig(_Model):
+    """A condition on a request header: ``exact``, ``regex`` (whole value) or ``present``."""
+
+    name: str
+    exact: str | None = None
+    regex: str | None = None
+    present: bool | None = Field(None, description="true: must be sent; false: must be absent.")
+
+    _name = field_validator("name")(_header_name)
+    _regex = field_validator("regex")(lambda v: v if v is None else _check_regex(v))
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> HeaderMatchConfig:
+        _one_of(self, ("exact", "regex", "present"), f"header matcher {self.name!r}")
+        return self
+
+
+class QueryMatchConfig(_Model):
+    """A condition on a query parameter: ``exact``, ``regex`` (whole value) or ``present``."""
+
+    name: str = Field(min_length=1)
+    exact: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+
+    _regex = field_validator("regex")(lambda v: v if v is None else _check_regex(v))
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> QueryMatchConfig:
+        _one_of(self, ("exact", "regex", "present"), f"query matcher {self.name!r}")
+        return self
+
+
+class SplitConfig(_Model):
+    """One upstream of a weighted traffic split."""
+
+    upstream: str = Field(min_length=1)
+    weight: float = Field(ge=0, description="Relative weight; 0 takes no traffic.")
+
+
+class StickyConfig(_Model):
+    """Keep one client on one split choice, keyed by a header or a cookie."""
+
+    header: str | None = None
+    cookie: str | None = Field(None, min_length=1)
+
+    _header = field_validator("header")(lambda v: v if v is None else _header_name(v))
+
+    @model_validator(mode="after")
+    def _one_key(self) -> StickyConfig:
+        _one_of(self, ("header", "cookie"), "sticky")
+        return self
+
+
+class MirrorConfig(_Model):
+    """Copy a share of the route's requests to a shadow upstream; its answers are dropped."""
+
+    upstream: str = Field(min_length=1)
+    percent: float = Field(100.0, ge=0, le=100, description="Share of requests mirrored.")
+    max_body_bytes: int = Field(
+        65536, ge=0, description="Requests with larger (or unknown-length) bodies are not mirrored."
+    )
+    max_concurrent: int = Field(
+        32, ge=1, description="Mirrored requests in flight per route; beyond it, skipped."
+    )
+    timeout_s: PositiveSeconds = Field(5.0, description="A mirrored exchange is cut after this.")
+
+
+class PrefixReplaceConfig(_Model):
+    from_: str = Field(alias="from", description="Path prefix (whole segments).")
+    to: str
+
+
+class RegexRewriteConfig(_Model):
+    pattern: str = Field(description="Applied to the whole path (fullmatch).")
+    replacement: str = Field(description="May use \\1 and \\g<name> group references.")
+
+
+class QueryRewriteConfig(_Model):
+    set: dict[str, str] = Field(default_factory=dict, description="Parameters set (replaced).")
+    remove: list[str] = Field(default_factory=list)
+
+
+class RewriteConfig(_Model):
+    """Changes to the request before it is forwarded (after matching)."""
+
+    strip_prefix: str | None = None
+    replace_prefix: PrefixReplaceConfig | None = None
+    regex: RegexRewriteConfig | None = None
+    host: str | None = Field(None, description="Host header sent upstream.")
+    query: QueryRewriteConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_path_rewrite(self) -> RewriteConfig:
+        given = [f for f in ("strip_prefix", "replace_prefix", "regex") if getattr(self, f)]
+        if len(given) > 1:
+            raise ValueError("rewrite: give only one of strip_prefix, replace_prefix, regex")
+        return self
+
+
+class RedirectConfig(_Model):
+    """Answer with a redirect instead of forwarding."""
+
+    status: int = Field(302, description="301, 302, 303, 307 or 308.")
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    path: str | None = None
+    strip_query: bool = False
+
+
+class HeaderTransformConfig(_Model):
+    """Header edits; values may use ${request_id}, ${param.id}, ${header.x}... variables."""
+
+    set: dict[str, str] = Field(default_factory=dict, description="Replace (or add) fields.")
+    add: dict[str, str] = Field(default_factory=dict, description="Append fields.")
+    remove: list[str] = Field(default_factory=list)
+
+    @field_validator("set", "add")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        return {_header_name(k): val for k, val in v.items()}
+
+    @field_validator("remove")
+    @classmethod
+    def _removed(cls, v: list[str]) -> list[str]:
+        return [_header_name(n) for n in v]
+
+
+class FaultDelayConfig(_Model):
+    percent: float = Field(ge=0, le=100)
+    duration_s: float = Field(ge=0)
+
+
+class FaultAbortConfig(_Model):
+    percent: float = Field(ge=0, le=100)
+    status: int = Field(ge=400, le=599)
+
+
+class FaultConfig(_Model):
+    """Injected delays and aborts, for testing how clients cope."""
+
+    delay: FaultDelayConfig | None = None
+    abort: FaultAbortConfig | None = None
+    header_trigger: bool = Field(
+        False,
+        description="Only requests with x-meshgate-fault get faults; 'abort=503' or "
+        "'delay=0.5' in it apply exactly that.",
+    )
+    max_delay_s: PositiveSeconds = Field(10.0, description="Cap on delays asked by header.")
+
+
 class RouteConfig(_Model):
     """One route: which requests it takes and where they go."""
 
-    path: str = Field(description="Pattern with ':param' segments and a final '*'.")
+    name: str | None = Field(
+        None, min_length=1, description="Unique name (logs, explain, ${route}); default routes[i]."
+    )
+    path: str | None = Field(
+        None, description="Exact path, or a pattern with ':param' segments and a final '*'."
+    )
+    path_prefix: str | None = Field(
+        None, description="Path prefix on whole segments: '/api' takes /api and /api/..."
+    )
+    path_regex: str | None = Field(
+        None, description="Regex the whole path must match; named groups become params."
+    )
     methods: list[str] | None = Field(None, description="Allowed methods; omitted = any.")
     hosts: list[str] | None = Field(
         None, description="Host patterns ('api.example.com', '*.example.com'); omitted = any."
     )
-    upstream: str = Field(description="Name of an entry in 'upstreams'.")
+    headers: list[HeaderMatchConfig] = Field(
+        default_factory=list, description="Header conditions, all required."
+    )
+    query: list[QueryMatchConfig] = Field(
+        default_factory=list, description="Query parameter conditions, all required."
+    )
+    upstream: str | None = Field(None, description="Name of an entry in 'upstreams'.")
+    split: list[SplitConfig] | None = Field(
+        None, description="Weighted split across upstreams (instead of 'upstream')."
+    )
+    sticky: StickyConfig | None = Field(
+        None, description="With 'split': keep a client on one upstream by header or cookie."
+    )
+    mirror: MirrorConfig | None = None
+    rewrite: RewriteConfig | None = None
+    redirect: RedirectConfig | None = Field(
+        None, description="Answer with a redirect (instead of 'upstream' or 'split')."
+    )
+    request_headers: HeaderTransformConfig | None = None
+    response_headers: HeaderTransformConfig | None = None
+    fault: FaultConfig | None = None
     middleware: list[MiddlewareRef] | None = Field(
         None, description="This route's chain; omitted = the top-level 'middleware' list."
     )
@@ -134,14 +340,55 @@ class RouteConfig(_Model):
     def _names_as_refs(cls, v: Any) -> Any:
         return _coerce_middleware(v)
 
-    @field_validator("path")
+    @field_validator("path", "path_prefix")
     @classmethod
-    def _valid_path(cls, v: str) -> str:
+    def _valid_path(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
         try:
             parse_pattern(v)
         except PatternError as exc:
             raise ValueError(str(exc)) from None
         return v
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _plain_prefix(cls, v: str | None) -> str | None:
+        if v is not None and ("*" in v or "/:" in v):
+            raise ValueError(f"path_prefix {v!r}: no ':param' or '*' here; use 'path'")
+        return v
+
+    _path_regex = field_validator("path_regex")(lambda v: v if v is None else _check_regex(v))
+
+    @model_validator(mode="after")
+    def _one_match_and_action(self) -> RouteConfig:
+        _one_of(self, ("path", "path_prefix", "path_regex"), "route")
+        _one_of(self, ("upstream", "split", "redirect"), "route")
+        if self.redirect is not None:
+            extra = [
+                f
+                for f in ("mirror", "rewrite", "request_headers", "sticky")
+                if getattr(self, f) is not None
+            ]
+            if extra:
+                raise ValueError(
+                    f"a redirect route answers without forwarding: remove {', '.join(extra)}"
+                )
+        if self.sticky is not None and self.split is None:
+            raise ValueError("sticky needs 'split'")
+        if self.split is not None:
+            if not self.split:
+                raise ValueError("split must list at least one upstream")
+            if sum(t.weight for t in self.split) <= 0:
+                raise ValueError("split weights sum to 0")
+        return self
+
+    @property
+    def upstream_names(self) -> list[str]:
+        """Every upstream this route forwards to."""
+        if self.split is not None:
+            return [t.upstream for t in self.split]
+        return [self.upstream] if self.upstream is not None else []
 
     @field_validator("methods")
     @classmethod
@@ -207,6 +454,10 @@ class GatewayConfig(_Model):
         return _coerce_middleware(v)
 
 
+def route_name(route: RouteConfig, index: int) -> str:
+    return route.name or f"routes[{index}]"
+
+
 def reference_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
     """Cross-field problems (unknown or duplicate names), each with its key path."""
     errors: list[tuple[tuple[str | int, ...], str]] = []
@@ -215,13 +466,35 @@ def reference_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...],
         if up.name in names:
             errors.append((("upstreams", i, "name"), f"duplicate upstream name {up.name!r}"))
         names.add(up.name)
+    defined = ", ".join(sorted(names)) or "none"
+
+    def check(loc: tuple[str | int, ...], name: str) -> None:
+        if name not in names:
+            errors.append((loc, f"unknown upstream {name!r}; defined: {defined}"))
+
+    route_names: dict[str, int] = {}
     for i, route in enumerate(config.routes):
-        if route.upstream not in names:
-            defined = ", ".join(sorted(names)) or "none"
-            errors.append(
-                (
-                    ("routes", i, "upstream"),
-                    f"unknown upstream {route.upstream!r}; defined: {defined}",
+        if route.name is not None:
+            if route.name in route_names:
+                first = route_names[route.name]
+                errors.append(
+                    (
+                        ("routes", i, "name"),
+                        f"duplicate route name {route.name!r} (also routes[{first}])",
+                    )
                 )
-            )
+            route_names.setdefault(route.name, i)
+        if route.upstream is not None:
+            check(("routes", i, "upstream"), route.upstream)
+        for j, target in enumerate(route.split or ()):
+            check(("routes", i, "split", j, "upstream"), target.upstream)
+        if route.mirror is not None:
+            check(("routes", i, "mirror", "upstream"), route.mirror.upstream)
+            if route.mirror.upstream in route.upstream_names:
+                errors.append(
+                    (
+                        ("routes", i, "mirror", "upstream"),
+                        f"the mirror {route.mirror.upstream!r} is the route's own upstream",
+                    )
+                )
     return errors

@@ -225,14 +225,7 @@ class Request:
         host: str | None = None,
     ) -> None:
         self.method = method
-        self.target = target  # path plus query, as sent
-        q = target.find("?")
-        if q == -1:
-            self.path = target
-            self.query_string = ""
-        else:
-            self.path = target[:q]
-            self.query_string = target[q + 1 :]
+        self.set_target(target)
         self.headers = headers
         self.body = body
         self.client_ip = client_ip
@@ -240,6 +233,17 @@ class Request:
         self.http_version = http_version
         self.scheme = scheme
         self.host = (headers.get("host") if host is None else host) or ""
+
+    def set_target(self, target: str) -> None:
+        """Change what is forwarded: path plus query (``path`` and ``query_string`` follow)."""
+        self.target = target
+        q = target.find("?")
+        if q == -1:
+            self.path = target
+            self.query_string = ""
+        else:
+            self.path = target[:q]
+            self.query_string = target[q + 1 :]
 
     @property
     def query(self) -> dict[str, str]:

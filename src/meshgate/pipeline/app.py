@@ -34,7 +34,9 @@ class GatewayApp:
     async def __call__(self, request: Request) -> Response:
         start = time.monotonic()
         runtime = self.runtime
-        found = runtime.router.match(request.method, request.path, request.host)
+        found = runtime.router.match(
+            request.method, request.path, request.host, request.headers.raw(), request.query_string
+        )
         if not isinstance(found, Match):
             rid = choose_request_id(request)
             if isinstance(found, MethodNotAllowed):
@@ -67,6 +69,6 @@ class GatewayApp:
                 await ctx.response.body.aclose()
             return error_response(500, "internal error", ctx.request_id)
         if ctx.response is None:
-            log.error("route %s produced no response (request id %s)", route.path, ctx.request_id)
+            log.error("route %s produced no response (request id %s)", route.name, ctx.request_id)
             return error_response(500, "no response produced", ctx.request_id)
         return ctx.response

@@ -10,6 +10,7 @@ from meshgate.http.messages import Request, Response, error_response
 
 if TYPE_CHECKING:
     from meshgate.pipeline.runtime import CompiledRoute
+    from meshgate.upstream.cluster import Cluster
 
 Next = Callable[[], Awaitable[None]]
 Middleware = Callable[["RequestContext", Next], Awaitable[None]]
@@ -24,6 +25,7 @@ class RequestContext:
     """
 
     __slots__ = (
+        "cluster",
         "deadline",
         "params",
         "request",
@@ -54,6 +56,7 @@ class RequestContext:
         self.state: dict[str, Any] = {}
         self.response: Response | None = None
         self.upstream_error: Exception | None = None  # set by the proxy when it answered 5xx
+        self.cluster: Cluster | None = None  # upstream chosen by a split; None = the route's
 
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         """Build (and set) a JSON error response carrying the request id."""

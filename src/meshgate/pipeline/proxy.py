@@ -137,7 +137,9 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
     """Forward to a host of the route's upstream and set ``ctx.response``."""
     route = ctx.route
     assert route is not None
-    host = route.cluster.pick()
+    cluster = ctx.cluster or route.cluster
+    assert cluster is not None, "a forwarding route always has an upstream"
+    host = cluster.pick()
     try:
         head, has_body, chunked = build_request_head(ctx, host)
     except HTTPError as exc:
@@ -173,7 +175,7 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
                 ctx.request.method,
                 ctx.request.path,
                 host.key,
-                route.cluster.name,
+                cluster.name,
                 exc.detail,
             )
         ctx.upstream_error = exc

@@ -6,60 +6,182 @@ old one keeps serving the requests that already hold it.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from meshgate.config.loader import ConfigError, ConfigProblem, LocatedDocument, key_path
-from meshgate.config.models import GatewayConfig, MiddlewareRef, RouteConfig
+from meshgate.config.models import (
+    GatewayConfig,
+    HeaderTransformConfig,
+    MiddlewareRef,
+    RouteConfig,
+    route_name,
+)
+from meshgate.core.matchers import HeaderMatch, QueryMatch, RequestMatcher
+from meshgate.core.rewrite import Redirect
 from meshgate.core.router import Router
+from meshgate.core.split import WeightedSplit
 from meshgate.pipeline.compose import Handler, compose
 from meshgate.pipeline.context import Middleware
+from meshgate.pipeline.mirror import Mirror
 from meshgate.pipeline.plugins import PluginError, load_middleware
 from meshgate.pipeline.proxy import proxy
+from meshgate.pipeline.traffic import (
+    HeaderTransform,
+    Random,
+    Rewrite,
+    Split,
+    fault_policy,
+    fault_stage,
+    redirect_stage,
+    request_headers_stage,
+    response_headers_stage,
+    rewrite_stage,
+    split_stage,
+)
 from meshgate.upstream.cluster import Cluster
 
 
 class CompiledRoute:
-    """A route ready to serve: its chain is composed once, here."""
+    """A route ready to serve: its matchers and chain are built once, here."""
 
     __slots__ = (
         "cluster",
         "config",
+        "fault",
+        "guard",
         "handler",
+        "mirror",
+        "name",
         "path",
         "preserve_host",
+        "redirect",
         "remove_request_headers",
+        "request_headers",
+        "response_headers",
+        "rewrite",
+        "split",
+        "stage_names",
         "timeout_s",
     )
 
     def __init__(
         self,
         config: RouteConfig,
-        cluster: Cluster,
+        name: str,
+        clusters: dict[str, Cluster],
         middlewares: Sequence[Middleware],
         timeout_s: float,
+        random: Random,
     ) -> None:
         self.config = config
-        self.path = config.path
-        self.cluster = cluster
+        self.name = name
+        self.path = config.path or config.path_prefix or config.path_regex or ""
         self.timeout_s = timeout_s
-        self.preserve_host = config.preserve_host
         self.remove_request_headers = frozenset(config.remove_request_headers)
-        self.handler: Handler = compose([*middlewares, proxy])
+        self.guard = _guard(config)
+        self.fault = fault_policy(config.fault) if config.fault is not None else None
+        self.request_headers = _transform(config.request_headers)
+        self.response_headers = _transform(config.response_headers)
+        self.rewrite = Rewrite(config.rewrite) if config.rewrite is not None else None
+        self.preserve_host = config.preserve_host or (
+            self.rewrite is not None and self.rewrite.host is not None
+        )
+        r = config.redirect
+        self.redirect = (
+            Redirect.build(
+                status=r.status,
+                scheme=r.scheme,
+                host=r.host,
+                port=r.port,
+                path=r.path,
+                strip_query=r.strip_query,
+            )
+            if r is not None
+            else None
+        )
+        self.split: Split | None = None
+        if config.split is not None:
+            sticky = config.sticky
+            self.split = Split(
+                WeightedSplit([(clusters[t.upstream], t.weight) for t in config.split]),
+                random,
+                header=sticky.header if sticky is not None else None,
+                cookie=sticky.cookie if sticky is not None else None,
+            )
+        names = config.upstream_names
+        self.cluster: Cluster | None = clusters[names[0]] if names else None
+        m = config.mirror
+        self.mirror = Mirror(m, clusters[m.upstream], random) if m is not None else None
+        stages = self._stages(random)
+        self.stage_names = tuple(n for n, _ in stages)
+        self.handler: Handler = compose([*middlewares, *(fn for _, fn in stages)])
+
+    def _stages(self, random: Random) -> list[tuple[str, Middleware]]:
+        """The route's own stages after its middleware, in order (see pipeline/traffic.py)."""
+        out: list[tuple[str, Middleware]] = []
+        if self.fault is not None:
+            out.append(("fault", fault_stage(self.fault, random)))
+        if self.request_headers is not None:
+            out.append(("request_headers", request_headers_stage(self.request_headers)))
+        if self.rewrite is not None:
+            out.append(("rewrite", rewrite_stage(self.rewrite)))
+        if self.split is not None:
+            out.append(("split", split_stage(self.split)))
+        if self.mirror is not None:
+            out.append(("mirror", self.mirror))
+        if self.response_headers is not None:
+            out.append(("response_headers", response_headers_stage(self.response_headers)))
+        if self.redirect is not None:
+            out.append(("redirect", redirect_stage(self.redirect)))
+        else:
+            out.append(("proxy", proxy))
+        return out
 
     def __repr__(self) -> str:
-        return f"<CompiledRoute {self.path} -> {self.cluster.name}>"
+        target = self.cluster.name if self.cluster is not None else "redirect"
+        return f"<CompiledRoute {self.name} {self.path} -> {target}>"
+
+
+def _guard(config: RouteConfig) -> RequestMatcher | None:
+    matcher = RequestMatcher(
+        [
+            HeaderMatch.build(h.name, exact=h.exact, regex=h.regex, present=h.present)
+            for h in config.headers
+        ],
+        [
+            QueryMatch.build(q.name, exact=q.exact, regex=q.regex, present=q.present)
+            for q in config.query
+        ],
+    )
+    return None if matcher.empty else matcher
+
+
+def _transform(config: HeaderTransformConfig | None) -> HeaderTransform | None:
+    if config is None or not (config.set or config.add or config.remove):
+        return None
+    return HeaderTransform(config)
 
 
 class Runtime:
     def __init__(
-        self, config: GatewayConfig, router: Router[CompiledRoute], clusters: dict[str, Cluster]
+        self,
+        config: GatewayConfig,
+        router: Router[CompiledRoute],
+        clusters: dict[str, Cluster],
+        routes: Sequence[CompiledRoute] = (),
     ) -> None:
         self.config = config
         self.router = router
         self.clusters = clusters
+        self.routes = list(routes)
 
     def close(self) -> None:
-        """Close idle upstream connections; busy ones close when their exchange ends."""
+        """Close idle upstream connections (busy ones close when their exchange ends)
+        and cancel mirrored copies still in flight."""
+        for route in self.routes:
+            if route.mirror is not None:
+                route.mirror.close()
         for cluster in self.clusters.values():
             cluster.close()
 
@@ -95,10 +217,16 @@ def _problem(
         problems.append(ConfigProblem("<config>", 0, key_path(loc), message))
 
 
-def build_runtime(config: GatewayConfig, doc: LocatedDocument | None = None) -> Runtime:
+def build_runtime(
+    config: GatewayConfig,
+    doc: LocatedDocument | None = None,
+    *,
+    rng: random.Random | None = None,
+) -> Runtime:
     """Resolve plugins, compose chains and build the router; raise `ConfigError`.
 
-    Must run inside the event loop that will serve (pools bind to it).
+    Must run inside the event loop that will serve (pools bind to it). ``rng``
+    drives splits, mirroring and fault odds (seed it for reproducible tests).
     """
     problems: list[ConfigProblem] = []
     default_chain = _chain(config.middleware, ("middleware",), doc, problems)
@@ -110,18 +238,50 @@ def build_runtime(config: GatewayConfig, doc: LocatedDocument | None = None) -> 
     ]
     if problems:
         raise ConfigError(problems)
-    clusters = {up.name: Cluster(up) for up in config.upstreams}
+    rng = rng or random.Random()
+    clusters = {up.name: Cluster(up, rng) for up in config.upstreams}
     router: Router[CompiledRoute] = Router()
+    compiled_routes: list[CompiledRoute] = []
     for i, (route, chain) in enumerate(zip(config.routes, chains, strict=True)):
-        compiled = CompiledRoute(
-            route, clusters[route.upstream], chain, route.timeout_s or config.timeout_s
-        )
         try:
-            router.add(route.path, compiled, route.methods, route.hosts)
+            compiled = CompiledRoute(
+                route,
+                route_name(route, i),
+                clusters,
+                chain,
+                route.timeout_s or config.timeout_s,
+                rng.random,
+            )
+        except ValueError as exc:  # a matcher, rewrite, template or fault the models let by
+            _problem(doc, ("routes", i), str(exc), problems)
+            continue
+        compiled_routes.append(compiled)
+        try:
+            _register(router, route, compiled)
         except ValueError as exc:
-            _problem(doc, ("routes", i, "path"), str(exc), problems)
+            _problem(doc, ("routes", i, _path_key(route)), str(exc), problems)
     if problems:
         for cluster in clusters.values():
             cluster.close()
         raise ConfigError(problems)
-    return Runtime(config, router, clusters)
+    return Runtime(config, router, clusters, compiled_routes)
+
+
+def _path_key(route: RouteConfig) -> str:
+    if route.path_prefix is not None:
+        return "path_prefix"
+    if route.path_regex is not None:
+        return "path_regex"
+    return "path"
+
+
+def _register(router: Router[CompiledRoute], route: RouteConfig, compiled: CompiledRoute) -> None:
+    guard = compiled.guard
+    if route.path_regex is not None:
+        router.add_regex(route.path_regex, compiled, route.methods, route.hosts, guard=guard)
+        return
+    pattern = route.path
+    if route.path_prefix is not None:
+        pattern = route.path_prefix.rstrip("/") + "/*"
+    assert pattern is not None
+    router.add(pattern, compiled, route.methods, route.hosts, guard=guard)
