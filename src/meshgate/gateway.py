@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from types import TracebackType
 
 from meshgate.config.loader import LocatedDocument
@@ -27,8 +28,10 @@ class Gateway:
         doc: LocatedDocument | None = None,
         *,
         reuse_port: bool = False,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._rng = rng or random.Random()  # splits, mirroring, fault odds
         self._doc = doc
         self._reuse_port = reuse_port
         self._runtime: Runtime | None = None
@@ -47,7 +50,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Build the runtime (raises `ConfigError`) and start listening."""
-        self._runtime = build_runtime(self.config, self._doc)
+        self._runtime = build_runtime(self.config, self._doc, rng=self._rng)
         self._app = GatewayApp(self._runtime)
         self._server = HttpServer(
             self._app,
@@ -70,7 +73,7 @@ class Gateway:
     async def reload(self, config: GatewayConfig, doc: LocatedDocument | None = None) -> None:
         """Build a new runtime aside and swap it in; raise `ConfigError` and keep the old."""
         assert self._app is not None and self._runtime is not None
-        new = build_runtime(config, doc)
+        new = build_runtime(config, doc, rng=self._rng)
         if config.listener != self.config.listener:
             log.warning("listener settings changed: they take effect on restart only")
         old, self._runtime = self._runtime, new

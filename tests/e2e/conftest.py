@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -522,14 +523,17 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 @pytest.fixture
 async def gateway_factory(upstream: TestUpstream) -> AsyncIterator[GatewayFactory]:
-    """``await make(cfg_or_yaml=None, **make_config_kwargs)`` starts a gateway in-process."""
+    """``await make(cfg_or_yaml=None, rng=None, **make_config_kwargs)`` starts a gateway
+    in-process (``rng``: a seeded `random.Random` for splits, mirroring and faults)."""
     started: list[Gateway] = []
 
-    async def make(cfg: dict[str, Any] | str | None = None, **kwargs: Any) -> Gateway:
+    async def make(
+        cfg: dict[str, Any] | str | None = None, *, rng: random.Random | None = None, **kwargs: Any
+    ) -> Gateway:
         if cfg is None:
             cfg = make_config(upstream.port, **kwargs)
         config, doc = parse_config(to_yaml(cfg), "e2e.yaml")
-        gw = Gateway(config, doc)
+        gw = Gateway(config, doc, rng=rng)
         await gw.start()
         started.append(gw)
         return gw
