@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from meshgate.config.loader import ConfigError, json_schema, load_config
+from meshgate.config.loader import ConfigError, config_warnings, json_schema, load_config
 
 GC_GEN0_THRESHOLD = 50_000
 
@@ -31,7 +31,7 @@ def _report(exc: ConfigError) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
-        config, _ = load_config(args.file)
+        config, doc = load_config(args.file)
     except ConfigError as exc:
         return _report(exc)
     # Plugins are resolved too, so a bad dotted path fails validation.
@@ -44,7 +44,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         asyncio.run(check())
     except ConfigError as exc:
         return _report(exc)
-    print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams)")
+    warnings = config_warnings(config, doc)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    note = f", {len(warnings)} warning(s)" if warnings else ""
+    print(
+        f"{args.file}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams{note})"
+    )
     return 0
 
 

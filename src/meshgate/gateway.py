@@ -6,7 +6,7 @@ import logging
 import random
 from types import TracebackType
 
-from meshgate.config.loader import LocatedDocument
+from meshgate.config.loader import LocatedDocument, config_warnings
 from meshgate.config.models import GatewayConfig
 from meshgate.io.server import HttpServer
 from meshgate.pipeline.app import GatewayApp
@@ -51,6 +51,7 @@ class Gateway:
     async def start(self) -> None:
         """Build the runtime (raises `ConfigError`) and start listening."""
         self._runtime = build_runtime(self.config, self._doc, rng=self._rng)
+        _log_warnings(self.config, self._doc)
         self._app = GatewayApp(self._runtime)
         self._server = HttpServer(
             self._app,
@@ -74,6 +75,7 @@ class Gateway:
         """Build a new runtime aside and swap it in; raise `ConfigError` and keep the old."""
         assert self._app is not None and self._runtime is not None
         new = build_runtime(config, doc, rng=self._rng)
+        _log_warnings(config, doc)
         if config.listener != self.config.listener:
             log.warning("listener settings changed: they take effect on restart only")
         old, self._runtime = self._runtime, new
@@ -103,3 +105,8 @@ class Gateway:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _log_warnings(config: GatewayConfig, doc: LocatedDocument | None) -> None:
+    for warning in config_warnings(config, doc):
+        log.warning("%s", warning)

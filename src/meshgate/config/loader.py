@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from meshgate.config.models import GatewayConfig, reference_errors
+from meshgate.config.models import GatewayConfig, reference_errors, route_warnings
 
 Loc = tuple[str | int, ...]
 
@@ -151,6 +151,18 @@ def parse_config(text: str, filename: str = "<config>") -> tuple[GatewayConfig, 
     if problems:
         raise ConfigError(problems)
     return config, doc
+
+
+def config_warnings(config: GatewayConfig, doc: LocatedDocument | None) -> list[ConfigProblem]:
+    """Things that are valid but almost certainly wrong (a route that never matches)."""
+    out = []
+    for loc, msg in route_warnings(config):
+        text = f"warning: {msg}"
+        if doc is not None:
+            out.append(doc.problem(loc, text))
+        else:
+            out.append(ConfigProblem("<config>", 0, key_path(loc), text))
+    return out
 
 
 def load_config(path: str | Path) -> tuple[GatewayConfig, LocatedDocument]:

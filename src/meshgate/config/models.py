@@ -8,7 +8,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meshgate.core.balancer import BALANCERS
+from meshgate.core.fault import FaultError, FaultPolicy
+from meshgate.core.matchers import HeaderMatch, MatcherError, QueryMatch
+from meshgate.core.rewrite import PathRewrite, QueryRewrite, Redirect, RewriteError
 from meshgate.core.router import PatternError, parse_pattern, validate_host_pattern
+from meshgate.core.template import TemplateError, compile_template
 
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
@@ -138,11 +142,14 @@ class HeaderMatchConfig(_Model):
     present: bool | None = Field(None, description="true: must be sent; false: must be absent.")
 
     _name = field_validator("name")(_header_name)
-    _regex = field_validator("regex")(lambda v: v if v is None else _check_regex(v))
 
     @model_validator(mode="after")
     def _one_condition(self) -> HeaderMatchConfig:
         _one_of(self, ("exact", "regex", "present"), f"header matcher {self.name!r}")
+        try:
+            HeaderMatch.build(self.name, exact=self.exact, regex=self.regex, present=self.present)
+        except MatcherError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 
@@ -154,11 +161,13 @@ class QueryMatchConfig(_Model):
     regex: str | None = None
     present: bool | None = None
 
-    _regex = field_validator("regex")(lambda v: v if v is None else _check_regex(v))
-
     @model_validator(mode="after")
     def _one_condition(self) -> QueryMatchConfig:
         _one_of(self, ("exact", "regex", "present"), f"query matcher {self.name!r}")
+        try:
+            QueryMatch.build(self.name, exact=self.exact, regex=self.regex, present=self.present)
+        except MatcherError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 
@@ -222,10 +231,28 @@ class RewriteConfig(_Model):
     query: QueryRewriteConfig | None = None
 
     @model_validator(mode="after")
-    def _one_path_rewrite(self) -> RewriteConfig:
+    def _valid_rewrite(self) -> RewriteConfig:
         given = [f for f in ("strip_prefix", "replace_prefix", "regex") if getattr(self, f)]
         if len(given) > 1:
             raise ValueError("rewrite: give only one of strip_prefix, replace_prefix, regex")
+        replace, regex, query = self.replace_prefix, self.regex, self.query
+        try:
+            PathRewrite.build(
+                strip_prefix=self.strip_prefix,
+                replace_prefix=(replace.from_, replace.to) if replace is not None else None,
+                regex=(regex.pattern, regex.replacement) if regex is not None else None,
+            )
+            if query is not None:
+                QueryRewrite(query.set, query.remove)
+        except RewriteError as exc:
+            raise ValueError(str(exc)) from None
+        if self.host is not None:
+            try:
+                validate_host_pattern(self.host)
+            except PatternError as exc:
+                raise ValueError(f"rewrite host: {exc}") from None
+            if self.host.startswith("*.") or any(c in self.host for c in "\r\n\0"):
+                raise ValueError(f"rewrite host {self.host!r} must be a plain host[:port]")
         return self
 
 
@@ -239,6 +266,24 @@ class RedirectConfig(_Model):
     path: str | None = None
     strip_query: bool = False
 
+    @model_validator(mode="after")
+    def _valid_redirect(self) -> RedirectConfig:
+        try:
+            self.build()
+        except RewriteError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def build(self) -> Redirect:
+        return Redirect.build(
+            status=self.status,
+            scheme=self.scheme,
+            host=self.host,
+            port=self.port,
+            path=self.path,
+            strip_query=self.strip_query,
+        )
+
 
 class HeaderTransformConfig(_Model):
     """Header edits; values may use ${request_id}, ${param.id}, ${header.x}... variables."""
@@ -250,7 +295,14 @@ class HeaderTransformConfig(_Model):
     @field_validator("set", "add")
     @classmethod
     def _names(cls, v: dict[str, str]) -> dict[str, str]:
-        return {_header_name(k): val for k, val in v.items()}
+        out = {}
+        for name, value in v.items():
+            try:
+                compile_template(value)
+            except TemplateError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            out[_header_name(name)] = value
+        return out
 
     @field_validator("remove")
     @classmethod
@@ -279,6 +331,25 @@ class FaultConfig(_Model):
         "'delay=0.5' in it apply exactly that.",
     )
     max_delay_s: PositiveSeconds = Field(10.0, description="Cap on delays asked by header.")
+
+    @model_validator(mode="after")
+    def _valid_fault(self) -> FaultConfig:
+        try:
+            self.build()
+        except FaultError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def build(self) -> FaultPolicy:
+        delay, abort = self.delay, self.abort
+        return FaultPolicy.build(
+            delay_s=delay.duration_s if delay is not None else None,
+            delay_percent=delay.percent if delay is not None else 0.0,
+            abort_status=abort.status if abort is not None else None,
+            abort_percent=abort.percent if abort is not None else 0.0,
+            header_trigger=self.header_trigger,
+            max_delay_s=self.max_delay_s,
+        )
 
 
 class RouteConfig(_Model):
@@ -498,3 +569,50 @@ def reference_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...],
                     )
                 )
     return errors
+
+
+def _tree_pattern(route: RouteConfig) -> str | None:
+    """The radix-tree pattern a route is registered under (None for regex routes)."""
+    if route.path_prefix is not None:
+        return route.path_prefix.rstrip("/") + "/*"
+    if route.path is None:
+        return None
+    segments = [":" if s.startswith(":") else s for s in route.path.split("/") if s]
+    return "/" + "/".join(segments)
+
+
+def _covers(wide: list[str] | None, narrow: list[str] | None) -> bool:
+    """Whether every value ``narrow`` allows, ``wide`` allows too (None = anything)."""
+    return wide is None or (narrow is not None and set(narrow) <= set(wide))
+
+
+def _shadows(first: RouteConfig, later: RouteConfig) -> bool:
+    """Whether ``first`` takes every request ``later`` could match (so it never does)."""
+    if not (_covers(first.methods, later.methods) and _covers(first.hosts, later.hosts)):
+        return False
+    # first's conditions must be a subset of later's: then whatever later accepts, so does first
+    if not set(map(repr, first.headers)) <= set(map(repr, later.headers)):
+        return False
+    if not set(map(repr, first.query)) <= set(map(repr, later.query)):
+        return False
+    first_tree, later_tree = _tree_pattern(first), _tree_pattern(later)
+    if later_tree is None:  # regex routes come after the whole tree, in order
+        return first_tree == "/*" or (first.path_regex == later.path_regex)
+    return first_tree == later_tree
+
+
+def route_warnings(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """Routes that can never match (shadowed by an earlier one), with their key path."""
+    warnings: list[tuple[tuple[str | int, ...], str]] = []
+    for j, later in enumerate(config.routes):
+        for i, first in enumerate(config.routes[:j]):
+            if _shadows(first, later):
+                warnings.append(
+                    (
+                        ("routes", j),
+                        f"route {route_name(later, j)!r} never matches: "
+                        f"{route_name(first, i)!r} (routes[{i}]) takes all its requests",
+                    )
+                )
+                break
+    return warnings

@@ -18,7 +18,6 @@ from meshgate.config.models import (
     route_name,
 )
 from meshgate.core.matchers import HeaderMatch, QueryMatch, RequestMatcher
-from meshgate.core.rewrite import Redirect
 from meshgate.core.router import Router
 from meshgate.core.split import WeightedSplit
 from meshgate.pipeline.compose import Handler, compose
@@ -31,7 +30,6 @@ from meshgate.pipeline.traffic import (
     Random,
     Rewrite,
     Split,
-    fault_policy,
     fault_stage,
     redirect_stage,
     request_headers_stage,
@@ -80,26 +78,14 @@ class CompiledRoute:
         self.timeout_s = timeout_s
         self.remove_request_headers = frozenset(config.remove_request_headers)
         self.guard = _guard(config)
-        self.fault = fault_policy(config.fault) if config.fault is not None else None
+        self.fault = config.fault.build() if config.fault is not None else None
         self.request_headers = _transform(config.request_headers)
         self.response_headers = _transform(config.response_headers)
         self.rewrite = Rewrite(config.rewrite) if config.rewrite is not None else None
         self.preserve_host = config.preserve_host or (
             self.rewrite is not None and self.rewrite.host is not None
         )
-        r = config.redirect
-        self.redirect = (
-            Redirect.build(
-                status=r.status,
-                scheme=r.scheme,
-                host=r.host,
-                port=r.port,
-                path=r.path,
-                strip_query=r.strip_query,
-            )
-            if r is not None
-            else None
-        )
+        self.redirect = config.redirect.build() if config.redirect is not None else None
         self.split: Split | None = None
         if config.split is not None:
             sticky = config.sticky

@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from meshgate.config.models import FaultConfig, HeaderTransformConfig, RewriteConfig
+from meshgate.config.models import HeaderTransformConfig, RewriteConfig
 from meshgate.core.fault import FAULT_HEADER, FaultPolicy
 from meshgate.core.matchers import parse_query
 from meshgate.core.rewrite import PathRewrite, QueryRewrite, Redirect, RewriteError
@@ -186,19 +186,6 @@ def redirect_stage(redirect: Redirect) -> Middleware:
 
 
 # --- fault injection ---------------------------------------------------------------
-
-
-def fault_policy(config: FaultConfig) -> FaultPolicy:
-    delay = config.delay
-    abort = config.abort
-    return FaultPolicy.build(
-        delay_s=delay.duration_s if delay is not None else None,
-        delay_percent=delay.percent if delay is not None else 0.0,
-        abort_status=abort.status if abort is not None else None,
-        abort_percent=abort.percent if abort is not None else 0.0,
-        header_trigger=config.header_trigger,
-        max_delay_s=config.max_delay_s,
-    )
 
 
 def fault_stage(policy: FaultPolicy, random: Random) -> Middleware:
