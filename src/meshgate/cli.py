@@ -1,4 +1,4 @@
-"""Command line: ``meshgate gateway|validate|schema|demo``."""
+"""Command line: ``meshgate gateway|validate|explain|schema|demo``."""
 
 from __future__ import annotations
 
@@ -51,6 +51,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(
         f"{args.file}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams{note})"
     )
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from meshgate.explain import ExplainError, run_explain
+
+    try:
+        config, doc = load_config(args.config)
+        lines = run_explain(config, doc, args.method, args.url, args.header or [])
+    except ConfigError as exc:
+        return _report(exc)
+    except ExplainError as exc:
+        print(f"explain: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
     return 0
 
 
@@ -170,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a config file")
     p.add_argument("file")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "explain", help="show how one request would be routed, without sending traffic"
+    )
+    p.add_argument("-c", "--config", required=True, help="gateway.yaml")
+    p.add_argument("method", help="GET, POST, ...")
+    p.add_argument("url", help="http://host/path?query or /path?query")
+    p.add_argument(
+        "-H", "--header", action="append", metavar="'NAME: VALUE'", help="a request header"
+    )
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("schema", help="print the JSON Schema of gateway.yaml")
     p.set_defaults(func=cmd_schema)

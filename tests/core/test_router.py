@@ -185,10 +185,17 @@ def test_explicit_head_route_beats_get() -> None:
 
 
 def test_any_method_route() -> None:
-    router = build([("/x", "any", None, None), ("/x", "post", ["POST"], None)])
+    router = build([("/x", "post", ["POST"], None), ("/x", "any", None, None)])
     assert matched(router.match("POST", "/x")) == ("post", {})
     for method in ("GET", "DELETE", "HEAD", "BREW"):
         assert matched(router.match(method, "/x")) == ("any", {})
+
+
+def test_same_path_routes_in_declaration_order_whatever_their_methods() -> None:
+    """Method sets are not a precedence level: an any-method route declared
+    first takes the methods of a later, narrower one (validate warns)."""
+    router = build([("/x", "any", None, None), ("/x", "post", ["POST"], None)])
+    assert matched(router.match("POST", "/x")) == ("any", {})
 
 
 def test_method_mismatch_on_static_backtracks_to_param() -> None:

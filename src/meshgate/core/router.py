@@ -96,8 +96,8 @@ class _Node(Generic[T]):
         self.param: _Node[T] | None = None
         self.param_name = param_name
         self.wildcard: _Node[T] | None = None
-        # method -> candidates in the order added
-        self.routes: dict[str, list[tuple[Guard | None, T]]] = {}
+        # (methods, guard, route) in the order added; methods holds "*" for any
+        self.routes: list[tuple[frozenset[str], Guard | None, T]] = []
 
 
 class _RegexRoute(Generic[T]):
@@ -201,8 +201,7 @@ class _Tree(Generic[T]):
                 if child is None:
                     child = node.children[seg] = _Node()
                 node = child
-        for method in methods:
-            node.routes.setdefault(method, []).append((guard, route))
+        node.routes.append((frozenset(methods), guard, route))
 
     def match(self, segments: list[str], req: _Req) -> tuple[T, dict[str, str]] | None:
         params: dict[str, str] = {}
@@ -266,24 +265,30 @@ class _Tree(Generic[T]):
 
     @staticmethod
     def _take(node: _Node[T], req: _Req) -> T | None:
+        """The first route added here that takes the method and whose guard accepts.
+
+        HEAD falls back to routes for GET only after every route that names
+        HEAD (or any method) was tried.
+        """
         routes = node.routes
         if not routes:
             return None
         method = req.method
-        candidates = routes.get(method)
-        if candidates is None and method == "HEAD":
-            candidates = routes.get("GET")
-        if candidates is not None:
-            for guard, route in candidates:
+        seen = False
+        for methods, guard, route in routes:
+            if method in methods or ANY_METHOD in methods:
+                seen = True
                 if guard is None or guard.test(req.headers, req.query):
                     return route
-        any_method = routes.get(ANY_METHOD)
-        if any_method is not None:
-            for guard, route in any_method:
-                if guard is None or guard.test(req.headers, req.query):
-                    return route
-        elif candidates is None:
-            req.allowed.update(routes)
+        if method == "HEAD":
+            for methods, guard, route in routes:
+                if "GET" in methods:
+                    seen = True
+                    if guard is None or guard.test(req.headers, req.query):
+                        return route
+        if not seen:
+            for methods, _, _ in routes:
+                req.allowed.update(methods)
         return None
 
 

@@ -49,6 +49,7 @@ class CompiledRoute:
         "fault",
         "guard",
         "handler",
+        "middleware",
         "mirror",
         "name",
         "path",
@@ -99,6 +100,7 @@ class CompiledRoute:
         self.cluster: Cluster | None = clusters[names[0]] if names else None
         m = config.mirror
         self.mirror = Mirror(m, clusters[m.upstream], random) if m is not None else None
+        self.middleware = tuple(middlewares)
         stages = self._stages(random)
         self.stage_names = tuple(n for n, _ in stages)
         self.handler: Handler = compose([*middlewares, *(fn for _, fn in stages)])
