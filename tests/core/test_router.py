@@ -680,3 +680,38 @@ def test_regex_routes_per_host() -> None:
 def test_bad_regex_is_a_pattern_error() -> None:
     with pytest.raises(PatternError, match=r"path regex '/\(': missing \)"):
         Router[str]().add_regex("/(", "r")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    target=patterns(),
+    values=safe_values,
+    regex_first=st.booleans(),
+    guarded=st.booleans(),
+    sends_header=st.booleans(),
+)
+def test_property_tree_routes_beat_regex_routes(
+    target: list[str], values: list[str], regex_first: bool, guarded: bool, sends_header: bool
+) -> None:
+    """A regex route matching every path never takes a request a tree route
+    takes, whatever the declaration order; it gets exactly those the tree
+    routes decline (here: a failed header guard), with its named groups as params."""
+    router: Router[str] = Router()
+    guard = HeaderIs("x-v", "1") if guarded else None
+
+    def add_regex() -> None:
+        router.add_regex(r"/(?P<first>[^/]*).*", "regex")
+
+    if regex_first:
+        add_regex()
+    router.add("/" + "/".join(target), "tree", guard=guard)
+    if not regex_first:
+        add_regex()
+    path, params = instantiate(target, values, ["x", "y"], encode=False)
+    headers = [("x-v", "1")] if sends_header else []
+    result = matched(router.match("GET", path, headers=headers))
+    if guarded and not sends_header:
+        first = path.split("/")[1] if path != "/" else ""
+        assert result == ("regex", {"first": first})
+    else:
+        assert result == ("tree", params)
