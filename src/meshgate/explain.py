@@ -81,9 +81,12 @@ def explain(runtime: Runtime, request: Request, doc: LocatedDocument | None = No
 
 
 def _where(runtime: Runtime, route: CompiledRoute, doc: LocatedDocument | None) -> str:
+    """``users (routes[1], gw.yaml:14)``, or ``routes[1] (gw.yaml:14)`` for an unnamed route."""
     index = runtime.routes.index(route)
-    line = f", {doc.filename}:{doc.line_of(('routes', index))}" if doc is not None else ""
-    return f"routes[{index}]{line}"
+    at = [f"routes[{index}]"] if route.name != f"routes[{index}]" else []
+    if doc is not None:
+        at.append(f"{doc.filename}:{doc.line_of(('routes', index))}")
+    return f"{route.name} ({', '.join(at)})" if at else route.name
 
 
 def _path_text(config: RouteConfig) -> str:
@@ -102,7 +105,7 @@ def _matched(
     doc: LocatedDocument | None,
 ) -> list[str]:
     config = route.config
-    lines = [f"route: {route.name} ({_where(runtime, route, doc)})"]
+    lines = [f"route: {_where(runtime, route, doc)}"]
     why = [_path_text(config)]
     if params:
         why.append("params " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
@@ -193,7 +196,7 @@ def _candidates(runtime: Runtime, request: Request, doc: LocatedDocument | None)
     scored.sort(key=lambda item: item[:3])
     lines = ["closest routes:" if scored else "no routes are configured"]
     for _, _, _, route, reasons in scored[:MAX_CANDIDATES]:
-        lines.append(f"  {route.name} ({_where(runtime, route, doc)}): {_path_text(route.config)}")
+        lines.append(f"  {_where(runtime, route, doc)}: {_path_text(route.config)}")
         lines += [f"    - {r}" for r in reasons]
     return lines
 
