@@ -160,7 +160,7 @@ ERRORS = [
             - {upstream: a, weight: 0}
             - {upstream: b, weight: 0}
         """,
-        "gw.yaml:7: routes[0]: split weights sum to 0",
+        "gw.yaml:8: routes[0].split: split weights sum to 0: give one upstream a weight > 0",
         id="split-weights-sum-to-0",
     ),
     pytest.param(
@@ -178,7 +178,7 @@ ERRORS = [
         - path: /x
           split: []
         """,
-        "gw.yaml:7: routes[0]: split must list at least one upstream",
+        "gw.yaml:8: routes[0].split: split must list at least one upstream",
         id="empty-split",
     ),
     pytest.param(

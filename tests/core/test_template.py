@@ -269,3 +269,13 @@ def test_unknown_variable_error_carries_its_offset(prefix: str, name: str) -> No
         compile_template(f"{prefix}${{{name}}}${{route}}")
     assert info.value.offset == len(prefix)
     assert str(info.value).startswith(f"unknown variable ${{{name}}} at offset {len(prefix)} ")
+
+
+def test_param_star_is_the_wildcard_capture() -> None:
+    template = compile_template("rest=${param.*}")
+    assert template.variables == (("param", "*"),)
+    assert template.render(lambda root, key: "a/b" if (root, key) == ("param", "*") else None) == (
+        "rest=a/b"
+    )
+    with pytest.raises(TemplateError, match=r"invalid character '\*'"):
+        compile_template("${query.*}")

@@ -5,10 +5,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from meshgate.core.balancer import BALANCERS
-from meshgate.core.fault import FaultError, FaultPolicy
+from meshgate.core.fault import FaultPolicy
 from meshgate.core.matchers import HeaderMatch, MatcherError, QueryMatch
 from meshgate.core.rewrite import PathRewrite, QueryRewrite, Redirect, RewriteError
 from meshgate.core.router import PatternError, parse_pattern, validate_host_pattern
@@ -175,7 +182,9 @@ class SplitConfig(_Model):
     """One upstream of a weighted traffic split."""
 
     upstream: str = Field(min_length=1)
-    weight: float = Field(ge=0, description="Relative weight; 0 takes no traffic.")
+    weight: float = Field(
+        ge=0, allow_inf_nan=False, description="Relative weight; 0 takes no traffic."
+    )
 
 
 class StickyConfig(_Model):
@@ -323,6 +332,9 @@ class FaultAbortConfig(_Model):
 class FaultConfig(_Model):
     """Injected delays and aborts, for testing how clients cope."""
 
+    max_delay_s: PositiveSeconds = Field(
+        10.0, description="Longest delay, configured or asked by header."
+    )
     delay: FaultDelayConfig | None = None
     abort: FaultAbortConfig | None = None
     header_trigger: bool = Field(
@@ -330,14 +342,27 @@ class FaultConfig(_Model):
         description="Only requests with x-meshgate-fault get faults; 'abort=503' or "
         "'delay=0.5' in it apply exactly that.",
     )
-    max_delay_s: PositiveSeconds = Field(10.0, description="Cap on delays asked by header.")
+
+    @field_validator("delay")
+    @classmethod
+    def _delay_within_cap(
+        cls, v: FaultDelayConfig | None, info: ValidationInfo
+    ) -> FaultDelayConfig | None:
+        cap = info.data.get("max_delay_s")
+        if v is not None and cap is not None and v.duration_s > cap:
+            raise ValueError(f"duration_s {v.duration_s:g} is above max_delay_s {cap:g}")
+        return v
 
     @model_validator(mode="after")
-    def _valid_fault(self) -> FaultConfig:
-        try:
-            self.build()
-        except FaultError as exc:
-            raise ValueError(str(exc)) from None
+    def _does_something(self) -> FaultConfig:
+        delay, abort = self.delay, self.abort
+        delays = delay is not None and delay.percent > 0 and delay.duration_s > 0
+        aborts = abort is not None and abort.percent > 0
+        if not (delays or aborts or self.header_trigger):
+            raise ValueError(
+                "fault does nothing: give delay (percent > 0 and duration_s > 0), "
+                "abort (percent > 0) or header_trigger: true"
+            )
         return self
 
     def build(self) -> FaultPolicy:
@@ -429,7 +454,14 @@ class RouteConfig(_Model):
             raise ValueError(f"path_prefix {v!r}: no ':param' or '*' here; use 'path'")
         return v
 
-    _path_regex = field_validator("path_regex")(lambda v: v if v is None else _check_regex(v))
+    @field_validator("path_regex")
+    @classmethod
+    def _valid_path_regex(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("path_regex is empty")
+        return _check_regex(v)
 
     @model_validator(mode="after")
     def _one_match_and_action(self) -> RouteConfig:
@@ -447,12 +479,44 @@ class RouteConfig(_Model):
                 )
         if self.sticky is not None and self.split is None:
             raise ValueError("sticky needs 'split'")
-        if self.split is not None:
-            if not self.split:
-                raise ValueError("split must list at least one upstream")
-            if sum(t.weight for t in self.split) <= 0:
-                raise ValueError("split weights sum to 0")
+        self._check_params()
         return self
+
+    @field_validator("split")
+    @classmethod
+    def _split_weights(cls, v: list[SplitConfig] | None) -> list[SplitConfig] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("split must list at least one upstream")
+            if sum(t.weight for t in v) <= 0:
+                raise ValueError("split weights sum to 0: give one upstream a weight > 0")
+        return v
+
+    def captured_params(self) -> set[str] | None:
+        """Names the path captures (``*`` for a wildcard or prefix); None = cannot tell."""
+        if self.path_regex is not None:
+            return set(re.compile(self.path_regex).groupindex)
+        if self.path_prefix is not None:
+            return {"*"}
+        assert self.path is not None
+        return {s[1:] if s.startswith(":") else s for s in self.path.split("/") if s[:1] in ":*"}
+
+    def _check_params(self) -> None:
+        """``${param.x}`` in a header template must name something the path captures."""
+        captured = self.captured_params()
+        for key in ("request_headers", "response_headers"):
+            transform = getattr(self, key)
+            if transform is None or captured is None:
+                continue
+            for kind in ("set", "add"):
+                for name, value in getattr(transform, kind).items():
+                    for root, param in compile_template(value).variables:
+                        if root == "param" and param not in captured:
+                            have = ", ".join(sorted(captured)) or "none"
+                            raise ValueError(
+                                f"{key}.{kind}.{name}: ${{param.{param}}} is not captured by "
+                                f"the route's path (params: {have})"
+                            )
 
     @property
     def upstream_names(self) -> list[str]:
@@ -586,9 +650,20 @@ def _covers(wide: list[str] | None, narrow: list[str] | None) -> bool:
     return wide is None or (narrow is not None and set(narrow) <= set(wide))
 
 
+def _same_host_trees(first: list[str] | None, later: list[str] | None) -> bool:
+    """Whether ``later``'s routes sit only in host trees ``first`` is in too.
+
+    Host-specific trees are tried before the any-host one, so an any-host
+    route never shadows a route with hosts.
+    """
+    if first is None or later is None:
+        return first is None and later is None
+    return set(later) <= set(first)
+
+
 def _shadows(first: RouteConfig, later: RouteConfig) -> bool:
     """Whether ``first`` takes every request ``later`` could match (so it never does)."""
-    if not (_covers(first.methods, later.methods) and _covers(first.hosts, later.hosts)):
+    if not (_covers(first.methods, later.methods) and _same_host_trees(first.hosts, later.hosts)):
         return False
     # first's conditions must be a subset of later's: then whatever later accepts, so does first
     if not set(map(repr, first.headers)) <= set(map(repr, later.headers)):

@@ -5,7 +5,8 @@ and so is a ``$`` followed by anything but ``{`` or ``$``. Variables are the
 plain names in `PLAIN_ROOTS` and the dotted ``param.NAME``, ``header.NAME``
 (lower-cased at compile), ``query.NAME`` and ``jwt.CLAIM``; a NAME is made
 of letters, digits, ``_``, ``.`` and ``-`` (a header NAME of HTTP token
-characters), and only the first dot splits root from name.
+characters; ``param.*`` is what a path's final ``*`` captured), and only
+the first dot splits root from name.
 
 A template is a header value, so its text may not contain CR, LF or NUL,
 and those characters are dropped from resolved values: a request cannot
@@ -97,6 +98,9 @@ def _reference(name: str, offset: int, allowed_roots: frozenset[str] | None) -> 
             bad = next((c for c in key if c not in TCHAR), None)
             allowed = "HTTP token characters"
             key = key.lower()
+        elif root == "param" and key == "*":  # what a final '*' of the path captured
+            bad = None
+            allowed = ""
         else:
             bad = next((c for c in key if c not in _NAME_CHARS), None)
             allowed = "letters, digits, '_', '.', '-'"
