@@ -4,7 +4,8 @@ The copy runs in its own task and its answer is read and dropped, so a slow
 or dead mirror never delays or fails the request the client is waiting for.
 The mirrored request carries the same headers (after the route's request
 header transforms and rewrites), with ``-shadow`` added to its Host name as
-Envoy does, so the shadow service can tell copies from real traffic.
+Envoy does (to the instance's host:port on routes with ``preserve_host:
+false``), so the shadow service can tell copies from real traffic.
 """
 
 from __future__ import annotations
@@ -17,18 +18,10 @@ from collections.abc import Callable
 from meshgate.config.models import MirrorConfig
 from meshgate.http.messages import BytesBody, Request
 from meshgate.pipeline.context import Next, RequestContext
-from meshgate.pipeline.proxy import proxy
+from meshgate.pipeline.proxy import SHADOW, proxy, shadow_host
 from meshgate.upstream.cluster import Cluster
 
 log = logging.getLogger("meshgate.mirror")
-
-
-def shadow_host(host: str) -> str:
-    """``api.example.com:8080`` -> ``api.example.com-shadow:8080``."""
-    colon = host.rfind(":")
-    if colon != -1 and "]" not in host[colon:]:
-        return f"{host[:colon]}-shadow{host[colon:]}"
-    return f"{host}-shadow" if host else host
 
 
 async def _nothing() -> None:
@@ -105,6 +98,7 @@ class Mirror:
             deadline=now + self.timeout_s,
         )
         mctx.cluster = self.cluster
+        mctx.state[SHADOW] = True
         self.in_flight += 1
         self.sent += 1
         task = asyncio.get_running_loop().create_task(self._send(mctx))

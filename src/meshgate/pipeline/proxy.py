@@ -29,6 +29,18 @@ _SKIP_REQUEST = HOP_BY_HOP | {
     "x-forwarded-host",
 }
 
+# ctx.state key marking a mirrored copy (its Host gets "-shadow", see pipeline/mirror.py).
+SHADOW = "meshgate.shadow"
+
+
+def shadow_host(host: str) -> str:
+    """``api.example.com:8080`` -> ``api.example.com-shadow:8080``."""
+    colon = host.rfind(":")
+    if colon != -1 and "]" not in host[colon:]:
+        return f"{host[:colon]}-shadow{host[colon:]}"
+    return f"{host}-shadow" if host else host
+
+
 # Request-body pump tasks, referenced until done (asyncio keeps tasks weakly).
 _pumps: set[asyncio.Task[None]] = set()
 
@@ -62,7 +74,8 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
     parts = [f"{req.method} {req.target} HTTP/1.1\r\n"]
     parts.extend(f"{name}: {value}\r\n" for name, value in kept)
     if not has_host:
-        parts.append(f"host: {host.key}\r\n")
+        key = host.key
+        parts.append(f"host: {shadow_host(key) if SHADOW in ctx.state else key}\r\n")
     client = req.client_ip
     xff = f"{forwarded_for}, {client}" if forwarded_for else client
     parts.append(f"x-forwarded-for: {xff}\r\n")
