@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     BaseModel,
@@ -140,42 +140,46 @@ def _one_of(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what}: give one of {names}")
 
 
-class HeaderMatchConfig(_Model):
-    """A condition on a request header: ``exact``, ``regex`` (whole value) or ``present``."""
-
-    name: str
-    exact: str | None = None
-    regex: str | None = None
-    present: bool | None = Field(None, description="true: must be sent; false: must be absent.")
-
-    _name = field_validator("name")(_header_name)
-
-    @model_validator(mode="after")
-    def _one_condition(self) -> HeaderMatchConfig:
-        _one_of(self, ("exact", "regex", "present"), f"header matcher {self.name!r}")
-        try:
-            HeaderMatch.build(self.name, exact=self.exact, regex=self.regex, present=self.present)
-        except MatcherError as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
-
-class QueryMatchConfig(_Model):
-    """A condition on a query parameter: ``exact``, ``regex`` (whole value) or ``present``."""
-
+class _FieldMatchConfig(_Model):
     name: str = Field(min_length=1)
     exact: str | None = None
-    regex: str | None = None
-    present: bool | None = None
+    regex: str | None = Field(None, description="Must match the whole value.")
+    present: bool | None = Field(None, description="true: must be sent; false: must be absent.")
 
     @model_validator(mode="after")
-    def _one_condition(self) -> QueryMatchConfig:
-        _one_of(self, ("exact", "regex", "present"), f"query matcher {self.name!r}")
+    def _one_condition(self) -> Self:
+        _one_of(self, ("exact", "regex", "present"), f"{self._what} matcher {self.name!r}")
         try:
-            QueryMatch.build(self.name, exact=self.exact, regex=self.regex, present=self.present)
+            self.build()
         except MatcherError as exc:
             raise ValueError(str(exc)) from None
         return self
+
+    _what: ClassVar[str]
+
+    def build(self) -> HeaderMatch | QueryMatch:
+        raise NotImplementedError
+
+
+class HeaderMatchConfig(_FieldMatchConfig):
+    """A condition on a request header: ``exact``, ``regex`` (whole value) or ``present``."""
+
+    _what = "header"
+    _name = field_validator("name")(_header_name)
+
+    def build(self) -> HeaderMatch:
+        return HeaderMatch.build(
+            self.name, exact=self.exact, regex=self.regex, present=self.present
+        )
+
+
+class QueryMatchConfig(_FieldMatchConfig):
+    """A condition on a query parameter: ``exact``, ``regex`` (whole value) or ``present``."""
+
+    _what = "query"
+
+    def build(self) -> QueryMatch:
+        return QueryMatch.build(self.name, exact=self.exact, regex=self.regex, present=self.present)
 
 
 class SplitConfig(_Model):

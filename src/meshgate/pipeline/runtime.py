@@ -17,7 +17,7 @@ from meshgate.config.models import (
     RouteConfig,
     route_name,
 )
-from meshgate.core.matchers import HeaderMatch, QueryMatch, RequestMatcher
+from meshgate.core.matchers import RequestMatcher
 from meshgate.core.router import Router
 from meshgate.core.split import WeightedSplit
 from meshgate.pipeline.compose import Handler, compose
@@ -132,16 +132,7 @@ class CompiledRoute:
 
 
 def _guard(config: RouteConfig) -> RequestMatcher | None:
-    matcher = RequestMatcher(
-        [
-            HeaderMatch.build(h.name, exact=h.exact, regex=h.regex, present=h.present)
-            for h in config.headers
-        ],
-        [
-            QueryMatch.build(q.name, exact=q.exact, regex=q.regex, present=q.present)
-            for q in config.query
-        ],
-    )
+    matcher = RequestMatcher([h.build() for h in config.headers], [q.build() for q in config.query])
     return None if matcher.empty else matcher
 
 
