@@ -42,9 +42,18 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 UPSTREAM_BODY = "hello from upstream"
 TARGETS = ("direct", "nginx", "bare", "meshgate")
+# Run only when asked (--targets): meshgate with one rate limit on the route that never
+# denies (sliding window keyed by client ip), in process or in a Redis started here.
+LIMIT_TARGETS = ("ratelimit", "ratelimit-redis")
+ALL_TARGETS = TARGETS + LIMIT_TARGETS
 # (numerator, denominator) pairs reported as ratios, e.g. meshgate/nginx: requests/s of
 # numerator / denominator, and per core = CPU us/request of denominator / numerator.
-RATIOS = (("meshgate", "nginx"), ("meshgate", "bare"))
+RATIOS = (
+    ("meshgate", "nginx"),
+    ("meshgate", "bare"),
+    ("ratelimit", "meshgate"),
+    ("ratelimit-redis", "meshgate"),
+)
 PROC = Path("/proc")
 MAX_ERROR_RATE = 0.01
 STOP_TIMEOUT_S = 5.0
@@ -238,7 +247,10 @@ def proxy_nginx_conf(prefix: Path, port: int, upstream_port: int) -> str:
     return nginx_conf(prefix, port, location, upstream)
 
 
-def meshgate_yaml(port: int, upstream_port: int, middleware: str) -> str:
+def meshgate_yaml(
+    port: int, upstream_port: int, middleware: str, limit: str = "", redis_port: int = 0
+) -> str:
+    """The benchmarked gateway: one route to the upstream; ``limit``: local | redis | ""."""
     text = f"""\
 listener:
   host: 127.0.0.1
@@ -252,6 +264,13 @@ routes:
   - path: /*
     upstream: bench
 """
+    if limit:
+        text += f"""\
+    rate_limits:
+      - {{name: bench, limit: 1000000000, window_s: 10, key: [ip], backend: {limit}}}
+"""
+    if limit == "redis":
+        text += f"rate_limit: {{redis: {{url: 'redis://127.0.0.1:{redis_port}/0'}}}}\n"
     if middleware == "none":
         text += "middleware: []\n"
     return text
@@ -510,6 +529,27 @@ def start_upstream(ctx: Context) -> tuple[Proc, int]:
     return proc, port
 
 
+def start_redis(ctx: Context) -> int:
+    """A redis-server on the load CPU for the ratelimit-redis target; its port."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise BenchError("redis-server not found: apt-get install -y redis-server")
+    port = free_port()
+    cmd = [*ctx.pinning.load, exe, "--port", str(port), "--bind", "127.0.0.1"]
+    cmd += ["--save", "", "--appendonly", "no"]
+    proc = ctx.procs.spawn("redis", cmd, log_path=ctx.tmp / "redis.log")
+    deadline = time.monotonic() + ctx.args.start_timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return port
+        if proc.popen.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise BenchError("redis-server did not start", tail(ctx.tmp / "redis.log"))
+
+
 def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, int]:
     port = free_port()
     if target == "nginx":
@@ -520,8 +560,10 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
         cmd += ["--port", str(port), "--upstream-port", str(upstream_port)]
         proc = ctx.procs.spawn("bare", cmd, log_path=ctx.tmp / "bare.log")
     else:
+        limit = {"ratelimit": "local", "ratelimit-redis": "redis"}.get(target, "")
+        redis_port = start_redis(ctx) if limit == "redis" else 0
         cfg = ctx.tmp / "gateway.yaml"
-        cfg.write_text(meshgate_yaml(port, upstream_port, ctx.args.middleware))
+        cfg.write_text(meshgate_yaml(port, upstream_port, ctx.args.middleware, limit, redis_port))
         base, env = meshgate_command(ctx.args.meshgate_cmd)
         ctx.info["meshgate_cmd"] = shlex.join(base)
         cmd = [*ctx.pinning.proxy, *base, "gateway", "-c", str(cfg), "--workers", "1"]
@@ -631,24 +673,24 @@ def print_table(
     )
     print(f"pinning: {info['pinning']}")
     header = (
-        f"{'target':<10} {'rps':>10} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'target':<16} {'rps':>10} {'p50 ms':>9} {'p99 ms':>9} "
         f"{'cpu µs/req':>11} {'cpu %':>6} {'errors':>14}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         if r.skipped:
-            print(f"{r.target:<10} skipped: {r.skipped}")
+            print(f"{r.target:<16} skipped: {r.skipped}")
             continue
         if r.failure:
-            print(f"{r.target:<10} FAILED: {r.failure}")
+            print(f"{r.target:<16} FAILED: {r.failure}")
             last = (r.failure_log or "").strip().splitlines()[-1:]
             if last:
-                print(f"{'':<10} {last[0][:200]}")
+                print(f"{'':<16} {last[0][:200]}")
             continue
         errors = f"{r.errors} ({fmt((r.error_rate or 0) * 100, '.2f')}%)"
         print(
-            f"{r.target:<10} {fmt(r.rps, '10.0f')} {fmt(r.p50_ms, '9.3f')} "
+            f"{r.target:<16} {fmt(r.rps, '10.0f')} {fmt(r.p50_ms, '9.3f')} "
             f"{fmt(r.p99_ms, '9.3f')} {fmt(r.cpu_us_per_req, '11.2f'):>11} "
             f"{fmt(r.cpu_percent, '6.1f'):>6} {errors:>14}"
         )
@@ -675,7 +717,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default=",".join(TARGETS),
-        help=f"comma-separated subset of {','.join(TARGETS)} (default all)",
+        help=f"comma-separated subset of {','.join(ALL_TARGETS)} "
+        f"(default {','.join(TARGETS)})",
     )
     p.add_argument(
         "--upstream",
@@ -694,10 +737,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-v", "--verbose", action="store_true", help="echo raw wrk output to stderr")
     args = p.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = sorted(set(targets) - set(TARGETS))
+    unknown = sorted(set(targets) - set(ALL_TARGETS))
     if unknown or not targets:
-        p.error(f"--targets: unknown {unknown}; choose from {', '.join(TARGETS)}")
-    args.targets = [t for t in TARGETS if t in targets]
+        p.error(f"--targets: unknown {unknown}; choose from {', '.join(ALL_TARGETS)}")
+    args.targets = [t for t in ALL_TARGETS if t in targets]
     if args.duration < 1 or args.connections < 1 or args.warmup < 0:
         p.error("--duration and --connections must be >= 1, --warmup >= 0")
     return args

@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
 # The project's test command (README "Test it"; .ci/run calls this script).
+# Installs what the tests use on a fresh machine: Debian packages (curl for the
+# e2e tests, redis-server for fleet-wide rate limits) and the package with its
+# test extras; then ruff, mypy and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 python3 -m pip install -q -e '.[test]'
 python3 -m ruff check src tests bench examples
 python3 -m mypy

@@ -125,11 +125,13 @@ def _matched(
     names = [_name(m) for m in middleware] + list(route.stage_names)
     lines.append("chain: " + " -> ".join(names))
     hooked = False
-    for m in middleware:
+    named = [(_name(m), m) for m in middleware]
+    named += list(zip(route.stage_names, route.stages, strict=True))
+    for name, m in named:
         hook = getattr(m, "explain", None)
         if callable(hook):
             hooked = True
-            lines += [f"  {_name(m)}: {text}" for text in hook(ctx)]
+            lines += [f"  {name}: {text}" for text in hook(ctx)]
     if not hooked:
         lines.append("  (no middleware in the chain applies rate limits or auth rules)")
     if route.fault is not None:

@@ -14,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
 from meshgate.core.balancer import BALANCERS
 from meshgate.core.fault import FaultPolicy
 from meshgate.core.matchers import HeaderMatch, MatcherError, QueryMatch
@@ -421,6 +422,10 @@ class RouteConfig(_Model):
     request_headers: HeaderTransformConfig | None = None
     response_headers: HeaderTransformConfig | None = None
     fault: FaultConfig | None = None
+    rate_limits: list[LimitConfig] = Field(
+        default_factory=list,
+        description="This route's limits, checked after the top-level rate_limit.limits.",
+    )
     middleware: list[MiddlewareRef] | None = Field(
         None, description="This route's chain; omitted = the top-level 'middleware' list."
     )
@@ -584,6 +589,7 @@ class GatewayConfig(_Model):
         ],
         description="Chain used by routes that do not set their own.",
     )
+    rate_limit: RateLimitConfig = RateLimitConfig()
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
 
@@ -591,6 +597,29 @@ class GatewayConfig(_Model):
     @classmethod
     def _names_as_refs(cls, v: Any) -> Any:
         return _coerce_middleware(v)
+
+
+def _rate_limit_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """Redis limits need rate_limit.redis; limit names are unique on each route."""
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    scopes: list[tuple[tuple[str | int, ...], list[LimitConfig]]] = [
+        (("rate_limit", "limits"), config.rate_limit.limits)
+    ] + [(("routes", i, "rate_limits"), r.rate_limits) for i, r in enumerate(config.routes)]
+    global_labels = {limit.label for limit in config.rate_limit.limits}
+    for loc, limits in scopes:
+        seen: set[str] = set() if loc[0] == "rate_limit" else set(global_labels)
+        for j, limit in enumerate(limits):
+            if limit.backend == "redis" and config.rate_limit.redis is None:
+                errors.append(((*loc, j, "backend"), "backend: redis needs rate_limit.redis"))
+            if limit.label in seen:
+                errors.append(
+                    (
+                        (*loc, j),
+                        f"duplicate limit name {limit.label!r} (give each limit a name:)",
+                    )
+                )
+            seen.add(limit.label)
+    return errors
 
 
 def route_name(route: RouteConfig, index: int) -> str:
@@ -611,6 +640,7 @@ def reference_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...],
         if name not in names:
             errors.append((loc, f"unknown upstream {name!r}; defined: {defined}"))
 
+    errors += _rate_limit_errors(config)
     route_names: dict[str, int] = {}
     for i, route in enumerate(config.routes):
         if route.name is not None:

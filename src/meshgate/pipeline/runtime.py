@@ -6,8 +6,11 @@ old one keeps serving the requests that already hold it.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
+
+from redis.asyncio import Redis
 
 from meshgate.config.loader import ConfigError, ConfigProblem, LocatedDocument, key_path
 from meshgate.config.models import (
@@ -18,13 +21,16 @@ from meshgate.config.models import (
     route_name,
 )
 from meshgate.core.matchers import RequestMatcher
+from meshgate.core.ratelimit import SlidingWindow, TokenBucket
 from meshgate.core.router import Router
 from meshgate.core.split import WeightedSplit
+from meshgate.io.ratelimit_redis import RedisRateLimiter, make_client
 from meshgate.pipeline.compose import Handler, compose
 from meshgate.pipeline.context import Middleware
 from meshgate.pipeline.mirror import Mirror
 from meshgate.pipeline.plugins import PluginError, load_middleware
 from meshgate.pipeline.proxy import proxy
+from meshgate.pipeline.ratelimit import Limit, RateLimitStage, RedisCheck, RedisFactory
 from meshgate.pipeline.traffic import (
     HeaderTransform,
     Random,
@@ -54,6 +60,7 @@ class CompiledRoute:
         "name",
         "path",
         "preserve_host",
+        "rate_limit",
         "redirect",
         "remove_request_headers",
         "request_headers",
@@ -61,6 +68,7 @@ class CompiledRoute:
         "rewrite",
         "split",
         "stage_names",
+        "stages",
         "timeout_s",
     )
 
@@ -72,9 +80,11 @@ class CompiledRoute:
         middlewares: Sequence[Middleware],
         timeout_s: float,
         random: Random,
+        rate_limit: RateLimitStage | None = None,
     ) -> None:
         self.config = config
         self.name = name
+        self.rate_limit = rate_limit
         self.path = config.path or config.path_prefix or config.path_regex or ""
         self.timeout_s = timeout_s
         self.remove_request_headers = frozenset(config.remove_request_headers)
@@ -103,11 +113,14 @@ class CompiledRoute:
         self.middleware = tuple(middlewares)
         stages = self._stages(random)
         self.stage_names = tuple(n for n, _ in stages)
+        self.stages = tuple(fn for _, fn in stages)
         self.handler: Handler = compose([*middlewares, *(fn for _, fn in stages)])
 
     def _stages(self, random: Random) -> list[tuple[str, Middleware]]:
         """The route's own stages after its middleware, in order (see pipeline/traffic.py)."""
         out: list[tuple[str, Middleware]] = []
+        if self.rate_limit is not None:
+            out.append(("rate_limit", self.rate_limit))
         if self.fault is not None:
             out.append(("fault", fault_stage(self.fault, random)))
         if self.request_headers is not None:
@@ -142,6 +155,10 @@ def _transform(config: HeaderTransformConfig | None) -> HeaderTransform | None:
     return HeaderTransform(config)
 
 
+# Redis clients being closed after a reload, referenced until done.
+_closing: set[asyncio.Task[None]] = set()
+
+
 class Runtime:
     def __init__(
         self,
@@ -149,15 +166,22 @@ class Runtime:
         router: Router[CompiledRoute],
         clusters: dict[str, Cluster],
         routes: Sequence[CompiledRoute] = (),
+        redis: Redis | None = None,
     ) -> None:
         self.config = config
         self.router = router
         self.clusters = clusters
         self.routes = list(routes)
+        self.redis = redis  # client of the Redis rate-limit backend, if any limit uses it
 
     def close(self) -> None:
-        """Close idle upstream connections (busy ones close when their exchange ends)
-        and cancel mirrored copies still in flight."""
+        """Close idle upstream connections (busy ones close when their exchange ends),
+        cancel mirrored copies still in flight and drop the Redis connections."""
+        if self.redis is not None:
+            client, self.redis = self.redis, None
+            task = asyncio.get_running_loop().create_task(client.aclose())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
         for route in self.routes:
             if route.mirror is not None:
                 route.mirror.close()
@@ -219,17 +243,25 @@ def build_runtime(
         raise ConfigError(problems)
     rng = rng or random.Random()
     clusters = {up.name: Cluster(up, rng) for up in config.upstreams}
+    redis, redis_factory = _redis_backend(config)
+    settings = config.rate_limit
+    global_limits = [Limit(c, "global", settings, redis_factory) for c in settings.limits]
     router: Router[CompiledRoute] = Router()
     compiled_routes: list[CompiledRoute] = []
     for i, (route, chain) in enumerate(zip(config.routes, chains, strict=True)):
+        name = route_name(route, i)
+        limits = global_limits + [
+            Limit(c, name, settings, redis_factory) for c in route.rate_limits
+        ]
         try:
             compiled = CompiledRoute(
                 route,
-                route_name(route, i),
+                name,
                 clusters,
                 chain,
                 route.timeout_s or config.timeout_s,
                 rng.random,
+                RateLimitStage(limits, settings.headers) if limits else None,
             )
         except ValueError as exc:  # a matcher, rewrite, template or fault the models let by
             _problem(doc, ("routes", i), str(exc), problems)
@@ -243,7 +275,32 @@ def build_runtime(
         for cluster in clusters.values():
             cluster.close()
         raise ConfigError(problems)
-    return Runtime(config, router, clusters, compiled_routes)
+    return Runtime(config, router, clusters, compiled_routes, redis)
+
+
+def _redis_backend(config: GatewayConfig) -> tuple[Redis | None, RedisFactory | None]:
+    """One pooled Redis client per runtime, only when a limit uses it."""
+    settings = config.rate_limit
+    rc = settings.redis
+    uses = any(c.backend == "redis" for c in settings.limits) or any(
+        c.backend == "redis" for r in config.routes for c in r.rate_limits
+    )
+    if rc is None or not uses:
+        return None, None
+    client = make_client(
+        rc.url,
+        connect_timeout_s=rc.connect_timeout_s,
+        timeout_s=rc.timeout_s,
+        max_connections=rc.max_connections,
+    )
+
+    def factory(algorithm: SlidingWindow | TokenBucket, ident: str) -> RedisCheck:
+        limiter = RedisRateLimiter(
+            client, algorithm, key_prefix=f"{rc.key_prefix}:{ident}", timeout_s=rc.timeout_s
+        )
+        return limiter.check
+
+    return client, factory
 
 
 def _path_key(route: RouteConfig) -> str:

@@ -1,0 +1,339 @@
+"""The rate-limit stage: every limit of a route must pass; 429 otherwise.
+
+A route's limits are the top-level ``rate_limit.limits`` (one shared state
+for all routes) followed by the route's own ``rate_limits``. Each limit has a
+key made of request parts (client ip, header, param, consumer, JWT claim...);
+local limits count per worker process, Redis limits count across every
+gateway sharing the Redis server. The algorithms are the sans-IO classes of
+`meshgate.core.ratelimit`; this module extracts keys, calls the backends,
+sets the headers and keeps counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
+from meshgate.core.clientip import client_ip, parse_networks
+from meshgate.core.matchers import parse_query
+from meshgate.core.ratelimit import (
+    ConcurrencyLimiter,
+    Decision,
+    LocalLimiter,
+    SlidingWindow,
+    TokenBucket,
+)
+from meshgate.http.errors import HTTPError
+from meshgate.http.messages import Body, Headers
+from meshgate.pipeline.context import Next, RequestContext
+from meshgate.pipeline.traffic import cookie_value
+
+log = logging.getLogger("meshgate.ratelimit")
+
+KeyPart = Callable[[RequestContext], str | None]
+RedisCheck = Callable[[str], Awaitable[Decision]]
+RedisFactory = Callable[[SlidingWindow | TokenBucket, str], RedisCheck]
+KEY_SEPARATOR = "\x1f"  # cannot appear in a header value
+FALLBACK_KEY = "\x00missing"
+WARN_EVERY_S = 10.0  # Redis failure warnings: at most one per this many seconds
+
+
+class LimitStats:
+    """Counters of one limit on one route (exported by the metrics issue)."""
+
+    __slots__ = ("allowed", "backend_errors", "limited", "skipped")
+
+    def __init__(self) -> None:
+        self.allowed = 0
+        self.limited = 0
+        self.skipped = 0  # no key value and on_missing_key: skip
+        self.backend_errors = 0  # Redis unavailable (then fail_open decides)
+
+
+def key_part(part: str, trusted: tuple[object, ...]) -> KeyPart:
+    """The function reading one key part from a request (None: no value)."""
+    kind, _, name = part.partition(":")
+    if part == "ip":
+        if not trusted:
+            return lambda ctx: ctx.request.client_ip
+        nets = trusted
+        return lambda ctx: client_ip(
+            ctx.request.client_ip,
+            ctx.request.headers.get_all("x-forwarded-for"),
+            nets,  # type: ignore[arg-type]
+        )
+    if part == "route":
+        return lambda ctx: ctx.route.name if ctx.route is not None else None
+    if part == "method":
+        return lambda ctx: ctx.request.method
+    if part == "path":
+        return lambda ctx: ctx.request.path
+    if part == "consumer":  # set by an auth middleware (API key or JWT consumer)
+        return lambda ctx: _text(ctx.state.get("consumer"))
+    if part == "source":  # the calling service in the mesh (sidecar inbound)
+        return lambda ctx: _text(ctx.state.get("source_service"))
+    if kind == "header":
+        return lambda ctx: ctx.request.headers.get(name) or None
+    if kind == "param":
+        return lambda ctx: ctx.params.get(name) or None
+    if kind == "query":
+        return lambda ctx: _first(parse_query(ctx.request.query_string).get(name))
+    if kind == "cookie":
+        return lambda ctx: cookie_value(ctx.request.headers, name) or None
+    if kind == "jwt":
+        return lambda ctx: _claim(ctx, name)
+    raise ValueError(f"unknown key part {part!r}")  # the config model checked it
+
+
+def _text(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _first(values: list[str] | None) -> str | None:
+    return values[0] if values else None
+
+
+def _claim(ctx: RequestContext, name: str) -> str | None:
+    claims = ctx.state.get("jwt")
+    return _text(claims.get(name)) if isinstance(claims, dict) else None
+
+
+class Limit:
+    """One configured limit, compiled: its key reader and its backend."""
+
+    __slots__ = (
+        "backend",
+        "concurrency",
+        "config",
+        "fail_open",
+        "label",
+        "local",
+        "parts",
+        "policy",
+        "redis",
+        "scope",
+    )
+
+    def __init__(
+        self,
+        config: LimitConfig,
+        scope: str,
+        settings: RateLimitConfig,
+        redis_limiter: RedisFactory | None,
+    ) -> None:
+        self.config = config
+        self.scope = scope  # "global" or the route's name
+        self.label = config.label
+        trusted = parse_networks(settings.trusted_proxies)
+        self.parts = tuple(key_part(p, trusted) for p in config.key)
+        self.local: LocalLimiter | None = None
+        self.redis: RedisCheck | None = None
+        self.concurrency: ConcurrencyLimiter | None = None
+        self.fail_open = settings.redis.fail_open if settings.redis is not None else True
+        algorithm: SlidingWindow | TokenBucket | None = None
+        if config.algorithm == "sliding_window":
+            assert config.limit is not None and config.window_s is not None
+            algorithm = SlidingWindow(config.limit, config.window_s)
+            self.policy = (config.limit, math.ceil(config.window_s))
+        elif config.algorithm == "token_bucket":
+            assert config.rate_per_s is not None and config.burst is not None
+            algorithm = TokenBucket(config.rate_per_s, config.burst)
+            self.policy = (config.burst, math.ceil(config.burst / config.rate_per_s))
+        else:
+            assert config.limit is not None
+            self.concurrency = ConcurrencyLimiter(config.limit)
+            self.policy = (config.limit, 0)
+        if algorithm is not None:
+            if config.backend == "redis":
+                assert redis_limiter is not None, "the config model requires rate_limit.redis"
+                self.redis = redis_limiter(algorithm, f"{scope}:{self.label}")
+            else:
+                self.local = LocalLimiter(algorithm, time.time, settings.max_local_keys)
+        self.backend = config.backend
+
+    def key(self, ctx: RequestContext) -> str | None:
+        """The bucket this request counts in; None: skip this limit."""
+        parts = self.parts
+        if len(parts) == 1:
+            value = parts[0](ctx)
+        else:
+            values = [p(ctx) for p in parts]
+            value = None if None in values else KEY_SEPARATOR.join(values)  # type: ignore[arg-type]
+        if value is None and self.config.on_missing_key == "fallback":
+            return FALLBACK_KEY
+        return value
+
+    def describe(self) -> str:
+        c = self.config
+        if c.algorithm == "sliding_window":
+            what = f"{c.limit} per {c.window_s:g}s (sliding window)"
+        elif c.algorithm == "token_bucket":
+            what = f"{c.rate_per_s:g}/s, burst {c.burst} (token bucket)"
+        else:
+            what = f"{c.limit} in flight (concurrency)"
+        return f"{self.label} [{self.scope}, {c.backend}]: {what} by {'+'.join(c.key)}"
+
+
+
+class RateLimitUnavailable(HTTPError):
+    """A Redis limit could not be checked and fail_open is off."""
+
+    status = 503
+    reason = "rate limit backend unavailable"
+
+
+class _Released(Body):
+    """A response body that releases a concurrency slot when it ends or is dropped."""
+
+    __slots__ = ("_body", "_release")
+
+    def __init__(self, body: Body, release: Callable[[], None]) -> None:
+        super().__init__(body.length)
+        self._body = body
+        self._release: Callable[[], None] | None = release
+
+    async def read(self) -> bytes:
+        try:
+            chunk = await self._body.read()
+        except BaseException:
+            self._done()
+            raise
+        if not chunk:
+            self._done()
+        return chunk
+
+    async def aclose(self) -> None:
+        self._done()
+        await self._body.aclose()
+
+    def _done(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __del__(self) -> None:  # the server dropped it (client gone): free the slot
+        self._done()
+
+
+class RateLimitStage:
+    """The middleware enforcing a route's limits."""
+
+    __slots__ = ("headers", "limits", "stats", "warned_at")
+
+    def __init__(self, limits: Sequence[Limit], headers: str) -> None:
+        self.limits = tuple(limits)
+        self.headers = headers
+        self.stats = {limit.label: LimitStats() for limit in self.limits}
+        self.warned_at = -math.inf
+
+    def explain(self, ctx: RequestContext) -> list[str]:
+        """For `meshgate explain`: each limit and the key this request counts under."""
+        out = []
+        for limit in self.limits:
+            key = limit.key(ctx)
+            shown = "skipped (no value)" if key is None else repr(key.replace(KEY_SEPARATOR, "|"))
+            out.append(f"{limit.describe()}; key {shown}")
+        return out
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+        held: list[tuple[ConcurrencyLimiter, str]] = []  # concurrency slots taken
+        try:
+            worst, denied = await self._check_all(ctx, held)
+            if denied is not None:
+                _release(held)
+                answer = ctx.error(429, "rate limit exceeded")
+                self._set_headers(answer.headers, *denied)
+                retry = denied[1].retry_after_s
+                answer.headers.set("retry-after", str(max(1, math.ceil(min(retry, 1e9)))))
+                return
+            await call_next()
+        except BaseException:
+            _release(held)
+            raise
+        resp = ctx.response
+        if resp is None:
+            _release(held)
+            return
+        if held:
+            resp.body = _Released(resp.body, lambda: _release(held))
+        if worst is not None:
+            self._set_headers(resp.headers, *worst)
+
+    async def _check_all(
+        self, ctx: RequestContext, held: list[tuple[ConcurrencyLimiter, str]]
+    ) -> tuple[tuple[Limit, Decision] | None, tuple[Limit, Decision] | None]:
+        """Check every limit; return (the most restrictive decision, the denial if any)."""
+        worst: tuple[Limit, Decision] | None = None
+        denied: tuple[Limit, Decision] | None = None
+        for limit in self.limits:
+            stats = self.stats[limit.label]
+            key = limit.key(ctx)
+            if key is None:
+                stats.skipped += 1
+                continue
+            decision = await self._check(limit, key, stats)
+            if decision is None:
+                continue
+            if decision.allowed:
+                stats.allowed += 1
+            else:
+                stats.limited += 1
+                if denied is None or decision.retry_after_s > denied[1].retry_after_s:
+                    denied = (limit, decision)
+            if limit.concurrency is not None:
+                if decision.allowed:
+                    held.append((limit.concurrency, key))
+            elif worst is None or decision.remaining < worst[1].remaining:
+                worst = (limit, decision)  # in-flight counts have no reset: not in headers
+        return worst, denied
+
+    async def _check(self, limit: Limit, key: str, stats: LimitStats) -> Decision | None:
+        if limit.local is not None:
+            return limit.local.check(key)
+        if limit.concurrency is not None:
+            return limit.concurrency.acquire(key)
+        assert limit.redis is not None
+        try:
+            return await limit.redis(key)
+        except Exception as exc:  # RedisUnavailable (or anything the client raised)
+            stats.backend_errors += 1
+            now = time.monotonic()
+            if now - self.warned_at >= WARN_EVERY_S:
+                self.warned_at = now
+                log.warning(
+                    "rate limit %s: redis unavailable (%s); %s",
+                    limit.label,
+                    exc,
+                    "letting requests through" if limit.fail_open else "answering 503",
+                )
+            if limit.fail_open:
+                return None
+            raise RateLimitUnavailable() from None
+
+    def _set_headers(self, headers: Headers, limit: Limit, decision: Decision) -> None:
+        mode = self.headers
+        if mode == "none":
+            return
+        if mode in ("seed", "both"):
+            headers.set("x-ratelimit-limit", str(decision.limit))
+            headers.set("x-ratelimit-remaining", str(decision.remaining))
+            if limit.concurrency is None:  # an in-flight count has no reset time
+                headers.set("x-ratelimit-reset", str(math.ceil(decision.reset_at)))
+        if mode in ("ietf", "both"):
+            quota, window = limit.policy
+            name = limit.label.replace('"', "")
+            policy = f'"{name}";q={quota}' + (f";w={window}" if window else "")
+            headers.set("ratelimit-policy", policy)
+            reset = max(0, math.ceil(decision.reset_at - time.time()))
+            headers.set("ratelimit", f'"{name}";r={decision.remaining};t={reset}')
+
+
+def _release(held: list[tuple[ConcurrencyLimiter, str]]) -> None:
+    for limiter, key in held:
+        limiter.release(key)
+    held.clear()
