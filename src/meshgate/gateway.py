@@ -74,7 +74,7 @@ class Gateway:
     async def reload(self, config: GatewayConfig, doc: LocatedDocument | None = None) -> None:
         """Build a new runtime aside and swap it in; raise `ConfigError` and keep the old."""
         assert self._app is not None and self._runtime is not None
-        new = build_runtime(config, doc, rng=self._rng)
+        new = build_runtime(config, doc, rng=self._rng, previous=self._runtime)
         _log_warnings(config, doc)
         if config.listener != self.config.listener:
             log.warning("listener settings changed: they take effect on restart only")

@@ -125,6 +125,7 @@ class Limit:
         scope: str,
         settings: RateLimitConfig,
         redis_limiter: RedisFactory | None,
+        previous: Limit | None = None,
     ) -> None:
         self.config = config
         self.scope = scope  # "global" or the route's name
@@ -152,9 +153,17 @@ class Limit:
             if config.backend == "redis":
                 assert redis_limiter is not None, "the config model requires rate_limit.redis"
                 self.redis = redis_limiter(algorithm, f"{scope}:{self.label}")
+            elif previous is not None and previous.local is not None:
+                self.local = previous.local
             else:
                 self.local = LocalLimiter(algorithm, time.time, settings.max_local_keys)
+        if self.concurrency is not None and previous is not None:
+            self.concurrency = previous.concurrency
         self.backend = config.backend
+
+    def identity(self, settings: RateLimitConfig) -> tuple[str, str, str, int]:
+        """Limits with the same identity keep their local state across a reload."""
+        return (self.scope, self.label, self.config.model_dump_json(), settings.max_local_keys)
 
     def key(self, ctx: RequestContext) -> str | None:
         """The bucket this request counts in; None: skip this limit."""

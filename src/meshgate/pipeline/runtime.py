@@ -20,6 +20,7 @@ from meshgate.config.models import (
     RouteConfig,
     route_name,
 )
+from meshgate.config.ratelimit import LimitConfig
 from meshgate.core.matchers import RequestMatcher
 from meshgate.core.ratelimit import SlidingWindow, TokenBucket
 from meshgate.core.router import Router
@@ -173,6 +174,7 @@ class Runtime:
         self.clusters = clusters
         self.routes = list(routes)
         self.redis = redis  # client of the Redis rate-limit backend, if any limit uses it
+        self.limits: dict[tuple[str, str, str, int], Limit] = {}  # by Limit.identity
 
     def close(self) -> None:
         """Close idle upstream connections (busy ones close when their exchange ends),
@@ -225,11 +227,13 @@ def build_runtime(
     doc: LocatedDocument | None = None,
     *,
     rng: random.Random | None = None,
+    previous: Runtime | None = None,
 ) -> Runtime:
     """Resolve plugins, compose chains and build the router; raise `ConfigError`.
 
     Must run inside the event loop that will serve (pools bind to it). ``rng``
     drives splits, mirroring and fault odds (seed it for reproducible tests).
+    ``previous`` (on reload): local rate-limit counts of unchanged limits carry over.
     """
     problems: list[ConfigProblem] = []
     default_chain = _chain(config.middleware, ("middleware",), doc, problems)
@@ -245,14 +249,24 @@ def build_runtime(
     clusters = {up.name: Cluster(up, rng) for up in config.upstreams}
     redis, redis_factory = _redis_backend(config)
     settings = config.rate_limit
-    global_limits = [Limit(c, "global", settings, redis_factory) for c in settings.limits]
+    kept = previous.limits if previous is not None else {}
+    limits_by_identity: dict[tuple[str, str, str, int], Limit] = {}
+
+    def limit(c: LimitConfig, scope: str) -> Limit:
+        """A compiled limit; one with the same config as before a reload keeps its counts."""
+        new = Limit(c, scope, settings, redis_factory)
+        old = kept.get(new.identity(settings))
+        if old is not None:
+            new = Limit(c, scope, settings, redis_factory, previous=old)
+        limits_by_identity[new.identity(settings)] = new
+        return new
+
+    global_limits = [limit(c, "global") for c in settings.limits]
     router: Router[CompiledRoute] = Router()
     compiled_routes: list[CompiledRoute] = []
     for i, (route, chain) in enumerate(zip(config.routes, chains, strict=True)):
         name = route_name(route, i)
-        limits = global_limits + [
-            Limit(c, name, settings, redis_factory) for c in route.rate_limits
-        ]
+        limits = global_limits + [limit(c, name) for c in route.rate_limits]
         try:
             compiled = CompiledRoute(
                 route,
@@ -275,7 +289,9 @@ def build_runtime(
         for cluster in clusters.values():
             cluster.close()
         raise ConfigError(problems)
-    return Runtime(config, router, clusters, compiled_routes, redis)
+    runtime = Runtime(config, router, clusters, compiled_routes, redis)
+    runtime.limits = limits_by_identity
+    return runtime
 
 
 def _redis_backend(config: GatewayConfig) -> tuple[Redis | None, RedisFactory | None]:
