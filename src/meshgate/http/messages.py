@@ -84,6 +84,16 @@ class Headers:
         if dupes:
             self._items = items[: found + 1] + [kv for kv in items[found + 1 :] if kv[0] != name]
 
+    def set_fields(self, fields: list[tuple[str, str]]) -> None:
+        """`set` each (lower-case name, value) pair, in one pass over the fields."""
+        items = self._items
+        names = {name for name, _ in fields}
+        for name, _ in items:
+            if name in names:
+                self._items = items = [kv for kv in items if kv[0] not in names]
+                break
+        items.extend(fields)
+
     def add(self, name: str, value: str) -> None:
         self._items.append((name.lower(), value))
 

@@ -27,7 +27,7 @@ from meshgate.core.ratelimit import (
     TokenBucket,
 )
 from meshgate.http.errors import HTTPError
-from meshgate.http.messages import Body, Headers
+from meshgate.http.messages import Body
 from meshgate.pipeline.context import Next, RequestContext
 from meshgate.pipeline.traffic import cookie_value
 
@@ -112,9 +112,11 @@ class Limit:
         "config",
         "fail_open",
         "label",
+        "limit_text",
         "local",
         "parts",
-        "policy",
+        "policy_text",
+        "quoted",
         "redis",
         "scope",
     )
@@ -140,15 +142,19 @@ class Limit:
         if config.algorithm == "sliding_window":
             assert config.limit is not None and config.window_s is not None
             algorithm = SlidingWindow(config.limit, config.window_s)
-            self.policy = (config.limit, math.ceil(config.window_s))
+            policy = (config.limit, math.ceil(config.window_s))
         elif config.algorithm == "token_bucket":
             assert config.rate_per_s is not None and config.burst is not None
             algorithm = TokenBucket(config.rate_per_s, config.burst)
-            self.policy = (config.burst, math.ceil(config.burst / config.rate_per_s))
+            policy = (config.burst, math.ceil(config.burst / config.rate_per_s))
         else:
             assert config.limit is not None
             self.concurrency = ConcurrencyLimiter(config.limit)
-            self.policy = (config.limit, 0)
+            policy = (config.limit, 0)
+        quota, window = policy
+        self.limit_text = str(quota)  # what x-ratelimit-limit says
+        self.quoted = '"' + self.label.replace('"', "").replace("\\", "") + '"'
+        self.policy_text = f"{self.quoted};q={quota}" + (f";w={window}" if window else "")
         if algorithm is not None:
             if config.backend == "redis":
                 assert redis_limiter is not None, "the config model requires rate_limit.redis"
@@ -232,12 +238,13 @@ class _Released(Body):
 class RateLimitStage:
     """The middleware enforcing a route's limits."""
 
-    __slots__ = ("headers", "limits", "stats", "warned_at")
+    __slots__ = ("entries", "headers", "limits", "stats", "warned_at")
 
     def __init__(self, limits: Sequence[Limit], headers: str) -> None:
         self.limits = tuple(limits)
         self.headers = headers
         self.stats = {limit.label: LimitStats() for limit in self.limits}
+        self.entries = tuple((limit, self.stats[limit.label]) for limit in self.limits)
         self.warned_at = -math.inf
 
     def explain(self, ctx: RequestContext) -> list[str]:
@@ -251,14 +258,43 @@ class RateLimitStage:
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         held: list[tuple[ConcurrencyLimiter, str]] = []  # concurrency slots taken
+        worst: tuple[Limit, Decision] | None = None  # most restrictive: drives the headers
+        denied: tuple[Limit, Decision] | None = None
         try:
-            worst, denied = await self._check_all(ctx, held)
+            for limit, stats in self.entries:
+                key = limit.key(ctx)
+                if key is None:
+                    stats.skipped += 1
+                    continue
+                local = limit.local
+                if local is not None:
+                    decision: Decision | None = local.check(key)
+                elif limit.concurrency is not None:
+                    decision = limit.concurrency.acquire(key)
+                else:
+                    decision = await self._remote(limit, key, stats)
+                    if decision is None:  # Redis unavailable, failing open
+                        continue
+                assert decision is not None
+                if decision.allowed:
+                    stats.allowed += 1
+                    if limit.concurrency is not None:
+                        held.append((limit.concurrency, key))
+                else:
+                    stats.limited += 1
+                    if denied is None or decision.retry_after_s > denied[1].retry_after_s:
+                        denied = (limit, decision)
+                if limit.concurrency is None and (
+                    worst is None or decision.remaining < worst[1].remaining
+                ):
+                    worst = (limit, decision)  # an in-flight count has no reset: not shown
             if denied is not None:
                 _release(held)
                 answer = ctx.error(429, "rate limit exceeded")
-                self._set_headers(answer.headers, *denied)
-                retry = denied[1].retry_after_s
-                answer.headers.set("retry-after", str(max(1, math.ceil(min(retry, 1e9)))))
+                fields = self._fields(*denied)
+                retry = min(denied[1].retry_after_s, 1e9)
+                fields.append(("retry-after", str(max(1, math.ceil(retry)))))
+                answer.headers.set_fields(fields)
                 return
             await call_next()
         except BaseException:
@@ -270,42 +306,11 @@ class RateLimitStage:
             return
         if held:
             resp.body = _Released(resp.body, lambda: _release(held))
-        if worst is not None:
-            self._set_headers(resp.headers, *worst)
+        if worst is not None and self.headers != "none":
+            resp.headers.set_fields(self._fields(*worst))
 
-    async def _check_all(
-        self, ctx: RequestContext, held: list[tuple[ConcurrencyLimiter, str]]
-    ) -> tuple[tuple[Limit, Decision] | None, tuple[Limit, Decision] | None]:
-        """Check every limit; return (the most restrictive decision, the denial if any)."""
-        worst: tuple[Limit, Decision] | None = None
-        denied: tuple[Limit, Decision] | None = None
-        for limit in self.limits:
-            stats = self.stats[limit.label]
-            key = limit.key(ctx)
-            if key is None:
-                stats.skipped += 1
-                continue
-            decision = await self._check(limit, key, stats)
-            if decision is None:
-                continue
-            if decision.allowed:
-                stats.allowed += 1
-            else:
-                stats.limited += 1
-                if denied is None or decision.retry_after_s > denied[1].retry_after_s:
-                    denied = (limit, decision)
-            if limit.concurrency is not None:
-                if decision.allowed:
-                    held.append((limit.concurrency, key))
-            elif worst is None or decision.remaining < worst[1].remaining:
-                worst = (limit, decision)  # in-flight counts have no reset: not in headers
-        return worst, denied
-
-    async def _check(self, limit: Limit, key: str, stats: LimitStats) -> Decision | None:
-        if limit.local is not None:
-            return limit.local.check(key)
-        if limit.concurrency is not None:
-            return limit.concurrency.acquire(key)
+    async def _remote(self, limit: Limit, key: str, stats: LimitStats) -> Decision | None:
+        """A Redis check; None when Redis is unavailable and the limit fails open."""
         assert limit.redis is not None
         try:
             return await limit.redis(key)
@@ -324,22 +329,20 @@ class RateLimitStage:
                 return None
             raise RateLimitUnavailable() from None
 
-    def _set_headers(self, headers: Headers, limit: Limit, decision: Decision) -> None:
+    def _fields(self, limit: Limit, decision: Decision) -> list[tuple[str, str]]:
+        """The rate-limit header fields for ``decision`` in the configured style."""
         mode = self.headers
-        if mode == "none":
-            return
-        if mode in ("seed", "both"):
-            headers.set("x-ratelimit-limit", str(decision.limit))
-            headers.set("x-ratelimit-remaining", str(decision.remaining))
+        fields: list[tuple[str, str]] = []
+        if mode == "seed" or mode == "both":
+            fields.append(("x-ratelimit-limit", limit.limit_text))
+            fields.append(("x-ratelimit-remaining", str(decision.remaining)))
             if limit.concurrency is None:  # an in-flight count has no reset time
-                headers.set("x-ratelimit-reset", str(math.ceil(decision.reset_at)))
-        if mode in ("ietf", "both"):
-            quota, window = limit.policy
-            name = limit.label.replace('"', "")
-            policy = f'"{name}";q={quota}' + (f";w={window}" if window else "")
-            headers.set("ratelimit-policy", policy)
+                fields.append(("x-ratelimit-reset", str(math.ceil(decision.reset_at))))
+        if mode == "ietf" or mode == "both":
             reset = max(0, math.ceil(decision.reset_at - time.time()))
-            headers.set("ratelimit", f'"{name}";r={decision.remaining};t={reset}')
+            fields.append(("ratelimit-policy", limit.policy_text))
+            fields.append(("ratelimit", f"{limit.quoted};r={decision.remaining};t={reset}"))
+        return fields
 
 
 def _release(held: list[tuple[ConcurrencyLimiter, str]]) -> None:
