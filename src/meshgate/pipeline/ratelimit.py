@@ -235,24 +235,47 @@ class _Released(Body):
         self._done()
 
 
+class WarningClock:
+    """At most one Redis warning every `WARN_EVERY_S` for all the routes sharing it."""
+
+    __slots__ = ("warned_at",)
+
+    def __init__(self) -> None:
+        self.warned_at = -math.inf
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.warned_at < WARN_EVERY_S:
+            return False
+        self.warned_at = now
+        return True
+
+
 class RateLimitStage:
     """The middleware enforcing a route's limits."""
 
-    __slots__ = ("entries", "headers", "limits", "stats", "warned_at")
+    __slots__ = ("entries", "headers", "limits", "stats", "warnings")
 
-    def __init__(self, limits: Sequence[Limit], headers: str) -> None:
+    def __init__(
+        self, limits: Sequence[Limit], headers: str, warnings: WarningClock | None = None
+    ) -> None:
         self.limits = tuple(limits)
         self.headers = headers
         self.stats = {limit.label: LimitStats() for limit in self.limits}
         self.entries = tuple((limit, self.stats[limit.label]) for limit in self.limits)
-        self.warned_at = -math.inf
+        self.warnings = warnings or WarningClock()
 
     def explain(self, ctx: RequestContext) -> list[str]:
         """For `meshgate explain`: each limit and the key this request counts under."""
         out = []
         for limit in self.limits:
             key = limit.key(ctx)
-            shown = "skipped (no value)" if key is None else repr(key.replace(KEY_SEPARATOR, "|"))
+            if key is None:
+                shown = "skipped (no value)"
+            elif key == FALLBACK_KEY:
+                shown = "the shared fallback bucket (a key part has no value)"
+            else:
+                shown = repr(key.replace(KEY_SEPARATOR, "|"))
             out.append(f"{limit.describe()}; key {shown}")
         return out
 
@@ -316,9 +339,7 @@ class RateLimitStage:
             return await limit.redis(key)
         except Exception as exc:  # RedisUnavailable (or anything the client raised)
             stats.backend_errors += 1
-            now = time.monotonic()
-            if now - self.warned_at >= WARN_EVERY_S:
-                self.warned_at = now
+            if self.warnings.due():
                 log.warning(
                     "rate limit %s: redis unavailable (%s); %s",
                     limit.label,

@@ -31,7 +31,13 @@ from meshgate.pipeline.context import Middleware
 from meshgate.pipeline.mirror import Mirror
 from meshgate.pipeline.plugins import PluginError, load_middleware
 from meshgate.pipeline.proxy import proxy
-from meshgate.pipeline.ratelimit import Limit, RateLimitStage, RedisCheck, RedisFactory
+from meshgate.pipeline.ratelimit import (
+    Limit,
+    RateLimitStage,
+    RedisCheck,
+    RedisFactory,
+    WarningClock,
+)
 from meshgate.pipeline.traffic import (
     HeaderTransform,
     Random,
@@ -262,6 +268,7 @@ def build_runtime(
         return new
 
     global_limits = [limit(c, "global") for c in settings.limits]
+    warnings = WarningClock()  # one Redis warning per 10 s for the whole runtime
     router: Router[CompiledRoute] = Router()
     compiled_routes: list[CompiledRoute] = []
     for i, (route, chain) in enumerate(zip(config.routes, chains, strict=True)):
@@ -275,7 +282,7 @@ def build_runtime(
                 chain,
                 route.timeout_s or config.timeout_s,
                 rng.random,
-                RateLimitStage(limits, settings.headers) if limits else None,
+                RateLimitStage(limits, settings.headers, warnings) if limits else None,
             )
         except ValueError as exc:  # a matcher, rewrite, template or fault the models let by
             _problem(doc, ("routes", i), str(exc), problems)
