@@ -68,7 +68,10 @@ class GatewayApp:
             if ctx.response is not None:
                 await ctx.response.body.aclose()
             return error_response(500, "internal error", ctx.request_id)
-        if ctx.response is None:
+        resp = ctx.response
+        if resp is None:
             log.error("route %s produced no response (request id %s)", route.name, ctx.request_id)
             return error_response(500, "no response produced", ctx.request_id)
-        return ctx.response
+        if ctx.late_headers is not None:
+            resp.headers.set_fields(ctx.late_headers)
+        return resp

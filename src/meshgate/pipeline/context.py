@@ -27,6 +27,7 @@ class RequestContext:
     __slots__ = (
         "cluster",
         "deadline",
+        "late_headers",
         "params",
         "request",
         "request_id",
@@ -57,6 +58,9 @@ class RequestContext:
         self.response: Response | None = None
         self.upstream_error: Exception | None = None  # set by the proxy when it answered 5xx
         self.cluster: Cluster | None = None  # upstream chosen by a split; None = the route's
+        # Header fields set on the response once the whole chain is done (rate-limit
+        # headers): lets a stage decide before the response exists without wrapping it.
+        self.late_headers: list[tuple[str, str]] | None = None
 
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         """Build (and set) a JSON error response carrying the request id."""

@@ -313,11 +313,7 @@ class RateLimitStage:
                     worst = (limit, decision)  # an in-flight count has no reset: not shown
             if denied is not None:
                 _release(held)
-                answer = ctx.error(429, "rate limit exceeded")
-                fields = self._fields(*denied)
-                retry = min(denied[1].retry_after_s, 1e9)
-                fields.append(("retry-after", str(max(1, math.ceil(retry)))))
-                answer.headers.set_fields(fields)
+                self._deny(ctx, *denied)
                 return
             await call_next()
         except BaseException:
@@ -331,6 +327,41 @@ class RateLimitStage:
             resp.body = _Released(resp.body, lambda: _release(held))
         if worst is not None and self.headers != "none":
             resp.headers.set_fields(self._fields(*worst))
+
+    def decide_local(self, ctx: RequestContext) -> bool:
+        """Check limits that are all in process and count requests (no slot to hold).
+
+        False: denied, the 429 is set. True: go on; the most restrictive decision's
+        headers wait in ``ctx.late_headers``.
+        """
+        worst: tuple[Limit, Decision] | None = None
+        denied: tuple[Limit, Decision] | None = None
+        for limit, stats in self.entries:
+            key = limit.key(ctx)
+            if key is None:
+                stats.skipped += 1
+                continue
+            decision = limit.local.check(key)  # type: ignore[union-attr]
+            if decision.allowed:
+                stats.allowed += 1
+            else:
+                stats.limited += 1
+                if denied is None or decision.retry_after_s > denied[1].retry_after_s:
+                    denied = (limit, decision)
+            if worst is None or decision.remaining < worst[1].remaining:
+                worst = (limit, decision)
+        if denied is not None:
+            self._deny(ctx, *denied)
+            return False
+        if worst is not None and self.headers != "none":
+            ctx.late_headers = self._fields(*worst)
+        return True
+
+    def _deny(self, ctx: RequestContext, limit: Limit, decision: Decision) -> None:
+        answer = ctx.error(429, "rate limit exceeded")
+        fields = self._fields(limit, decision)
+        fields.append(("retry-after", str(max(1, math.ceil(min(decision.retry_after_s, 1e9))))))
+        answer.headers.set_fields(fields)
 
     async def _remote(self, limit: Limit, key: str, stats: LimitStats) -> Decision | None:
         """A Redis check; None when Redis is unavailable and the limit fails open."""
@@ -364,6 +395,30 @@ class RateLimitStage:
             fields.append(("ratelimit-policy", limit.policy_text))
             fields.append(("ratelimit", f"{limit.quoted};r={decision.remaining};t={reset}"))
         return fields
+
+
+class LocalRateLimitStage(RateLimitStage):
+    """A route whose limits are all in-process windows or buckets: nothing to await
+    and nothing to release, so the stage is a plain function (no coroutine of its own)
+    and its headers go on the response through ``ctx.late_headers``."""
+
+    __slots__ = ()
+
+    def __call__(self, ctx: RequestContext, call_next: Next) -> Awaitable[None]:  # type: ignore[override]
+        return call_next() if self.decide_local(ctx) else _answered()
+
+
+async def _answered() -> None:
+    return None
+
+
+def rate_limit_stage(
+    limits: Sequence[Limit], headers: str, warnings: WarningClock
+) -> RateLimitStage:
+    """The cheapest stage able to enforce ``limits``."""
+    if all(limit.local is not None for limit in limits):
+        return LocalRateLimitStage(limits, headers, warnings)
+    return RateLimitStage(limits, headers, warnings)
 
 
 def _release(held: list[tuple[ConcurrencyLimiter, str]]) -> None:

@@ -37,6 +37,7 @@ from meshgate.pipeline.ratelimit import (
     RedisCheck,
     RedisFactory,
     WarningClock,
+    rate_limit_stage,
 )
 from meshgate.pipeline.traffic import (
     HeaderTransform,
@@ -282,7 +283,7 @@ def build_runtime(
                 chain,
                 route.timeout_s or config.timeout_s,
                 rng.random,
-                RateLimitStage(limits, settings.headers, warnings) if limits else None,
+                rate_limit_stage(limits, settings.headers, warnings) if limits else None,
             )
         except ValueError as exc:  # a matcher, rewrite, template or fault the models let by
             _problem(doc, ("routes", i), str(exc), problems)
