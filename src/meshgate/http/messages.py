@@ -8,7 +8,7 @@ unless a middleware asks for it (``await body.read_all(limit)``).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator
 from random import getrandbits
 from typing import Any
 from urllib.parse import parse_qsl
@@ -63,7 +63,10 @@ class Headers:
         if not isinstance(name, str):
             return False
         name = name.lower()
-        return any(k == name for k, _ in self._items)
+        for k, _ in self._items:  # noqa: SIM110 - a loop, not any(genexpr): on every response
+            if k == name:
+                return True
+        return False
 
     def set(self, name: str, value: str) -> None:
         """Replace every field called ``name`` with one field (in the first one's place)."""
@@ -84,10 +87,16 @@ class Headers:
         if dupes:
             self._items = items[: found + 1] + [kv for kv in items[found + 1 :] if kv[0] != name]
 
-    def set_fields(self, fields: list[tuple[str, str]]) -> None:
-        """`set` each (lower-case name, value) pair, in one pass over the fields."""
+    def set_fields(
+        self, fields: list[tuple[str, str]], names: Collection[str] | None = None
+    ) -> None:
+        """`set` each (lower-case name, value) pair, in one pass over the fields.
+
+        ``names``: the set of the fields' names, when the caller has it at hand.
+        """
         items = self._items
-        names = {name for name, _ in fields}
+        if names is None:
+            names = {name for name, _ in fields}
         for name, _ in items:
             if name in names:
                 self._items = items = [kv for kv in items if kv[0] not in names]

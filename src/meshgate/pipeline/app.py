@@ -72,6 +72,7 @@ class GatewayApp:
         if resp is None:
             log.error("route %s produced no response (request id %s)", route.name, ctx.request_id)
             return error_response(500, "no response produced", ctx.request_id)
-        if ctx.late_headers is not None:
-            resp.headers.set_fields(ctx.late_headers)
+        late = ctx.late_headers
+        if late is not None:
+            resp.headers.set_fields(late[1], late[0])
         return resp

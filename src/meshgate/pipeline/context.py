@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from meshgate.upstream.cluster import Cluster
 
 Next = Callable[[], Awaitable[None]]
+# (names, fields): fields to set on the response at the end, and the set of their names
+LateHeaders = tuple[frozenset[str], list[tuple[str, str]]]
 Middleware = Callable[["RequestContext", Next], Awaitable[None]]
 
 
@@ -60,7 +62,7 @@ class RequestContext:
         self.cluster: Cluster | None = None  # upstream chosen by a split; None = the route's
         # Header fields set on the response once the whole chain is done (rate-limit
         # headers): lets a stage decide before the response exists without wrapping it.
-        self.late_headers: list[tuple[str, str]] | None = None
+        self.late_headers: LateHeaders | None = None
 
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         """Build (and set) a JSON error response carrying the request id."""

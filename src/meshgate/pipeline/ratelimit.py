@@ -39,6 +39,14 @@ RedisFactory = Callable[[SlidingWindow | TokenBucket, str], RedisCheck]
 KEY_SEPARATOR = "\x1f"  # cannot appear in a header value
 FALLBACK_KEY = "\x00missing"
 WARN_EVERY_S = 10.0  # Redis failure warnings: at most one per this many seconds
+_SEED = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
+_IETF = ("ratelimit-policy", "ratelimit")
+HEADER_NAMES = {  # the fields each `headers` style sets
+    "seed": frozenset(_SEED),
+    "ietf": frozenset(_IETF),
+    "both": frozenset(_SEED + _IETF),
+    "none": frozenset(),
+}
 
 
 class LimitStats:
@@ -107,6 +115,8 @@ class Limit:
     """One configured limit, compiled: its key reader and its backend."""
 
     __slots__ = (
+        "_reset_at",
+        "_reset_text",
         "backend",
         "concurrency",
         "config",
@@ -153,6 +163,8 @@ class Limit:
             policy = (config.limit, 0)
         quota, window = policy
         self.limit_text = str(quota)  # what x-ratelimit-limit says
+        self._reset_at = -1.0
+        self._reset_text = ""
         self.quoted = '"' + self.label.replace('"', "").replace("\\", "") + '"'
         self.policy_text = f"{self.quoted};q={quota}" + (f";w={window}" if window else "")
         if algorithm is not None:
@@ -166,6 +178,13 @@ class Limit:
         if self.concurrency is not None and previous is not None:
             self.concurrency = previous.concurrency
         self.backend = config.backend
+
+    def reset_text(self, reset_at: float) -> str:
+        """``x-ratelimit-reset`` for ``reset_at`` (cached: it changes once a window)."""
+        if reset_at != self._reset_at:
+            self._reset_at = reset_at
+            self._reset_text = str(math.ceil(reset_at))
+        return self._reset_text
 
     def identity(self, settings: RateLimitConfig) -> tuple[str, str, str, int]:
         """Limits with the same identity keep their local state across a reload."""
@@ -254,7 +273,7 @@ class WarningClock:
 class RateLimitStage:
     """The middleware enforcing a route's limits."""
 
-    __slots__ = ("entries", "headers", "limits", "stats", "warnings")
+    __slots__ = ("entries", "header_names", "headers", "limits", "stats", "warnings")
 
     def __init__(
         self, limits: Sequence[Limit], headers: str, warnings: WarningClock | None = None
@@ -264,6 +283,7 @@ class RateLimitStage:
         self.stats = {limit.label: LimitStats() for limit in self.limits}
         self.entries = tuple((limit, self.stats[limit.label]) for limit in self.limits)
         self.warnings = warnings or WarningClock()
+        self.header_names = HEADER_NAMES[headers]
 
     def explain(self, ctx: RequestContext) -> list[str]:
         """For `meshgate explain`: each limit and the key this request counts under."""
@@ -353,8 +373,8 @@ class RateLimitStage:
         if denied is not None:
             self._deny(ctx, *denied)
             return False
-        if worst is not None and self.headers != "none":
-            ctx.late_headers = self._fields(*worst)
+        if worst is not None and self.header_names:
+            ctx.late_headers = (self.header_names, self._fields(*worst))
         return True
 
     def _deny(self, ctx: RequestContext, limit: Limit, decision: Decision) -> None:
@@ -389,7 +409,7 @@ class RateLimitStage:
             fields.append(("x-ratelimit-limit", limit.limit_text))
             fields.append(("x-ratelimit-remaining", str(decision.remaining)))
             if limit.concurrency is None:  # an in-flight count has no reset time
-                fields.append(("x-ratelimit-reset", str(math.ceil(decision.reset_at))))
+                fields.append(("x-ratelimit-reset", limit.reset_text(decision.reset_at)))
         if mode == "ietf" or mode == "both":
             reset = max(0, math.ceil(decision.reset_at - time.time()))
             fields.append(("ratelimit-policy", limit.policy_text))
