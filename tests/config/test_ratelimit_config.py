@@ -238,28 +238,25 @@ ERRORS = [
     ),
     pytest.param(
         """\
-        rate_limit:
-          trusted_proxies: [10.0.0.0/8, 10.0.0.1/8]  #<
+        trusted_proxies: [10.0.0.0/8, 10.0.0.1/8]  #<
         """,
-        "rate_limit.trusted_proxies",
+        "trusted_proxies",
         "trusted network 1 ('10.0.0.1/8') has host bits set: did you mean '10.0.0.0/8'?",
         id="cidr-host-bits",
     ),
     pytest.param(
         """\
-        rate_limit:
-          trusted_proxies: [192.168.0.0/16, not-a-network]  #<
+        trusted_proxies: [192.168.0.0/16, not-a-network]  #<
         """,
-        "rate_limit.trusted_proxies",
+        "trusted_proxies",
         "trusted network 1 ('not-a-network') is not an IP address or CIDR network",
         id="cidr-garbage",
     ),
     pytest.param(
         """\
-        rate_limit:
-          trusted_proxies: ['10.0.0.0/33']  #<
+        trusted_proxies: ['10.0.0.0/33']  #<
         """,
-        "rate_limit.trusted_proxies",
+        "trusted_proxies",
         "trusted network 0 ('10.0.0.0/33') is not an IP address or CIDR network",
         id="cidr-prefix-too-long",
     ),
@@ -376,8 +373,8 @@ def test_error_with_file_line_and_key(snippet: str, key: str, message: str) -> N
 def test_every_problem_is_reported_at_once() -> None:
     text = doc(
         """\
+        trusted_proxies: [nope]
         rate_limit:
-          trusted_proxies: [nope]
           limits:
             - {limit: 0, window_s: 10}
         routes:
@@ -390,7 +387,7 @@ def test_every_problem_is_reported_at_once() -> None:
     )
     found = problems_of(text)
     lines = sorted(int(p.split(":")[1]) for p in found)
-    assert lines == [5, 7, 12, 13], found
+    assert lines == [4, 7, 12, 13], found
 
 
 def test_cross_checks_report_every_route() -> None:
@@ -427,9 +424,9 @@ def test_docs_example_is_valid_and_normalised() -> None:
         upstreams:
           - name: api
             instances: [{host: 127.0.0.1, port: 9001}]
+        trusted_proxies: [10.0.0.0/8, 2001:db8::/32, 192.0.2.7, '::ffff:10.1.0.0/112']
         rate_limit:
           headers: seed
-          trusted_proxies: [10.0.0.0/8, 2001:db8::/32, 192.0.2.7, '::ffff:10.1.0.0/112']
           max_local_keys: 100000
           redis:
             url: redis://127.0.0.1:6379/0

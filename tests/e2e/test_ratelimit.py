@@ -338,10 +338,8 @@ async def test_global_limit_keyed_by_ip_and_route_separates_routes(gateway_facto
 async def test_trusted_proxies_decide_whether_xff_is_believed(gateway_factory, upstream, trusted):
     await away_from_boundary()
     gw = await gateway_factory(
-        rate_limit={
-            "trusted_proxies": ["127.0.0.0/8"] if trusted else [],
-            "limits": [window("per-ip", 1, ["ip"])],
-        }
+        trusted_proxies=["127.0.0.0/8"] if trusted else [],
+        rate_limit={"limits": [window("per-ip", 1, ["ip"])]},
     )
 
     async def status(xff: str | None) -> int:
@@ -643,8 +641,8 @@ EXPLAIN_CONFIG = """\
 upstreams:
   - name: api
     instances: [{host: 127.0.0.1, port: 9001}]
+trusted_proxies: [127.0.0.0/8]
 rate_limit:
-  trusted_proxies: [127.0.0.0/8]
   limits:
     - name: per-ip
       limit: 100

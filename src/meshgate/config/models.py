@@ -16,6 +16,7 @@ from pydantic import (
 
 from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
 from meshgate.core.balancer import BALANCERS
+from meshgate.core.clientip import parse_networks
 from meshgate.core.fault import FaultPolicy
 from meshgate.core.matchers import HeaderMatch, MatcherError, QueryMatch
 from meshgate.core.rewrite import PathRewrite, QueryRewrite, Redirect, RewriteError
@@ -589,6 +590,11 @@ class GatewayConfig(_Model):
         ],
         description="Chain used by routes that do not set their own.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of proxies in front of the gateway: only from these peers is "
+        "X-Forwarded-For believed (client ip for rate limits and IP rules).",
+    )
     rate_limit: RateLimitConfig = RateLimitConfig()
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
@@ -597,6 +603,12 @@ class GatewayConfig(_Model):
     @classmethod
     def _names_as_refs(cls, v: Any) -> Any:
         return _coerce_middleware(v)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        parse_networks(v)
+        return v
 
 
 def _rate_limit_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:

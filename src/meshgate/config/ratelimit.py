@@ -7,8 +7,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from meshgate.core.clientip import parse_networks
-
 # Key parts: a plain name, or "kind:name".
 KEY_PARTS = ("ip", "route", "method", "path", "consumer", "source")
 KEY_KINDS = ("header", "param", "query", "jwt", "cookie")
@@ -131,17 +129,7 @@ class RateLimitConfig(_Model):
         description="seed: x-ratelimit-limit/remaining/reset; ietf: RateLimit-Policy and "
         "RateLimit; both; none. Retry-After on 429 in every case.",
     )
-    trusted_proxies: list[str] = Field(
-        default_factory=list,
-        description="CIDRs whose X-Forwarded-For is believed for the 'ip' key.",
-    )
     max_local_keys: int = Field(
         100_000, ge=1, description="Per limit and worker; idle keys are evicted first."
     )
     redis: RedisConfig | None = None
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        parse_networks(v)
-        return v

@@ -138,11 +138,12 @@ class Limit:
         settings: RateLimitConfig,
         redis_limiter: RedisFactory | None,
         previous: Limit | None = None,
+        trusted_proxies: Sequence[str] = (),
     ) -> None:
         self.config = config
         self.scope = scope  # "global" or the route's name
         self.label = config.label
-        trusted = parse_networks(settings.trusted_proxies)
+        trusted = parse_networks(trusted_proxies)
         self.parts = tuple(key_part(p, trusted) for p in config.key)
         self.local: LocalLimiter | None = None
         self.redis: RedisCheck | None = None

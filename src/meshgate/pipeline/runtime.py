@@ -261,10 +261,11 @@ def build_runtime(
 
     def limit(c: LimitConfig, scope: str) -> Limit:
         """A compiled limit; one with the same config as before a reload keeps its counts."""
-        new = Limit(c, scope, settings, redis_factory)
+        trusted = config.trusted_proxies
+        new = Limit(c, scope, settings, redis_factory, trusted_proxies=trusted)
         old = kept.get(new.identity(settings))
         if old is not None:
-            new = Limit(c, scope, settings, redis_factory, previous=old)
+            new = Limit(c, scope, settings, redis_factory, old, trusted)
         limits_by_identity[new.identity(settings)] = new
         return new
 
