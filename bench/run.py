@@ -20,7 +20,10 @@ bench/README.md.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -43,9 +47,11 @@ REPO_ROOT = BENCH_DIR.parent
 UPSTREAM_BODY = "hello from upstream"
 TARGETS = ("direct", "nginx", "bare", "meshgate")
 # Run only when asked (--targets): meshgate with one rate limit on the route that never
-# denies (sliding window keyed by client ip), in process or in a Redis started here.
-LIMIT_TARGETS = ("ratelimit", "ratelimit-redis")
-ALL_TARGETS = TARGETS + LIMIT_TARGETS
+# denies (sliding window keyed by client ip), in process or in a Redis started here;
+# meshgate with a JWT-protected route (HS256, every request carries the same token).
+EXTRA_TARGETS = ("ratelimit", "ratelimit-redis", "jwt")
+ALL_TARGETS = TARGETS + EXTRA_TARGETS
+JWT_SECRET = "bench-secret-of-at-least-32-bytes!!"
 # (numerator, denominator) pairs reported as ratios, e.g. meshgate/nginx: requests/s of
 # numerator / denominator, and per core = CPU us/request of denominator / numerator.
 RATIOS = (
@@ -53,6 +59,7 @@ RATIOS = (
     ("meshgate", "bare"),
     ("ratelimit", "meshgate"),
     ("ratelimit-redis", "meshgate"),
+    ("jwt", "meshgate"),
 )
 PROC = Path("/proc")
 MAX_ERROR_RATE = 0.01
@@ -247,10 +254,35 @@ def proxy_nginx_conf(prefix: Path, port: int, upstream_port: int) -> str:
     return nginx_conf(prefix, port, location, upstream)
 
 
+def bench_token() -> str:
+    """An HS256 JWT for the jwt target (stdlib only), valid for a day."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = {"sub": "bench", "exp": int(time.time()) + 86400}
+    payload = b64(json.dumps(claims).encode())
+    signed = f"{header}.{payload}".encode()
+    sig = b64(hmac.new(JWT_SECRET.encode(), signed, hashlib.sha256).digest())
+    return f"{header}.{payload}.{sig}"
+
+
+def target_headers(target: str) -> list[str]:
+    """Request header lines a target needs on every request."""
+    return [f"Authorization: Bearer {bench_token()}"] if target == "jwt" else []
+
+
 def meshgate_yaml(
-    port: int, upstream_port: int, middleware: str, limit: str = "", redis_port: int = 0
+    port: int,
+    upstream_port: int,
+    middleware: str,
+    limit: str = "",
+    redis_port: int = 0,
+    jwt: bool = False,
 ) -> str:
-    """The benchmarked gateway: one route to the upstream; ``limit``: local | redis | ""."""
+    """The benchmarked gateway: one route to the upstream; ``limit``: local | redis | "";
+    ``jwt``: the route requires a valid HS256 token."""
     text = f"""\
 listener:
   host: 127.0.0.1
@@ -269,6 +301,9 @@ routes:
     rate_limits:
       - {{name: bench, limit: 1000000000, window_s: 10, key: [ip], backend: {limit}}}
 """
+    if jwt:
+        text += "    auth: {required: true}\n"
+        text += f"auth: {{jwt: [{{name: bench, algorithms: [HS256], secret: '{JWT_SECRET}'}}]}}\n"
     if limit == "redis":
         text += f"rate_limit: {{redis: {{url: 'redis://127.0.0.1:{redis_port}/0'}}}}\n"
     if middleware == "none":
@@ -289,8 +324,9 @@ def meshgate_command(override: str | None) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "meshgate"], env
 
 
-def wait_ready(proc: Proc, port: int, timeout_s: float) -> None:
+def wait_ready(proc: Proc, port: int, timeout_s: float, headers: Sequence[str] = ()) -> None:
     """Wait until GET / answers 200 with the upstream's body (i.e. proxying works)."""
+    extra = dict(line.split(": ", 1) for line in headers)
     deadline = time.monotonic() + timeout_s
     last = "no attempt"
     while time.monotonic() < deadline:
@@ -300,7 +336,7 @@ def wait_ready(proc: Proc, port: int, timeout_s: float) -> None:
             raise BenchError(f"{proc.name} exited with code {code} during start-up", log_tail)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
-            conn.request("GET", "/")
+            conn.request("GET", "/", headers=extra)
             resp = conn.getresponse()
             body = resp.read()
             if resp.status == 200 and UPSTREAM_BODY.encode() in body:
@@ -441,9 +477,17 @@ def parse_wrk(output: str, result: Result) -> Result:
 
 
 def run_wrk(
-    procs: ProcessSet, pinning: Pinning, url: str, duration_s: int, connections: int, latency: bool
+    procs: ProcessSet,
+    pinning: Pinning,
+    url: str,
+    duration_s: int,
+    connections: int,
+    latency: bool,
+    headers: Sequence[str],
 ) -> str:
     cmd = [*pinning.load, "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "2s"]
+    for line in headers:
+        cmd += ["-H", line]
     if latency:
         cmd.append("--latency")
     cmd.append(url)
@@ -471,11 +515,13 @@ def measure(
     url = f"http://127.0.0.1:{port}/"
     if args.warmup > 0:
         log(f"{target}: warm-up {args.warmup}s")
-        run_wrk(procs, pinning, url, args.warmup, args.connections, latency=False)
+        run_wrk(procs, pinning, url, args.warmup, args.connections, False, target_headers(target))
     log(f"{target}: measuring {args.duration}s, {args.connections} connections")
     cpu_before = tree_cpu_s(cpu_pid) if cpu_pid is not None else None
     t0 = time.monotonic()
-    output = run_wrk(procs, pinning, url, args.duration, args.connections, latency=True)
+    output = run_wrk(
+        procs, pinning, url, args.duration, args.connections, True, target_headers(target)
+    )
     wall_s = time.monotonic() - t0
     cpu_after = tree_cpu_s(cpu_pid) if cpu_pid is not None else None
     if args.verbose:
@@ -563,12 +609,15 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
         limit = {"ratelimit": "local", "ratelimit-redis": "redis"}.get(target, "")
         redis_port = start_redis(ctx) if limit == "redis" else 0
         cfg = ctx.tmp / "gateway.yaml"
-        cfg.write_text(meshgate_yaml(port, upstream_port, ctx.args.middleware, limit, redis_port))
+        yaml_text = meshgate_yaml(
+            port, upstream_port, ctx.args.middleware, limit, redis_port, jwt=target == "jwt"
+        )
+        cfg.write_text(yaml_text)
         base, env = meshgate_command(ctx.args.meshgate_cmd)
         ctx.info["meshgate_cmd"] = shlex.join(base)
         cmd = [*ctx.pinning.proxy, *base, "gateway", "-c", str(cfg), "--workers", "1"]
         proc = ctx.procs.spawn("meshgate", cmd, log_path=ctx.tmp / "meshgate.log", env=env)
-    wait_ready(proc, port, ctx.args.start_timeout)
+    wait_ready(proc, port, ctx.args.start_timeout, target_headers(target))
     return proc, port
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``meshgate gateway|validate|explain|schema|demo``."""
+"""Command line: ``meshgate gateway|validate|explain|hash-key|schema|demo``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"explain: {exc}", file=sys.stderr)
         return 2
     print("\n".join(lines))
+    return 0
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    """Print the stored form of an API key (``sha256:...``); with no key, make one."""
+    from meshgate.auth.apikeys import hash_key, new_key
+
+    key = args.key
+    if key is None and not sys.stdin.isatty():
+        key = sys.stdin.readline().strip() or None
+    if key is None:
+        key = new_key()
+        print(f"key:  {key}")
+        print(f"hash: {hash_key(key)}")
+        print("Give the key to the consumer; put only the hash in gateway.yaml.", file=sys.stderr)
+        return 0
+    try:
+        print(hash_key(key))
+    except ValueError as exc:
+        print(f"hash-key: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -196,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-H", "--header", action="append", metavar="'NAME: VALUE'", help="a request header"
     )
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "hash-key",
+        help="hash an API key for auth.api_keys (from the argument or stdin); none: make one",
+    )
+    p.add_argument("key", nargs="?", help="the key (better: pipe it on stdin)")
+    p.set_defaults(func=cmd_hash_key)
 
     p = sub.add_parser("schema", help="print the JSON Schema of gateway.yaml")
     p.set_defaults(func=cmd_schema)

@@ -122,10 +122,11 @@ def _matched(
         deadline=None,
     )
     middleware = route.middleware
-    names = [_name(m) for m in middleware] + list(route.stage_names)
+    names = [*route.front_names, *(_name(m) for m in middleware), *route.stage_names]
     lines.append("chain: " + " -> ".join(names))
     hooked = False
-    named = [(_name(m), m) for m in middleware]
+    named = list(zip(route.front_names, route.front, strict=True))
+    named += [(_name(m), m) for m in middleware]
     named += list(zip(route.stage_names, route.stages, strict=True))
     for name, m in named:
         hook = getattr(m, "explain", None)

@@ -52,6 +52,11 @@ class Gateway:
         """Build the runtime (raises `ConfigError`) and start listening."""
         self._runtime = build_runtime(self.config, self._doc, rng=self._rng)
         _log_warnings(self.config, self._doc)
+        try:
+            await self._runtime.start()
+        except BaseException:
+            self._runtime.close()
+            raise
         self._app = GatewayApp(self._runtime)
         self._server = HttpServer(
             self._app,
@@ -76,6 +81,11 @@ class Gateway:
         assert self._app is not None and self._runtime is not None
         new = build_runtime(config, doc, rng=self._rng, previous=self._runtime)
         _log_warnings(config, doc)
+        try:
+            await new.start()  # key sets fetched before the new table serves
+        except BaseException:
+            new.close()
+            raise
         if config.listener != self.config.listener:
             log.warning("listener settings changed: they take effect on restart only")
         old, self._runtime = self._runtime, new

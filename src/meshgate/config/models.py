@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -15,6 +15,13 @@ from pydantic import (
 )
 
 from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
+from meshgate.config.security import (
+    API_KEY_PROVIDER,
+    AuthConfig,
+    CorsConfig,
+    IpRulesConfig,
+    RouteAuthConfig,
+)
 from meshgate.core.balancer import BALANCERS
 from meshgate.core.clientip import parse_networks
 from meshgate.core.fault import FaultPolicy
@@ -427,6 +434,13 @@ class RouteConfig(_Model):
         default_factory=list,
         description="This route's limits, checked after the top-level rate_limit.limits.",
     )
+    auth: RouteAuthConfig | None = Field(None, description="Credentials this route requires.")
+    cors: CorsConfig | Literal[False] | None = Field(
+        None, description="This route's CORS policy; omitted = the top-level one; false = none."
+    )
+    ip_rules: IpRulesConfig | None = Field(
+        None, description="Checked in addition to the top-level ip_rules."
+    )
     middleware: list[MiddlewareRef] | None = Field(
         None, description="This route's chain; omitted = the top-level 'middleware' list."
     )
@@ -596,6 +610,9 @@ class GatewayConfig(_Model):
         "X-Forwarded-For believed (client ip for rate limits and IP rules).",
     )
     rate_limit: RateLimitConfig = RateLimitConfig()
+    auth: AuthConfig = AuthConfig()
+    cors: CorsConfig | None = Field(None, description="CORS policy of routes without their own.")
+    ip_rules: IpRulesConfig | None = Field(None, description="Client addresses for every route.")
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
 
@@ -609,6 +626,31 @@ class GatewayConfig(_Model):
     def _cidrs(cls, v: list[str]) -> list[str]:
         parse_networks(v)
         return v
+
+
+def _auth_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """Route auth must name configured providers."""
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    known = [p.name for p in config.auth.jwt]
+    if config.auth.api_keys is not None:
+        known.append(API_KEY_PROVIDER)
+    for i, route in enumerate(config.routes):
+        auth = route.auth
+        if auth is None:
+            continue
+        if not known:
+            problem = "no providers: configure auth.jwt or auth.api_keys"
+            errors.append((("routes", i, "auth"), problem))
+            continue
+        for j, name in enumerate(auth.providers or ()):
+            if name not in known:
+                errors.append(
+                    (
+                        ("routes", i, "auth", "providers", j),
+                        f"unknown auth provider {name!r}; configured: {', '.join(known)}",
+                    )
+                )
+    return errors
 
 
 def _rate_limit_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
@@ -653,6 +695,7 @@ def reference_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...],
             errors.append((loc, f"unknown upstream {name!r}; defined: {defined}"))
 
     errors += _rate_limit_errors(config)
+    errors += _auth_errors(config)
     route_names: dict[str, int] = {}
     for i, route in enumerate(config.routes):
         if route.name is not None:

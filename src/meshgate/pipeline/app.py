@@ -8,7 +8,7 @@ import time
 
 from meshgate.core.router import Match, MethodNotAllowed
 from meshgate.http.errors import HTTPError
-from meshgate.http.messages import Request, Response, error_response, new_request_id
+from meshgate.http.messages import Headers, Request, Response, error_response, new_request_id
 from meshgate.pipeline.context import RequestContext
 from meshgate.pipeline.runtime import CompiledRoute, Runtime
 
@@ -25,15 +25,47 @@ def choose_request_id(request: Request) -> str:
     return new_request_id()
 
 
+def _preflight_fields(runtime: Runtime, request: Request) -> list[tuple[str, str]] | None:
+    """CORS preflight (OPTIONS with Access-Control-Request-Method) of a route with a
+    CORS policy: the answer's fields ([] when refused); None when not a preflight
+    for such a route (then OPTIONS is routed like any method)."""
+    headers = request.headers
+    method = headers.get("access-control-request-method")
+    if method is None:
+        return None
+    found = runtime.router.match(
+        method.strip().upper(), request.path, request.host, headers.raw(), request.query_string
+    )
+    if not isinstance(found, Match) or found.route.cors is None:
+        return None
+    fields = found.route.cors.preflight(
+        headers.get("origin"), method, headers.get("access-control-request-headers")
+    )
+    return [] if fields is None else fields
+
+
 class GatewayApp:
     """Callable the HTTP server runs for each request."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime  # replaced whole on reload
 
+    def _preflight(self, runtime: Runtime, request: Request) -> Response | None:
+        """Answer a CORS preflight without running the route's chain or the upstream."""
+        fields = _preflight_fields(runtime, request)
+        if fields is None:
+            return None
+        if not fields:
+            return error_response(403, "CORS preflight refused", choose_request_id(request))
+        return Response(204, Headers(fields))
+
     async def __call__(self, request: Request) -> Response:
         start = time.monotonic()
         runtime = self.runtime
+        if request.method == "OPTIONS":
+            preflight = self._preflight(runtime, request)
+            if preflight is not None:
+                return preflight
         found = runtime.router.match(
             request.method, request.path, request.host, request.headers.raw(), request.query_string
         )

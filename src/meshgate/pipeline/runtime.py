@@ -21,6 +21,8 @@ from meshgate.config.models import (
     route_name,
 )
 from meshgate.config.ratelimit import LimitConfig
+from meshgate.core.clientip import parse_networks
+from meshgate.core.cors import CorsPolicy
 from meshgate.core.matchers import RequestMatcher
 from meshgate.core.ratelimit import SlidingWindow, TokenBucket
 from meshgate.core.router import Router
@@ -38,6 +40,14 @@ from meshgate.pipeline.ratelimit import (
     RedisFactory,
     WarningClock,
     rate_limit_stage,
+)
+from meshgate.pipeline.security import (
+    AuthStage,
+    JwtAuth,
+    KeyAuth,
+    build_jwt,
+    cors_stage,
+    ip_stage,
 )
 from meshgate.pipeline.traffic import (
     HeaderTransform,
@@ -60,7 +70,10 @@ class CompiledRoute:
     __slots__ = (
         "cluster",
         "config",
+        "cors",
         "fault",
+        "front",
+        "front_names",
         "guard",
         "handler",
         "middleware",
@@ -89,10 +102,15 @@ class CompiledRoute:
         timeout_s: float,
         random: Random,
         rate_limit: RateLimitStage | None = None,
+        front: Sequence[tuple[str, Middleware]] = (),
+        cors: CorsPolicy | None = None,
     ) -> None:
         self.config = config
         self.name = name
         self.rate_limit = rate_limit
+        self.cors = cors  # answers preflights for this route (see GatewayApp)
+        self.front_names = tuple(n for n, _ in front)  # ip_rules, cors, auth: before middleware
+        self.front = tuple(fn for _, fn in front)
         self.path = config.path or config.path_prefix or config.path_regex or ""
         self.timeout_s = timeout_s
         self.remove_request_headers = frozenset(config.remove_request_headers)
@@ -122,7 +140,7 @@ class CompiledRoute:
         stages = self._stages(random)
         self.stage_names = tuple(n for n, _ in stages)
         self.stages = tuple(fn for _, fn in stages)
-        self.handler: Handler = compose([*middlewares, *(fn for _, fn in stages)])
+        self.handler: Handler = compose([*self.front, *middlewares, *self.stages])
 
     def _stages(self, random: Random) -> list[tuple[str, Middleware]]:
         """The route's own stages after its middleware, in order (see pipeline/traffic.py)."""
@@ -175,6 +193,7 @@ class Runtime:
         clusters: dict[str, Cluster],
         routes: Sequence[CompiledRoute] = (),
         redis: Redis | None = None,
+        jwt: Sequence[JwtAuth] = (),
     ) -> None:
         self.config = config
         self.router = router
@@ -182,13 +201,25 @@ class Runtime:
         self.routes = list(routes)
         self.redis = redis  # client of the Redis rate-limit backend, if any limit uses it
         self.limits: dict[tuple[str, str, str, int], Limit] = {}  # by Limit.identity
+        self.jwt = tuple(jwt)
+
+    async def start(self) -> None:
+        """Fetch remote key sets (JWKS URLs) and start their refresh; a fetch failure
+        is logged and its tokens refused until a later fetch succeeds."""
+        for auth in self.jwt:
+            await auth.provider.start()
 
     def close(self) -> None:
         """Close idle upstream connections (busy ones close when their exchange ends),
-        cancel mirrored copies still in flight and drop the Redis connections."""
+        cancel mirrored copies still in flight, drop the Redis connections and stop
+        refreshing key sets."""
+        closing = [auth.provider.aclose() for auth in self.jwt]
         if self.redis is not None:
             client, self.redis = self.redis, None
-            task = asyncio.get_running_loop().create_task(client.aclose())
+            closing.append(client.aclose())
+        loop = asyncio.get_running_loop()
+        for coro in closing:
+            task = loop.create_task(coro)
             _closing.add(task)
             task.add_done_callback(_closing.discard)
         for route in self.routes:
@@ -270,6 +301,7 @@ def build_runtime(
         return new
 
     global_limits = [limit(c, "global") for c in settings.limits]
+    security = _Security(config)
     warnings = WarningClock()  # one Redis warning per 10 s for the whole runtime
     router: Router[CompiledRoute] = Router()
     compiled_routes: list[CompiledRoute] = []
@@ -285,6 +317,8 @@ def build_runtime(
                 route.timeout_s or config.timeout_s,
                 rng.random,
                 rate_limit_stage(limits, settings.headers, warnings) if limits else None,
+                security.front(route),
+                security.cors(route),
             )
         except ValueError as exc:  # a matcher, rewrite, template or fault the models let by
             _problem(doc, ("routes", i), str(exc), problems)
@@ -298,9 +332,43 @@ def build_runtime(
         for cluster in clusters.values():
             cluster.close()
         raise ConfigError(problems)
-    runtime = Runtime(config, router, clusters, compiled_routes, redis)
+    runtime = Runtime(config, router, clusters, compiled_routes, redis, security.jwt)
     runtime.limits = limits_by_identity
     return runtime
+
+
+class _Security:
+    """The security objects shared by routes: providers, keys, global CORS and IP rules."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.trusted = parse_networks(config.trusted_proxies)
+        self.jwt = [build_jwt(c) for c in config.auth.jwt]
+        api_keys = config.auth.api_keys
+        self.keys = KeyAuth(api_keys) if api_keys is not None else None
+        self.global_cors = config.cors.build() if config.cors is not None else None
+        self.global_ip = config.ip_rules.build() if config.ip_rules is not None else None
+
+    def cors(self, route: RouteConfig) -> CorsPolicy | None:
+        if route.cors is False:
+            return None
+        if route.cors is None:
+            return self.global_cors
+        return route.cors.build()
+
+    def front(self, route: RouteConfig) -> list[tuple[str, Middleware]]:
+        """ip_rules -> cors -> auth, each only when configured."""
+        out: list[tuple[str, Middleware]] = []
+        rules = [self.global_ip] if self.global_ip is not None else []
+        if route.ip_rules is not None:
+            rules.append(route.ip_rules.build())
+        if rules:
+            out.append(("ip_rules", ip_stage(rules, self.trusted)))
+        policy = self.cors(route)
+        if policy is not None:
+            out.append(("cors", cors_stage(policy)))
+        if route.auth is not None:
+            out.append(("auth", AuthStage(route.auth, self.jwt, self.keys)))
+        return out
 
 
 def _redis_backend(config: GatewayConfig) -> tuple[Redis | None, RedisFactory | None]:
