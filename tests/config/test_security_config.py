@@ -213,7 +213,7 @@ ERRORS = [
             - {name: corp, jwks_url: "https://one.example.com/jwks"}
             - {name: corp, jwks_url: "https://two.example.com/jwks"}  #<
         """,
-        "auth.jwt[1]",
+        "auth.jwt[1].name",
         ["duplicate", "'corp'"],
         id="duplicate-provider-names",
     ),
@@ -223,7 +223,7 @@ ERRORS = [
           jwt:
             - {name: api_key, jwks_url: "https://one.example.com/jwks"}  #<
         """,
-        "auth.jwt[0]",
+        "auth.jwt[0].name",
         ["'api_key'", "reserved"],
         id="provider-named-api_key",
     ),
@@ -304,39 +304,39 @@ ERRORS = [
     pytest.param(
         """\
         auth:
-          api_keys:  #<
+          api_keys:
             consumers:
-              - name: acme
+              - name: acme  #<
                 keys: [sha256:abc123]
         """,
-        "auth.api_keys",
+        "auth.api_keys.consumers[0]",
         ["'acme'", "key 0", "sha256:", "64 hex", "hash-key"],
         id="api-key-hash-malformed",
     ),
     pytest.param(
         """\
         auth:
-          api_keys:  #<
+          api_keys:
             consumers:
-              - name: acme
+              - name: acme  #<
                 keys: [my-plain-secret-key]
         """,
-        "auth.api_keys",
+        "auth.api_keys.consumers[0]",
         ["'acme'", "hash-key"],
         id="api-key-stored-in-clear",
     ),
     pytest.param(
         f"""\
         auth:
-          api_keys:  #<
+          api_keys:
             consumers:
               - name: acme
                 keys: ["{H1}"]
               - name: globex
-                keys: ["{H2}", "{H1}"]
+                keys: ["{H2}", "{H1}"]  #<
         """,
-        "auth.api_keys",
-        ["'acme'", "'globex'", "same key", "key 1"],
+        "auth.api_keys.consumers[1].keys[1]",
+        ["'acme'", "same key"],
         id="api-key-same-hash-for-two-consumers",
     ),
     pytest.param(
@@ -579,7 +579,7 @@ def test_docs_example_is_valid(tmp_path: Path) -> None:
     )
     config, _ = parse_config(text, "gw.yaml")
     route = config.routes[0]
-    assert route.cors is False
+    assert route.cors is not None and not route.cors.enabled
     assert route.auth is not None and route.auth.providers == ["corp", "api_key"]
     assert config.auth.jwt[0].forward_claims == {"sub": "x-user-id", "email": "x-user-email"}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     BaseModel,
@@ -17,6 +17,7 @@ from pydantic import (
 from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
 from meshgate.config.security import (
     API_KEY_PROVIDER,
+    ApiKeyConsumerConfig,
     AuthConfig,
     CorsConfig,
     IpRulesConfig,
@@ -435,7 +436,7 @@ class RouteConfig(_Model):
         description="This route's limits, checked after the top-level rate_limit.limits.",
     )
     auth: RouteAuthConfig | None = Field(None, description="Credentials this route requires.")
-    cors: CorsConfig | Literal[False] | None = Field(
+    cors: CorsConfig | None = Field(
         None, description="This route's CORS policy; omitted = the top-level one; false = none."
     )
     ip_rules: IpRulesConfig | None = Field(
@@ -629,8 +630,22 @@ class GatewayConfig(_Model):
 
 
 def _auth_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
-    """Route auth must name configured providers."""
+    """Unique provider and consumer names, unique key hashes, and route auth naming
+    configured providers."""
     errors: list[tuple[tuple[str | int, ...], str]] = []
+    seen: dict[str, int] = {}
+    for j, provider in enumerate(config.auth.jwt):
+        loc = ("auth", "jwt", j, "name")
+        if provider.name == API_KEY_PROVIDER:
+            errors.append((loc, f"{API_KEY_PROVIDER!r} is reserved for auth.api_keys"))
+        elif provider.name in seen:
+            first = seen[provider.name]
+            errors.append(
+                (loc, f"duplicate jwt provider name {provider.name!r} (also jwt[{first}])")
+            )
+        seen.setdefault(provider.name, j)
+    if config.auth.api_keys is not None:
+        errors += _consumer_errors(config.auth.api_keys.consumers)
     known = [p.name for p in config.auth.jwt]
     if config.auth.api_keys is not None:
         known.append(API_KEY_PROVIDER)
@@ -650,6 +665,32 @@ def _auth_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str
                         f"unknown auth provider {name!r}; configured: {', '.join(known)}",
                     )
                 )
+    return errors
+
+
+def _consumer_errors(
+    consumers: list[ApiKeyConsumerConfig],
+) -> list[tuple[tuple[str | int, ...], str]]:
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    names: dict[str, int] = {}
+    owners: dict[str, str] = {}
+    for j, consumer in enumerate(consumers):
+        loc: tuple[str | int, ...] = ("auth", "api_keys", "consumers", j)
+        if consumer.name in names:
+            first = names[consumer.name]
+            errors.append(
+                (
+                    (*loc, "name"),
+                    f"duplicate consumer name {consumer.name!r} (also consumers[{first}])",
+                )
+            )
+        names.setdefault(consumer.name, j)
+        for k, stored in enumerate(consumer.keys):
+            digest = stored.strip().lower()
+            owner = owners.get(digest)
+            if owner is not None and owner != consumer.name:
+                errors.append(((*loc, "keys", k), f"the same key hash as consumer {owner!r}"))
+            owners.setdefault(digest, consumer.name)
     return errors
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meshgate.auth.apikeys import ApiKeyError, ApiKeys
+from meshgate.auth.jwt import JwtProvider
 from meshgate.core.cors import CorsError, CorsPolicy
 from meshgate.core.ipfilter import IpRules
 
@@ -139,7 +140,28 @@ class JwtProviderConfig(_Model):
             )
         if self.jwks_url is not None and not self.jwks_url.startswith(("https://", "http://")):
             raise ValueError(f"jwks_url {self.jwks_url!r} must be an http(s) URL")
+        try:
+            self.build()  # reads key files and checks key material; fetches nothing
+        except ValueError as exc:
+            raise ValueError(f"jwt provider {self.name!r}: {exc}") from None
         return self
+
+    def build(self) -> JwtProvider:
+        return JwtProvider.build(
+            name=self.name,
+            algorithms=self.algorithms,
+            issuer=self.issuer,
+            audiences=self.audiences,
+            clock_skew_s=self.clock_skew_s,
+            secret=self.secret,
+            secret_file=self.secret_file,
+            public_key_file=self.public_key_file,
+            jwks_file=self.jwks_file,
+            jwks_url=self.jwks_url,
+            jwks_cache_s=self.jwks_cache_s,
+            jwks_refresh_min_s=self.jwks_refresh_min_s,
+            jwks_timeout_s=self.jwks_timeout_s,
+        )
 
 
 class ApiKeyConsumerConfig(_Model):
@@ -148,6 +170,14 @@ class ApiKeyConsumerConfig(_Model):
         min_length=1, description="Key hashes ('sha256:...') from `meshgate hash-key`."
     )
     scopes: list[str] = Field(default_factory=list, description="For routes requiring scopes.")
+
+    @model_validator(mode="after")
+    def _valid_hashes(self) -> ApiKeyConsumerConfig:
+        try:
+            ApiKeys.build([(self.name, self.keys)])
+        except ApiKeyError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class ApiKeysConfig(_Model):
@@ -159,19 +189,8 @@ class ApiKeysConfig(_Model):
     consumers: list[ApiKeyConsumerConfig] = Field(default_factory=list)
     forward_key: bool = Field(False, description="Send the key upstream (default: strip it).")
 
-    @model_validator(mode="after")
-    def _valid_keys(self) -> ApiKeysConfig:
-        names = [c.name for c in self.consumers]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate consumer name(s): {', '.join(dupes)}")
-        try:
-            self.build()
-        except ApiKeyError as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
     def build(self) -> ApiKeys:
+        """The lookup table (names and hashes were checked: see config/models.py)."""
         return ApiKeys.build([(c.name, c.keys) for c in self.consumers])
 
 
@@ -181,19 +200,16 @@ class AuthConfig(_Model):
     jwt: list[JwtProviderConfig] = Field(default_factory=list)
     api_keys: ApiKeysConfig | None = None
 
-    @model_validator(mode="after")
-    def _unique(self) -> AuthConfig:
-        names = [p.name for p in self.jwt]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate jwt provider name(s): {', '.join(dupes)}")
-        if API_KEY_PROVIDER in names:
-            raise ValueError(f"{API_KEY_PROVIDER!r} is reserved for api_keys")
-        return self
-
 
 class RouteAuthConfig(_Model):
     """A route's authentication and authorization."""
+
+    @field_validator("providers")
+    @classmethod
+    def _some(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("list at least one provider (omit providers to accept every one)")
+        return v
 
     required: bool = Field(True, description="false: anonymous requests pass (claims if any).")
     providers: list[str] | None = Field(
@@ -207,8 +223,9 @@ class RouteAuthConfig(_Model):
 
 
 class CorsConfig(_Model):
-    """Cross-origin resource sharing for browsers."""
+    """Cross-origin resource sharing for browsers (``cors: false`` on a route: none)."""
 
+    enabled: bool = Field(True, description="false: no CORS for this route.")
     allow_origins: list[str] = Field(
         default_factory=list, description="Exact origins (scheme://host[:port]) or '*'."
     )
@@ -221,8 +238,15 @@ class CorsConfig(_Model):
     allow_credentials: bool = False
     max_age_s: int = Field(600, ge=0, le=86400)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _false_is_off(cls, v: object) -> object:
+        return {"enabled": False} if v is False else v
+
     @model_validator(mode="after")
     def _valid_policy(self) -> CorsConfig:
+        if not self.enabled:
+            return self
         try:
             self.build()
         except CorsError as exc:

@@ -25,10 +25,9 @@ def choose_request_id(request: Request) -> str:
     return new_request_id()
 
 
-def _preflight_fields(runtime: Runtime, request: Request) -> list[tuple[str, str]] | None:
-    """CORS preflight (OPTIONS with Access-Control-Request-Method) of a route with a
-    CORS policy: the answer's fields ([] when refused); None when not a preflight
-    for such a route (then OPTIONS is routed like any method)."""
+def _preflight_route(runtime: Runtime, request: Request) -> CompiledRoute | None:
+    """The route a CORS preflight (OPTIONS with Access-Control-Request-Method) is for,
+    when that route has a CORS policy; None: route the OPTIONS like any request."""
     headers = request.headers
     method = headers.get("access-control-request-method")
     if method is None:
@@ -38,10 +37,7 @@ def _preflight_fields(runtime: Runtime, request: Request) -> list[tuple[str, str
     )
     if not isinstance(found, Match) or found.route.cors is None:
         return None
-    fields = found.route.cors.preflight(
-        headers.get("origin"), method, headers.get("access-control-request-headers")
-    )
-    return [] if fields is None else fields
+    return found.route
 
 
 class GatewayApp:
@@ -51,11 +47,21 @@ class GatewayApp:
         self.runtime = runtime  # replaced whole on reload
 
     def _preflight(self, runtime: Runtime, request: Request) -> Response | None:
-        """Answer a CORS preflight without running the route's chain or the upstream."""
-        fields = _preflight_fields(runtime, request)
-        if fields is None:
+        """Answer a CORS preflight without running the route's chain or the upstream
+        (the route's ip_rules still apply)."""
+        route = _preflight_route(runtime, request)
+        if route is None or route.cors is None:
             return None
-        if not fields:
+        headers = request.headers
+        guard = route.ip_guard
+        if guard is not None and not guard.permits(request):
+            return error_response(403, "client address not allowed", choose_request_id(request))
+        fields = route.cors.preflight(
+            headers.get("origin"),
+            headers.get("access-control-request-method"),
+            headers.get("access-control-request-headers"),
+        )
+        if fields is None:
             return error_response(403, "CORS preflight refused", choose_request_id(request))
         return Response(204, Headers(fields))
 

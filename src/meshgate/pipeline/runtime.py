@@ -43,11 +43,11 @@ from meshgate.pipeline.ratelimit import (
 )
 from meshgate.pipeline.security import (
     AuthStage,
+    IpGuard,
     JwtAuth,
     KeyAuth,
     build_jwt,
     cors_stage,
-    ip_stage,
 )
 from meshgate.pipeline.traffic import (
     HeaderTransform,
@@ -76,6 +76,7 @@ class CompiledRoute:
         "front_names",
         "guard",
         "handler",
+        "ip_guard",
         "middleware",
         "mirror",
         "name",
@@ -109,6 +110,8 @@ class CompiledRoute:
         self.name = name
         self.rate_limit = rate_limit
         self.cors = cors  # answers preflights for this route (see GatewayApp)
+        guards = [fn for fn in (fn for _, fn in front) if isinstance(fn, IpGuard)]
+        self.ip_guard = guards[0] if guards else None  # also checked before a preflight
         self.front_names = tuple(n for n, _ in front)  # ip_rules, cors, auth: before middleware
         self.front = tuple(fn for _, fn in front)
         self.path = config.path or config.path_prefix or config.path_regex or ""
@@ -345,15 +348,14 @@ class _Security:
         self.jwt = [build_jwt(c) for c in config.auth.jwt]
         api_keys = config.auth.api_keys
         self.keys = KeyAuth(api_keys) if api_keys is not None else None
-        self.global_cors = config.cors.build() if config.cors is not None else None
+        cors = config.cors
+        self.global_cors = cors.build() if cors is not None and cors.enabled else None
         self.global_ip = config.ip_rules.build() if config.ip_rules is not None else None
 
     def cors(self, route: RouteConfig) -> CorsPolicy | None:
-        if route.cors is False:
-            return None
         if route.cors is None:
             return self.global_cors
-        return route.cors.build()
+        return route.cors.build() if route.cors.enabled else None
 
     def front(self, route: RouteConfig) -> list[tuple[str, Middleware]]:
         """ip_rules -> cors -> auth, each only when configured."""
@@ -362,7 +364,7 @@ class _Security:
         if route.ip_rules is not None:
             rules.append(route.ip_rules.build())
         if rules:
-            out.append(("ip_rules", ip_stage(rules, self.trusted)))
+            out.append(("ip_rules", IpGuard(rules, self.trusted)))
         policy = self.cors(route)
         if policy is not None:
             out.append(("cors", cors_stage(policy)))

@@ -41,24 +41,36 @@ REALM = "meshgate"
 # --- IP rules ---------------------------------------------------------------------
 
 
-def ip_stage(rules: Sequence[IpRules], trusted: Sequence[Any]) -> Middleware:
-    """403 for clients the rules refuse (global rules first, then the route's)."""
+class IpGuard:
+    """The ip_rules stage: 403 for clients the rules refuse (global rules first, then
+    the route's). Also consulted for CORS preflights, which skip the chain."""
 
-    def address(request: Request) -> str:
-        if not trusted:
+    __slots__ = ("rules", "trusted")
+
+    def __init__(self, rules: Sequence[IpRules], trusted: Sequence[Any]) -> None:
+        self.rules = tuple(rules)
+        self.trusted = tuple(trusted)
+
+    def address(self, request: Request) -> str:
+        if not self.trusted:
             return request.client_ip
-        return client_ip(request.client_ip, request.headers.get_all("x-forwarded-for"), trusted)
+        forwarded = request.headers.get_all("x-forwarded-for")
+        return client_ip(request.client_ip, forwarded, self.trusted)
 
-    async def ip_rules(ctx: RequestContext, call_next: Next) -> None:
-        addr = address(ctx.request)
-        for rule in rules:
-            if not rule.permits(addr):
-                log.info("client %s refused by ip rules (request id %s)", addr, ctx.request_id)
-                ctx.error(403, "client address not allowed")
-                return
+    def permits(self, request: Request) -> bool:
+        addr = self.address(request)
+        return all(rule.permits(addr) for rule in self.rules)
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+        if not self.permits(ctx.request):
+            refuse_address(ctx)
+            return
         await call_next()
 
-    return ip_rules
+
+def refuse_address(ctx: RequestContext) -> None:
+    log.info("client refused by ip rules (request id %s)", ctx.request_id)
+    ctx.error(403, "client address not allowed")
 
 
 # --- CORS -------------------------------------------------------------------------
@@ -166,22 +178,7 @@ class KeyAuth:
 
 
 def build_jwt(config: JwtProviderConfig) -> JwtAuth:
-    provider = JwtProvider.build(
-        name=config.name,
-        algorithms=config.algorithms,
-        issuer=config.issuer,
-        audiences=config.audiences,
-        clock_skew_s=config.clock_skew_s,
-        secret=config.secret,
-        secret_file=config.secret_file,
-        public_key_file=config.public_key_file,
-        jwks_file=config.jwks_file,
-        jwks_url=config.jwks_url,
-        jwks_cache_s=config.jwks_cache_s,
-        jwks_refresh_min_s=config.jwks_refresh_min_s,
-        jwks_timeout_s=config.jwks_timeout_s,
-    )
-    return JwtAuth(config, provider)
+    return JwtAuth(config, config.build())
 
 
 # --- the auth stage -----------------------------------------------------------------------
@@ -190,7 +187,7 @@ def build_jwt(config: JwtProviderConfig) -> JwtAuth:
 class AuthStage:
     """Authenticate with the route's providers, then check scopes and claims."""
 
-    __slots__ = ("claims", "jwt", "keys", "required", "scopes", "scopes_all")
+    __slots__ = ("claims", "forwarded", "jwt", "keys", "required", "scopes", "scopes_all")
 
     def __init__(
         self, config: RouteAuthConfig, jwt: Sequence[JwtAuth], keys: KeyAuth | None
@@ -205,9 +202,14 @@ class AuthStage:
         self.claims = {
             k: frozenset([v] if isinstance(v, str) else v) for k, v in config.claims.items()
         }
+        # Headers the gateway fills from claims: a client's own copy never passes,
+        # whoever the caller turns out to be (anonymous, API key, another provider).
+        self.forwarded = tuple({h for j in self.jwt for h in j.config.forward_claims.values()})
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         request = ctx.request
+        for header in self.forwarded:
+            request.headers.remove(header)
         found = False
         failure: TokenError | None = None
         for auth in self.jwt:
@@ -299,7 +301,6 @@ class AuthStage:
             state["consumer"] = str(sub)
         headers = ctx.request.headers
         for claim, header in auth.config.forward_claims.items():
-            headers.remove(header)  # never the client's own copy
             value = claims.get(claim)
             if value is not None:
                 headers.set(header, _claim_text(value))
