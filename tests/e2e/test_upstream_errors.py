@@ -85,13 +85,21 @@ async def test_upstream_closing_without_answer_is_502(gateway, upstream, how):
         await assert_still_serves(client, gateway)
 
 
-async def test_reused_connection_is_not_retried_forever(gateway, upstream):
+@pytest.mark.parametrize(("max_retries", "sent"), [(0, 2), (1, 3)])
+async def test_reused_connection_is_not_retried_forever(
+    gateway_factory, upstream, max_retries, sent
+):
+    gateway = await gateway_factory(
+        routes=[{"path": "/*", "upstream": "main", "retry": {"max_retries": max_retries}}]
+    )
     async with httpx.AsyncClient() as client:
         await assert_still_serves(client, gateway)  # pools one connection
         r = await client.get(url(gateway, "/reset?how=fin"))
         assert_json_error(r, 502)
-    # once on the pooled connection, once more on a new one; no further retries
-    assert upstream.paths().count("/reset") == 2
+    # A reset on a pooled connection is tried once more on a new one (it may just have
+    # gone stale); then the route's retries (default 1) apply, and nothing more.
+    assert upstream.paths().count("/reset") == sent
+    assert r.headers.get("x-meshgate-attempts") == (str(max_retries + 1) if max_retries else None)
 
 
 async def test_invalid_upstream_response_is_502(gateway, upstream):

@@ -15,6 +15,13 @@ from pydantic import (
 )
 
 from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
+from meshgate.config.resilience import (
+    CircuitBreakerConfig,
+    OutlierDetectionConfig,
+    RetryBudgetConfig,
+    RetryConfig,
+    UpstreamLimitsConfig,
+)
 from meshgate.config.security import (
     API_KEY_PROVIDER,
     ApiKeyConsumerConfig,
@@ -104,6 +111,14 @@ class UpstreamConfig(_Model):
         "proxy_read_timeout); the client's response is then aborted.",
     )
     pool: PoolConfig = PoolConfig()
+    limits: UpstreamLimitsConfig = UpstreamLimitsConfig()
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()
+    circuit_breaker: CircuitBreakerConfig | None = Field(
+        None, description="Off unless set ({} for the defaults)."
+    )
+    outlier_detection: OutlierDetectionConfig | None = Field(
+        None, description="Off unless set ({} for the defaults)."
+    )
 
     @field_validator("load_balancer")
     @classmethod
@@ -436,6 +451,10 @@ class RouteConfig(_Model):
         description="This route's limits, checked after the top-level rate_limit.limits.",
     )
     auth: RouteAuthConfig | None = Field(None, description="Credentials this route requires.")
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig,
+        description="Retries of failed attempts (default: 1 retry of idempotent requests).",
+    )
     cors: CorsConfig | None = Field(
         None, description="This route's CORS policy; omitted = the top-level one; false = none."
     )

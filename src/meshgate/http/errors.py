@@ -65,3 +65,21 @@ class UpstreamReset(UpstreamError):
 
 class UpstreamBadResponse(UpstreamError):
     reason = "upstream sent an invalid response"
+
+
+class BreakerOpen(HTTPError):
+    """The upstream's circuit breaker is open: answered without contacting it."""
+
+    status = 503
+    reason = "circuit breaker open"
+
+
+class Overflow(HTTPError):
+    """A concurrency threshold of the upstream is reached (never an upstream failure)."""
+
+    status = 503
+    reason = "upstream overflow"
+
+    def __init__(self, which: str) -> None:
+        super().__init__(f"too many {which} to the upstream")
+        self.which = which

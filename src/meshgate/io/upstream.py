@@ -88,10 +88,12 @@ class UpstreamConnection(asyncio.Protocol):
     # --- events from the transport ---------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.pool.open += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool._forget(self)
+        self.pool.open -= 1
         self._head_deadline.cancel()
         self._read_deadline.cancel()
         body = self._body
@@ -386,6 +388,7 @@ class Pool:
         self.idle: deque[UpstreamConnection] = deque()
         self.closed = False
         self.connects = 0  # connections opened, for tests and metrics
+        self.open = 0  # connections open now (idle or busy)
         self._sweeper: asyncio.TimerHandle | None = None
 
     def take_idle(self) -> UpstreamConnection | None:

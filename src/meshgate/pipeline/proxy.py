@@ -9,14 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from typing import TYPE_CHECKING
 
-from meshgate.http.errors import HTTPError, UpstreamError, UpstreamReset
+from meshgate.core.retry import Failure, parse_retry_after
+from meshgate.http.errors import (
+    BreakerOpen,
+    HTTPError,
+    Overflow,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
 from meshgate.http.framing import LAST_CHUNK, frame_chunk
-from meshgate.http.messages import HOP_BY_HOP, Body, Headers, Response
+from meshgate.http.messages import HOP_BY_HOP, Body, BytesBody, Headers, Response
 from meshgate.io.upstream import ResponseHead, UpstreamConnection
 from meshgate.pipeline.context import Next, RequestContext
-from meshgate.upstream.cluster import UpstreamHost
+from meshgate.upstream.cluster import Cluster, UpstreamHost
+
+if TYPE_CHECKING:
+    from meshgate.pipeline.runtime import CompiledRoute
 
 log = logging.getLogger("meshgate.proxy")
 
@@ -130,7 +144,12 @@ async def _pump(body: Body, conn: UpstreamConnection, chunked: bool) -> None:
 
 
 async def _exchange(
-    conn: UpstreamConnection, ctx: RequestContext, head: bytes, has_body: bool, chunked: bool
+    conn: UpstreamConnection,
+    ctx: RequestContext,
+    head: bytes,
+    has_body: bool,
+    chunked: bool,
+    timeout_s: float,
 ) -> ResponseHead:
     req = ctx.request
     conn.start(head, head_request=req.method == "HEAD", body_follows=has_body)
@@ -142,43 +161,62 @@ async def _exchange(
             task = asyncio.get_running_loop().create_task(_pump(body, conn, chunked))
             _pumps.add(task)
             task.add_done_callback(_pumps.discard)
-    assert ctx.deadline is not None
-    return await conn.response_head(max(ctx.deadline - time.monotonic(), 0.001))
+    return await conn.response_head(timeout_s)
 
 
-async def proxy(ctx: RequestContext, call_next: Next) -> None:
-    """Forward to a host of the route's upstream and set ``ctx.response``."""
+def failure_kind(exc: HTTPError) -> Failure | None:
+    """How an attempt failed, in retry_on terms (None: not the upstream's doing)."""
+    if isinstance(exc, UpstreamConnectError):
+        return "connect-failure"
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, UpstreamError):
+        return "reset"
+    return None
+
+
+async def _attempt(
+    ctx: RequestContext, cluster: Cluster, host: UpstreamHost, per_try_timeout_s: float | None
+) -> Failure | None:
+    """One attempt on ``host``: sets ``ctx.response``; returns the failure kind or None."""
     route = ctx.route
-    assert route is not None
-    cluster = ctx.cluster or route.cluster
-    assert cluster is not None, "a forwarding route always has an upstream"
-    host = cluster.pick()
+    assert route is not None and ctx.deadline is not None
     try:
         head, has_body, chunked = build_request_head(ctx, host)
     except HTTPError as exc:
         log.error(
-            "%s %s: %s (request id %s)",
-            ctx.request.method,
-            ctx.request.path,
-            exc.detail,
+            "%s %s: %s (request id %s)", ctx.request.method, ctx.request.path, exc.detail,
             ctx.request_id,
         )
+        ctx.upstream_error = exc  # ours, not the upstream's
         ctx.error(exc.status, exc.detail)
-        return
+        return None
     conn: UpstreamConnection | None = None
     host.active_requests += 1
     try:
-        conn = host.pool.take_idle() or await host.pool.connect()
+        conn = host.pool.take_idle()
+        if conn is None:
+            conn = await _connect(cluster, host)
+        remaining = ctx.deadline - time.monotonic()
+        timeout_s = max(
+            min(remaining, per_try_timeout_s) if per_try_timeout_s else remaining, 0.001
+        )
         try:
-            result = await _exchange(conn, ctx, head, has_body, chunked)
+            result = await _exchange(conn, ctx, head, has_body, chunked, timeout_s)
         except UpstreamReset:
             # A pooled connection the upstream closed just before we used it:
             # try once on a new connection when nothing of the request was lost.
             if conn.requests == 1 or conn.got_bytes or has_body:
                 raise
-            conn = await host.pool.connect()
-            result = await _exchange(conn, ctx, head, has_body, chunked)
+            conn = await _connect(cluster, host)
+            result = await _exchange(conn, ctx, head, has_body, chunked, timeout_s)
         ctx.response = response_from(result)
+        ctx.upstream_error = None
+        return None
+    except Overflow as exc:
+        ctx.upstream_error = exc
+        ctx.error(exc.status, exc.detail, {"x-meshgate-overflow": exc.which})
+        return None
     except HTTPError as exc:
         if conn is not None:
             conn.abort()
@@ -193,9 +231,124 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
             )
         ctx.upstream_error = exc
         ctx.error(exc.status, exc.detail)
+        return failure_kind(exc)
     except BaseException:
         if conn is not None:
             conn.abort()
         raise
     finally:
         host.active_requests -= 1
+
+
+async def _connect(cluster: Cluster, host: UpstreamHost) -> UpstreamConnection:
+    """A new connection within the upstream's connection and pending thresholds."""
+    limits = cluster.limits
+    if cluster.open_connections() >= cluster.max_connections:
+        limits.overflow["connections"] += 1
+        raise Overflow("connections")
+    if not limits.try_acquire("pending"):
+        raise Overflow("pending requests")
+    try:
+        return await host.pool.connect()
+    finally:
+        limits.release("pending")
+
+
+async def proxy(ctx: RequestContext, call_next: Next) -> None:
+    """Forward to a host of the route's upstream and set ``ctx.response``, retrying
+    failed attempts as the route's retry policy, the upstream's budget and its
+    breaker allow."""
+    route = ctx.route
+    assert route is not None
+    cluster = ctx.cluster or route.cluster
+    assert cluster is not None, "a forwarding route always has an upstream"
+    limits = cluster.limits
+    if not limits.try_acquire("requests"):
+        exc = Overflow("requests")
+        ctx.upstream_error = exc
+        ctx.error(exc.status, exc.detail, {"x-meshgate-overflow": exc.which})
+        return
+    cluster.budget.request_started()
+    try:
+        await _forward(ctx, route, cluster)
+    finally:
+        limits.release("requests")
+        cluster.budget.request_finished()
+
+
+async def _forward(ctx: RequestContext, route: CompiledRoute, cluster: Cluster) -> None:
+    policy = route.retry
+    req = ctx.request
+    deadline = ctx.deadline
+    assert deadline is not None
+    replay: bytes | None = None  # the request body, kept so a retry can send it again
+    length = req.body.length
+    if policy is not None and length is not None and 0 < length <= route.retry_body_bytes:
+        replay = await req.body.read_all(route.retry_body_bytes)
+        req.body = BytesBody(replay)
+    # (a longer or streamed body can only be retried when it never left: connect failure)
+    breaker = cluster.breaker
+    outliers = cluster.outliers
+    tried: list[UpstreamHost] = []
+    attempt = 0
+    retries = 0  # retry slots taken (budget and limits), given back at the end
+    try:
+        while True:
+            attempt += 1
+            now = time.monotonic()
+            if breaker is not None and not breaker.allow(now):
+                if attempt == 1:
+                    wait_s = max(1, math.ceil(breaker.retry_after_s(now)))
+                    exc = BreakerOpen()
+                    ctx.upstream_error = exc
+                    ctx.error(exc.status, exc.detail, {"retry-after": str(wait_s)})
+                break  # a retry refused by the breaker: the last answer stands
+            host = cluster.pick(tried)
+            tried.append(host)
+            if attempt > 1 and replay is not None:
+                req.body = BytesBody(replay)
+            failure = await _attempt(ctx, cluster, host, route.per_try_timeout_s)
+            resp = ctx.response
+            assert resp is not None
+            status = resp.status
+            # Not the upstream's doing: local overflow, or a client-side error.
+            local = failure is None and ctx.upstream_error is not None
+            now = time.monotonic()
+            if breaker is not None:
+                if local:
+                    breaker.record_ignored(now)
+                elif failure is not None or status >= 500:
+                    breaker.record_failure(now)
+                else:
+                    breaker.record_success(now)
+            if outliers is not None and not local:
+                outliers.record(host.key, now, status=status, failure=failure)
+            if policy is None or local or attempt > policy.max_retries:
+                break
+            upstream_status = None if failure is not None else status
+            if not policy.retriable(method=req.method, failure=failure, status=upstream_status):
+                break
+            if failure != "connect-failure" and length != 0 and replay is None:
+                break  # the body streamed out and is gone
+            delay = policy.backoff_s(attempt, _retry_after(resp) if failure is None else None)
+            if delay is None or now + delay >= deadline:
+                break
+            if not cluster.budget.try_retry():
+                break  # budget exhausted: the original failure is the answer
+            if not cluster.limits.try_acquire("retries"):
+                cluster.budget.retry_finished()
+                break
+            retries += 1
+            await resp.body.aclose()
+            await asyncio.sleep(delay)
+    finally:
+        for _ in range(retries):
+            cluster.budget.retry_finished()
+            cluster.limits.release("retries")
+    if attempt > 1 and route.attempts_header and ctx.response is not None:
+        ctx.response.headers.set("x-meshgate-attempts", str(attempt))
+
+
+def _retry_after(resp: Response) -> float | None:
+    value = resp.headers.get("retry-after")
+    return None if value is None else parse_retry_after(value, time.time())

@@ -25,6 +25,7 @@ from meshgate.core.clientip import parse_networks
 from meshgate.core.cors import CorsPolicy
 from meshgate.core.matchers import RequestMatcher
 from meshgate.core.ratelimit import SlidingWindow, TokenBucket
+from meshgate.core.retry import RetryPolicy
 from meshgate.core.router import Router
 from meshgate.core.split import WeightedSplit
 from meshgate.io.ratelimit_redis import RedisRateLimiter, make_client
@@ -68,6 +69,7 @@ class CompiledRoute:
     """A route ready to serve: its matchers and chain are built once, here."""
 
     __slots__ = (
+        "attempts_header",
         "cluster",
         "config",
         "cors",
@@ -81,12 +83,15 @@ class CompiledRoute:
         "mirror",
         "name",
         "path",
+        "per_try_timeout_s",
         "preserve_host",
         "rate_limit",
         "redirect",
         "remove_request_headers",
         "request_headers",
         "response_headers",
+        "retry",
+        "retry_body_bytes",
         "rewrite",
         "split",
         "stage_names",
@@ -118,6 +123,24 @@ class CompiledRoute:
         self.timeout_s = timeout_s
         self.remove_request_headers = frozenset(config.remove_request_headers)
         self.guard = _guard(config)
+        r = config.retry
+        self.retry = (
+            RetryPolicy.build(
+                retry_on=r.retry_on,
+                retriable_status_codes=r.retriable_status_codes,
+                max_retries=r.max_retries,
+                backoff_base_s=r.backoff_base_s,
+                backoff_max_s=r.backoff_max_s,
+                retry_after_max_s=r.retry_after_max_s,
+                retry_non_idempotent=r.retry_non_idempotent,
+                random=random,
+            )
+            if r.max_retries > 0
+            else None
+        )
+        self.retry_body_bytes = r.max_body_bytes
+        self.per_try_timeout_s = r.per_try_timeout_s
+        self.attempts_header = r.attempts_header
         self.fault = config.fault.build() if config.fault is not None else None
         self.request_headers = _transform(config.request_headers)
         self.response_headers = _transform(config.response_headers)

@@ -1,0 +1,111 @@
+"""Config models of resilience: retries, retry budgets, circuit breakers, limits, outliers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+RETRY_ON = (
+    "connect-failure",
+    "reset",
+    "gateway-error",
+    "5xx",
+    "retriable-status-codes",
+    "retriable-4xx",
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryConfig(_Model):
+    """A route's retry policy (design defaults: one retry of idempotent requests)."""
+
+    retry_on: list[str] = Field(
+        default_factory=lambda: ["connect-failure", "reset", "gateway-error"],
+        description=f"Any of: {', '.join(RETRY_ON)}.",
+    )
+    retriable_status_codes: list[int] = Field(default_factory=list)
+    max_retries: int = Field(1, ge=0, le=10, description="0 turns retries off.")
+    per_try_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Each attempt's time to the response head; the route's "
+        "timeout_s still bounds all attempts together.",
+    )
+    backoff_base_s: float = Field(0.025, gt=0)
+    backoff_max_s: float = Field(0.25, gt=0)
+    retry_after_max_s: float = Field(
+        1.0, ge=0, description="Honor an upstream Retry-After up to this; longer: no retry."
+    )
+    retry_non_idempotent: bool = Field(
+        False, description="Also retry POST/PATCH (connect failures are always safe)."
+    )
+    max_body_bytes: int = Field(
+        65536, ge=0, description="Request bodies are kept for a replay up to this size."
+    )
+    attempts_header: bool = Field(True, description="x-meshgate-attempts on retried answers.")
+
+    @field_validator("retry_on")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for cond in v:
+            if cond not in RETRY_ON:
+                raise ValueError(f"unknown retry_on {cond!r}; use some of {', '.join(RETRY_ON)}")
+        return v
+
+    @field_validator("retriable_status_codes")
+    @classmethod
+    def _statuses(cls, v: list[int]) -> list[int]:
+        for code in v:
+            if not 100 <= code <= 599:
+                raise ValueError(f"{code} is not an HTTP status code")
+        return v
+
+
+class RetryBudgetConfig(_Model):
+    """Caps retries per upstream so failures cannot multiply load (a retry storm)."""
+
+    model: Literal["concurrent", "windowed"] = Field(
+        "concurrent",
+        description="concurrent: Envoy's (retries in flight vs active requests); windowed: "
+        "the seed's/Linkerd's (retries vs requests over ttl_s).",
+    )
+    budget_percent: float = Field(20.0, ge=0, le=100)
+    min_retry_concurrency: int = Field(3, ge=0, description="concurrent model.")
+    min_per_s: float = Field(10.0, ge=0, description="windowed model.")
+    ttl_s: float = Field(10.0, gt=0, description="windowed model.")
+
+
+class CircuitBreakerConfig(_Model):
+    """The seed's breaker: closed -> open -> half-open, per upstream."""
+
+    failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open it.")
+    success_threshold: int = Field(3, ge=1, description="Half-open successes that close it.")
+    reset_timeout_s: float = Field(30.0, gt=0, description="Open this long, then half-open.")
+    window_s: float = Field(60.0, gt=0, description="Failure-rate window.")
+    failure_rate_percent: float = Field(50.0, gt=0, le=100)
+    min_requests: int = Field(
+        10, ge=1, description="Requests in the window before the rate counts."
+    )
+    half_open_max_probes: int = Field(1, ge=1, description="Concurrent requests let through.")
+
+
+class OutlierDetectionConfig(_Model):
+    """Eject hosts that keep failing (Envoy defaults)."""
+
+    consecutive_5xx: int = Field(5, ge=1)
+    consecutive_gateway_errors: int = Field(5, ge=1)
+    base_ejection_s: float = Field(30.0, gt=0, description="Times the number of ejections so far.")
+    max_ejection_percent: float = Field(10.0, ge=0, le=100)
+
+
+class UpstreamLimitsConfig(_Model):
+    """Envoy's circuit-breaker thresholds: overflow answers 503 x-meshgate-overflow."""
+
+    max_connections: int = Field(1024, ge=1)
+    max_pending_requests: int = Field(1024, ge=1, description="Requests waiting for a connection.")
+    max_requests: int = Field(1024, ge=1, description="Requests in flight.")
+    max_retries: int = Field(3, ge=0, description="Retries in flight.")
