@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from meshgate.core.retry import RetryPolicy
 
 RETRY_ON = (
     "connect-failure",
@@ -63,6 +66,26 @@ class RetryConfig(_Model):
             if not 100 <= code <= 599:
                 raise ValueError(f"{code} is not an HTTP status code")
         return v
+
+    @model_validator(mode="after")
+    def _valid_policy(self) -> RetryConfig:
+        try:
+            self.build(lambda: 0.0)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def build(self, random: Callable[[], float]) -> RetryPolicy:
+        return RetryPolicy.build(
+            retry_on=self.retry_on,
+            retriable_status_codes=self.retriable_status_codes,
+            max_retries=self.max_retries,
+            backoff_base_s=self.backoff_base_s,
+            backoff_max_s=self.backoff_max_s,
+            retry_after_max_s=self.retry_after_max_s,
+            retry_non_idempotent=self.retry_non_idempotent,
+            random=random,
+        )
 
 
 class RetryBudgetConfig(_Model):

@@ -11,8 +11,9 @@ import asyncio
 import logging
 import math
 import time
-from typing import TYPE_CHECKING
 
+from meshgate.core.breaker import CircuitBreaker
+from meshgate.core.outlier import OutlierDetector
 from meshgate.core.retry import Failure, parse_retry_after
 from meshgate.http.errors import (
     BreakerOpen,
@@ -28,9 +29,6 @@ from meshgate.http.messages import HOP_BY_HOP, Body, BytesBody, Headers, Respons
 from meshgate.io.upstream import ResponseHead, UpstreamConnection
 from meshgate.pipeline.context import Next, RequestContext
 from meshgate.upstream.cluster import Cluster, UpstreamHost
-
-if TYPE_CHECKING:
-    from meshgate.pipeline.runtime import CompiledRoute
 
 log = logging.getLogger("meshgate.proxy")
 
@@ -268,22 +266,13 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
         ctx.upstream_error = exc
         ctx.error(exc.status, exc.detail, {"x-meshgate-overflow": exc.which})
         return
-    cluster.budget.request_started()
-    try:
-        await _forward(ctx, route, cluster)
-    finally:
-        limits.release("requests")
-        cluster.budget.request_finished()
-
-
-async def _forward(ctx: RequestContext, route: CompiledRoute, cluster: Cluster) -> None:
+    budget = cluster.budget
+    budget.request_started()
     policy = route.retry
     req = ctx.request
-    deadline = ctx.deadline
-    assert deadline is not None
     replay: bytes | None = None  # the request body, kept so a retry can send it again
     length = req.body.length
-    if policy is not None and length is not None and 0 < length <= route.retry_body_bytes:
+    if policy is not None and length and length <= route.retry_body_bytes:
         replay = await req.body.read_all(route.retry_body_bytes)
         req.body = BytesBody(replay)
     # (a longer or streamed body can only be retried when it never left: connect failure)
@@ -295,16 +284,13 @@ async def _forward(ctx: RequestContext, route: CompiledRoute, cluster: Cluster) 
     try:
         while True:
             attempt += 1
-            now = time.monotonic()
-            if breaker is not None and not breaker.allow(now):
+            if breaker is not None and not breaker.allow(time.monotonic()):
                 if attempt == 1:
-                    wait_s = max(1, math.ceil(breaker.retry_after_s(now)))
-                    exc = BreakerOpen()
-                    ctx.upstream_error = exc
-                    ctx.error(exc.status, exc.detail, {"retry-after": str(wait_s)})
+                    _breaker_open(ctx, breaker)
                 break  # a retry refused by the breaker: the last answer stands
             host = cluster.pick(tried)
-            tried.append(host)
+            if policy is not None:
+                tried.append(host)
             if attempt > 1 and replay is not None:
                 req.body = BytesBody(replay)
             failure = await _attempt(ctx, cluster, host, route.per_try_timeout_s)
@@ -313,40 +299,67 @@ async def _forward(ctx: RequestContext, route: CompiledRoute, cluster: Cluster) 
             status = resp.status
             # Not the upstream's doing: local overflow, or a client-side error.
             local = failure is None and ctx.upstream_error is not None
-            now = time.monotonic()
-            if breaker is not None:
-                if local:
-                    breaker.record_ignored(now)
-                elif failure is not None or status >= 500:
-                    breaker.record_failure(now)
-                else:
-                    breaker.record_success(now)
-            if outliers is not None and not local:
-                outliers.record(host.key, now, status=status, failure=failure)
+            if breaker is not None or outliers is not None:
+                _record(breaker, outliers, host, failure, status, local)
             if policy is None or local or attempt > policy.max_retries:
                 break
-            upstream_status = None if failure is not None else status
-            if not policy.retriable(method=req.method, failure=failure, status=upstream_status):
+            if failure is None and status < 400:
+                break  # no retry condition covers a success or a redirect
+            if not policy.retriable(
+                method=req.method, failure=failure, status=None if failure else status
+            ):
                 break
             if failure != "connect-failure" and length != 0 and replay is None:
                 break  # the body streamed out and is gone
             delay = policy.backoff_s(attempt, _retry_after(resp) if failure is None else None)
-            if delay is None or now + delay >= deadline:
+            deadline = ctx.deadline
+            assert deadline is not None
+            if delay is None or time.monotonic() + delay >= deadline:
                 break
-            if not cluster.budget.try_retry():
+            if not budget.try_retry():
                 break  # budget exhausted: the original failure is the answer
-            if not cluster.limits.try_acquire("retries"):
-                cluster.budget.retry_finished()
+            if not limits.try_acquire("retries"):
+                budget.retry_finished()
                 break
             retries += 1
             await resp.body.aclose()
             await asyncio.sleep(delay)
     finally:
         for _ in range(retries):
-            cluster.budget.retry_finished()
-            cluster.limits.release("retries")
+            budget.retry_finished()
+            limits.release("retries")
+        limits.release("requests")
+        budget.request_finished()
     if attempt > 1 and route.attempts_header and ctx.response is not None:
         ctx.response.headers.set("x-meshgate-attempts", str(attempt))
+
+
+def _breaker_open(ctx: RequestContext, breaker: CircuitBreaker) -> None:
+    wait_s = max(1, math.ceil(breaker.retry_after_s(time.monotonic())))
+    exc = BreakerOpen()
+    ctx.upstream_error = exc
+    ctx.error(exc.status, exc.detail, {"retry-after": str(wait_s)})
+
+
+def _record(
+    breaker: CircuitBreaker | None,
+    outliers: OutlierDetector | None,
+    host: UpstreamHost,
+    failure: Failure | None,
+    status: int,
+    local: bool,
+) -> None:
+    """Tell the breaker and the outlier detector how an attempt went."""
+    now = time.monotonic()
+    if breaker is not None:
+        if local:
+            breaker.record_ignored(now)
+        elif failure is not None or status >= 500:
+            breaker.record_failure(now)
+        else:
+            breaker.record_success(now)
+    if outliers is not None and not local:
+        outliers.record(host.key, now, status=status, failure=failure)
 
 
 def _retry_after(resp: Response) -> float | None:

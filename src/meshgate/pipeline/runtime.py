@@ -25,7 +25,6 @@ from meshgate.core.clientip import parse_networks
 from meshgate.core.cors import CorsPolicy
 from meshgate.core.matchers import RequestMatcher
 from meshgate.core.ratelimit import SlidingWindow, TokenBucket
-from meshgate.core.retry import RetryPolicy
 from meshgate.core.router import Router
 from meshgate.core.split import WeightedSplit
 from meshgate.io.ratelimit_redis import RedisRateLimiter, make_client
@@ -124,20 +123,7 @@ class CompiledRoute:
         self.remove_request_headers = frozenset(config.remove_request_headers)
         self.guard = _guard(config)
         r = config.retry
-        self.retry = (
-            RetryPolicy.build(
-                retry_on=r.retry_on,
-                retriable_status_codes=r.retriable_status_codes,
-                max_retries=r.max_retries,
-                backoff_base_s=r.backoff_base_s,
-                backoff_max_s=r.backoff_max_s,
-                retry_after_max_s=r.retry_after_max_s,
-                retry_non_idempotent=r.retry_non_idempotent,
-                random=random,
-            )
-            if r.max_retries > 0
-            else None
-        )
+        self.retry = r.build(random) if r.max_retries > 0 else None
         self.retry_body_bytes = r.max_body_bytes
         self.per_try_timeout_s = r.per_try_timeout_s
         self.attempts_header = r.attempts_header
