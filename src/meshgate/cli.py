@@ -38,7 +38,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from meshgate.pipeline.runtime import build_runtime
 
     async def check() -> None:
-        build_runtime(config, load_config(args.file)[1]).close()
+        await build_runtime(config, load_config(args.file)[1]).aclose()
 
     try:
         asyncio.run(check())

@@ -243,6 +243,6 @@ def run_explain(
         try:
             return explain(runtime, request, doc)
         finally:
-            runtime.close()
+            await runtime.aclose()
 
     return asyncio.run(go())

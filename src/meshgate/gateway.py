@@ -55,7 +55,7 @@ class Gateway:
         try:
             await self._runtime.start()
         except BaseException:
-            self._runtime.close()
+            await self._runtime.aclose()
             raise
         self._app = GatewayApp(self._runtime)
         self._server = HttpServer(
@@ -67,7 +67,7 @@ class Gateway:
         try:
             await self._server.start()
         except BaseException:
-            self._runtime.close()
+            await self._runtime.aclose()
             raise
         log.info(
             "gateway listening on %s:%d (%d routes)",
@@ -84,7 +84,7 @@ class Gateway:
         try:
             await new.start()  # key sets fetched before the new table serves
         except BaseException:
-            new.close()
+            await new.aclose()
             raise
         if config.listener != self.config.listener:
             log.warning("listener settings changed: they take effect on restart only")
@@ -102,7 +102,7 @@ class Gateway:
             timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
             await self._server.shutdown(timeout)
         if self._runtime is not None:
-            self._runtime.close()
+            await self._runtime.aclose()
 
     async def __aenter__(self) -> Gateway:
         await self.start()

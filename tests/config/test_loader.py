@@ -150,8 +150,7 @@ def one_problem(text: str) -> str:
         ),
         pytest.param(
             "upstreams:\n  - name: a\n    instances: []\n",
-            "gw.yaml:3: upstreams[0].instances: List should have at least 1 item "
-            "after validation, not 0",
+            "gw.yaml:2: upstreams[0]: upstream 'a': list instances or set discovery",
             id="no-instances",
         ),
         pytest.param(

@@ -14,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from meshgate.config.discovery import DiscoveryConfig, HealthCheckConfig
 from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
 from meshgate.config.resilience import (
     CircuitBreakerConfig,
@@ -93,16 +94,21 @@ class PoolConfig(_Model):
 
 
 class InstanceConfig(_Model):
-    host: str
+    host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535, strict=True)
     weight: int = Field(1, ge=1, le=1000)
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="e.g. {version: v2, zone: a}, for route subsets."
+    )
 
 
 class UpstreamConfig(_Model):
     """A named group of instances the routes send traffic to."""
 
     name: str = Field(min_length=1)
-    instances: list[InstanceConfig] = Field(min_length=1)
+    instances: list[InstanceConfig] = Field(
+        default_factory=list, description="Static instances (with discovery: the fallback)."
+    )
     load_balancer: str = Field("round_robin", description=f"One of: {', '.join(BALANCERS)}.")
     connect_timeout_s: PositiveSeconds = Field(5.0, description="TCP connect timeout.")
     read_timeout_s: PositiveSeconds = Field(
@@ -119,6 +125,18 @@ class UpstreamConfig(_Model):
     outlier_detection: OutlierDetectionConfig | None = Field(
         None, description="Off unless set ({} for the defaults)."
     )
+    health_check: HealthCheckConfig | None = Field(
+        None, description="Active checks of every instance; off unless set."
+    )
+    discovery: DiscoveryConfig | None = Field(
+        None, description="Instances from a watched file (instances: is the fallback)."
+    )
+
+    @model_validator(mode="after")
+    def _some_instances(self) -> UpstreamConfig:
+        if not self.instances and self.discovery is None:
+            raise ValueError(f"upstream {self.name!r}: list instances or set discovery")
+        return self
 
     @field_validator("load_balancer")
     @classmethod

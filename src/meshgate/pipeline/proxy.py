@@ -288,7 +288,13 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
                 if attempt == 1:
                     _breaker_open(ctx, breaker)
                 break  # a retry refused by the breaker: the last answer stands
-            host = cluster.pick(tried)
+            try:
+                host = cluster.pick(tried)
+            except HTTPError as exc:  # no healthy instance
+                if attempt == 1:
+                    ctx.upstream_error = exc
+                    ctx.error(exc.status, exc.detail)
+                break
             if policy is not None:
                 tried.append(host)
             if attempt > 1 and replay is not None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -220,25 +221,37 @@ class Runtime:
         is logged and its tokens refused until a later fetch succeeds."""
         for auth in self.jwt:
             await auth.provider.start()
+        for cluster in self.clusters.values():
+            await cluster.start()
 
-    def close(self) -> None:
+    def close(self) -> list[asyncio.Task[None]]:
         """Close idle upstream connections (busy ones close when their exchange ends),
-        cancel mirrored copies still in flight, drop the Redis connections and stop
-        refreshing key sets."""
-        closing = [auth.provider.aclose() for auth in self.jwt]
+        cancel mirrored copies still in flight, and start stopping what runs in the
+        background (key-set refreshes, health checks, discovery, Redis connections).
+        Returns those tasks (referenced until done); `aclose` waits for them."""
+        closing: list[Coroutine[Any, Any, None]] = [auth.provider.aclose() for auth in self.jwt]
         if self.redis is not None:
             client, self.redis = self.redis, None
             closing.append(client.aclose())
-        loop = asyncio.get_running_loop()
-        for coro in closing:
-            task = loop.create_task(coro)
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
         for route in self.routes:
             if route.mirror is not None:
                 route.mirror.close()
         for cluster in self.clusters.values():
             cluster.close()
+            if cluster.checker is not None or cluster.source is not None:
+                closing.append(cluster.aclose())
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(coro) for coro in closing]
+        for task in tasks:
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+        return tasks
+
+    async def aclose(self) -> None:
+        """`close`, then wait until the background work has stopped."""
+        tasks = self.close()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _chain(

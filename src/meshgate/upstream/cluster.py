@@ -7,33 +7,58 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from meshgate.config.models import UpstreamConfig
+from meshgate.config.models import InstanceConfig, UpstreamConfig
 from meshgate.config.resilience import RetryBudgetConfig
 from meshgate.core.balancer import Balancer, make_balancer
 from meshgate.core.breaker import BreakerState, CircuitBreaker
+from meshgate.core.health import HealthPolicy, HealthTable, routable
 from meshgate.core.outlier import OutlierDetector
 from meshgate.core.resources import ResourceLimits
 from meshgate.core.retry import RetryBudget, WindowedRetryBudget
+from meshgate.http.errors import HTTPError
+from meshgate.io.health import HealthChecker, http_probe, tcp_probe
 from meshgate.io.upstream import Pool
+from meshgate.upstream.discovery import DiscoveryError, FileSource
 
 log = logging.getLogger("meshgate.cluster")
+
+
+class NoHealthyUpstream(HTTPError):
+    """Every instance is unhealthy (or there is none): the seed's 503."""
+
+    status = 503
+    reason = "No healthy upstream instances"
 
 
 class UpstreamHost:
     """One instance of an upstream, with its connection pool."""
 
-    __slots__ = ("active_requests", "host", "key", "pool", "port", "weight")
+    __slots__ = ("active_requests", "host", "key", "metadata", "pool", "port", "weight")
 
-    def __init__(self, host: str, port: int, weight: int, pool: Pool) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        weight: int,
+        pool: Pool,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.weight = weight
         self.key = f"{host}:{port}"
         self.pool = pool
+        self.metadata = dict(metadata or {})
         self.active_requests = 0
+
+    def updated(self, inst: InstanceConfig) -> UpstreamHost:
+        """The same instance (same pool) with a new weight or metadata."""
+        host = UpstreamHost(self.host, self.port, inst.weight, self.pool, inst.metadata)
+        host.active_requests = self.active_requests
+        return host
 
 
 class Cluster:
@@ -44,22 +69,26 @@ class Cluster:
         self.config = config
         rng = rng or random.Random()
         self.balancer: Balancer = make_balancer(config.load_balancer, rng.random)
-        self.hosts = [
-            UpstreamHost(
-                inst.host,
-                inst.port,
-                inst.weight,
-                Pool(
-                    inst.host,
-                    inst.port,
-                    max_idle=config.pool.max_idle,
-                    idle_timeout_s=config.pool.idle_timeout_s,
-                    connect_timeout_s=config.connect_timeout_s,
-                    read_timeout_s=config.read_timeout_s,
+        self.hosts: list[UpstreamHost] = [self._new_host(inst) for inst in config.instances]
+        hc = config.health_check
+        self.health: HealthTable | None = None
+        self.checker: HealthChecker | None = None
+        self.panic_threshold_percent = 50.0
+        if hc is not None:
+            self.health = HealthTable(
+                HealthPolicy.build(
+                    interval_s=hc.interval_s,
+                    timeout_s=hc.timeout_s,
+                    unhealthy_threshold=hc.unhealthy_threshold,
+                    healthy_threshold=hc.healthy_threshold,
+                    jitter_percent=hc.jitter_percent,
                 ),
+                rng.random,
             )
-            for inst in config.instances
-        ]
+            self.panic_threshold_percent = hc.panic_threshold_percent
+        self.source: FileSource | None = None
+        if config.discovery is not None:
+            self.source = FileSource(config.discovery.path, self.set_instances)
 
         self.limits = ResourceLimits.build(
             max_connections=config.limits.max_connections,
@@ -95,12 +124,88 @@ class Cluster:
             for host in self.hosts:
                 self.outliers.add_host(host.key)
 
+    def _new_host(self, inst: InstanceConfig) -> UpstreamHost:
+        config = self.config
+        pool = Pool(
+            inst.host,
+            inst.port,
+            max_idle=config.pool.max_idle,
+            idle_timeout_s=config.pool.idle_timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
+            read_timeout_s=config.read_timeout_s,
+        )
+        return UpstreamHost(inst.host, inst.port, inst.weight, pool, inst.metadata)
+
+    async def start(self) -> None:
+        """Start health checks and the discovery source (its first list read now)."""
+        if self.source is not None:
+            try:
+                self.set_instances(self.source.load())
+            except DiscoveryError as exc:
+                log.error("%s; using the static instances of %s", exc, self.name)
+            self.source.start()
+        hc = self.config.health_check
+        if hc is not None and self.health is not None:
+            probe = (
+                http_probe(hc.path, hc.host, hc.expected_statuses, hc.timeout_s)
+                if hc.type == "http"
+                else tcp_probe(hc.timeout_s)
+            )
+            self.checker = HealthChecker(
+                self.name, probe, self.health, max_concurrent=hc.max_concurrent
+            )
+            for host in self.hosts:
+                self.checker.add(host.key, host.host, host.port)
+
+    def set_instances(self, instances: Sequence[InstanceConfig]) -> None:
+        """Replace the instance list (discovery): hosts that stay keep their pool and
+        state; new ones are checked and balanced; removed ones are drained."""
+        old = {h.key: h for h in self.hosts}
+        hosts: list[UpstreamHost] = []
+        for inst in instances:
+            key = f"{inst.host}:{inst.port}"
+            kept = old.pop(key, None)
+            if kept is not None and kept.weight == inst.weight and kept.metadata == inst.metadata:
+                hosts.append(kept)
+                continue
+            host = self._new_host(inst) if kept is None else kept.updated(inst)
+            hosts.append(host)
+            if kept is None:
+                if self.outliers is not None:
+                    self.outliers.add_host(host.key)
+                if self.checker is not None:
+                    self.checker.add(host.key, host.host, host.port)
+        self.hosts = hosts  # one assignment: requests see the old list or the new one
+        for gone in old.values():
+            gone.pool.close()  # idle connections now; busy ones when their exchange ends
+            if self.outliers is not None:
+                self.outliers.remove_host(gone.key)
+            if self.checker is not None:
+                self.checker.remove(gone.key)
+        if old or len(hosts) != len(instances):
+            log.info("%s: %d instances", self.name, len(hosts))
+
     def pick(self, exclude: Collection[UpstreamHost] = ()) -> UpstreamHost:
-        """A host for the next attempt: not ejected, and not one in ``exclude`` (the
-        hosts a retry already tried) while another remains."""
+        """A host for the next attempt: healthy and not ejected (all of them in panic
+        mode: too few healthy), and not one in ``exclude`` (the hosts a retry already
+        tried) while another remains. Raises `NoHealthyUpstream` (503) when none is."""
         hosts = self.hosts
+        if not hosts:
+            raise NoHealthyUpstream()
+        health = self.health
         outliers = self.outliers
-        if outliers is not None:
+        if health is not None:
+            now = time.monotonic()
+
+            def usable(h: UpstreamHost) -> bool:
+                return health.healthy(h.key) and not (
+                    outliers is not None and outliers.ejected(h.key, now)
+                )
+
+            hosts, _panic = routable(hosts, usable, self.panic_threshold_percent)
+            if not hosts:
+                raise NoHealthyUpstream()
+        elif outliers is not None:
             now = time.monotonic()
             live = [h for h in hosts if not outliers.ejected(h.key, now)]
             hosts = live or hosts
@@ -124,7 +229,17 @@ class Cluster:
         now = time.monotonic()
         return {
             "name": self.name,
-            "hosts": [h.key for h in self.hosts],
+            "hosts": [
+                {
+                    "key": h.key,
+                    "weight": h.weight,
+                    "metadata": h.metadata,
+                    "active_requests": h.active_requests,
+                    "healthy": self.health.healthy(h.key) if self.health is not None else None,
+                }
+                for h in self.hosts
+            ],
+            "health": self.health.snapshot() if self.health is not None else None,
             "open_connections": self.open_connections(),
             "breaker": self.breaker.snapshot(now) if self.breaker is not None else None,
             "outliers": self.outliers.snapshot(now) if self.outliers is not None else None,
@@ -135,6 +250,14 @@ class Cluster:
     def close(self) -> None:
         for host in self.hosts:
             host.pool.close()
+
+    async def aclose(self) -> None:
+        """Stop health checks and discovery, then close the pools."""
+        if self.checker is not None:
+            await self.checker.aclose()
+        if self.source is not None:
+            await self.source.aclose()
+        self.close()
 
 
 class Budget:
