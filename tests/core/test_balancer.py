@@ -13,10 +13,14 @@ from hypothesis import strategies as st
 
 from meshgate.core.balancer import (
     BALANCERS,
+    Balancer,
+    ConsistentHash,
     Host,
+    LeastConnections,
     LeastRequest,
     RandomPick,
     RoundRobin,
+    WeightedRandom,
     WeightedRoundRobin,
     make_balancer,
 )
@@ -210,6 +214,278 @@ def test_least_request_single_host_consumes_no_randomness() -> None:
     assert LeastRequest(boom).pick([only]) is only
 
 
+# --------------------------------------------------------------------------- weighted random
+
+
+def test_weighted_random_distribution_over_100k_picks() -> None:
+    hs = hosts(("a", 6), ("b", 3), ("c", 1))
+    wr = WeightedRandom(random.Random(99).random)
+    n = 100_000
+    counts = Counter(wr.pick(hs).key for _ in range(n))
+    assert counts["a"] / n == pytest.approx(0.6, abs=0.006)
+    assert counts["b"] / n == pytest.approx(0.3, abs=0.006)
+    assert counts["c"] / n == pytest.approx(0.1, abs=0.004)
+
+
+def test_weighted_random_draws_like_random_pick() -> None:
+    hs = hosts(("a", 1), ("b", 3), ("c", 2))
+    draws = [i / 64 for i in range(64)] + [0.9999999, 1.0]
+    v1, v2 = iter(draws), iter(draws)
+    wr, rp = WeightedRandom(lambda: next(v1)), RandomPick(lambda: next(v2))
+    assert keys([wr.pick(hs) for _ in draws]) == keys([rp.pick(hs) for _ in draws])
+
+
+def test_weighted_random_boundaries_are_exact() -> None:
+    hs = hosts(("a", 1), ("b", 3))
+    values = scripted([0.0, 0.2499, 0.25, 0.9999999, 1.0])
+    wr = WeightedRandom(lambda: next(values))
+    assert keys([wr.pick(hs) for _ in range(5)]) == "aabbb"
+
+
+def test_weighted_random_zero_weight_never_picked() -> None:
+    hs = hosts(("a", 0), ("b", 2), ("c", 0), ("d", 1))
+    wr = WeightedRandom(random.Random(5).random)
+    assert set(keys([wr.pick(hs) for _ in range(2000)])) == {"b", "d"}
+
+
+def test_weighted_random_all_zero_weights_is_uniform() -> None:
+    hs = hosts(("a", 0), ("b", 0))
+    values = scripted([0.0, 0.49, 0.5, 1.0])
+    wr = WeightedRandom(lambda: next(values))
+    assert keys([wr.pick(hs) for _ in range(4)]) == "aabb"
+
+
+def test_weighted_random_rebuilds_only_when_weights_change() -> None:
+    hs = hosts(("a", 1), ("b", 1))
+    wr = WeightedRandom(lambda: 0.4)
+    assert wr.pick(hs).key == "a"
+    table = wr._cumulative
+    assert wr.pick(list(hs)).key == "a"  # a fresh list of the same weights: no rebuild
+    assert wr._cumulative is table
+    hs[0].weight = 0  # changed in place: noticed
+    assert wr.pick(hs).key == "b"
+    assert wr._cumulative is not table
+    hs[0].weight = 3  # [0, 3) is a now
+    assert wr.pick(hs).key == "a"
+
+
+# --------------------------------------------------------------------------- least connections
+
+
+def test_least_connections_picks_the_minimum() -> None:
+    hs = [FakeHost("a", 1, 4), FakeHost("b", 1, 2), FakeHost("c", 1, 7), FakeHost("d", 1, 3)]
+    lc = LeastConnections()
+    assert lc.pick(hs).key == "b"
+    hs[1].active_requests = 9
+    assert lc.pick(hs).key == "d"
+
+
+def test_least_connections_rotates_ties() -> None:
+    hs = hosts(("a", 1), ("b", 1), ("c", 1))
+    lc = LeastConnections()
+    assert keys([lc.pick(hs) for _ in range(7)]) == "abcabca"
+
+
+def test_least_connections_rotates_among_the_tied_only() -> None:
+    hs = [FakeHost("a", 1, 0), FakeHost("b", 1, 5), FakeHost("c", 1, 0), FakeHost("d", 1, 1)]
+    lc = LeastConnections()
+    assert keys([lc.pick(hs) for _ in range(6)]) == "acacac"
+
+
+def start_request(balancer: Balancer, hs: list[FakeHost]) -> None:
+    picked = balancer.pick(hs)
+    assert isinstance(picked, FakeHost)
+    picked.active_requests += 1
+
+
+def test_least_connections_follows_active_requests() -> None:
+    # each pick starts a request that never ends: counts stay level
+    hs = hosts(("a", 1), ("b", 1), ("c", 1))
+    hs[0].active_requests = 2
+    lc = LeastConnections()
+    for _ in range(10):
+        start_request(lc, hs)
+    assert [h.active_requests for h in hs] == [4, 4, 4]
+
+
+def test_least_connections_weighted_by_default() -> None:
+    heavy, light = FakeHost("heavy", 4, 6), FakeHost("light", 1, 2)
+    # 6/4 = 1.5 < 2/1 = 2
+    assert LeastConnections().pick([light, heavy]) is heavy
+    assert LeastConnections(weighted=False).pick([light, heavy]) is light
+
+
+def test_least_connections_weighted_fills_in_proportion() -> None:
+    hs = hosts(("a", 3), ("b", 1))
+    lc = LeastConnections()
+    for _ in range(40):
+        start_request(lc, hs)
+    assert [h.active_requests for h in hs] == [30, 10]
+
+
+def test_least_connections_zero_weight_counts_as_one() -> None:
+    a, b = FakeHost("a", 0, 1), FakeHost("b", 1, 2)
+    assert LeastConnections().pick([b, a]) is a
+
+
+def test_least_connections_shrinking_list() -> None:
+    lc = LeastConnections()
+    big = hosts(("a", 1), ("b", 1), ("c", 1))
+    assert keys([lc.pick(big) for _ in range(3)]) == "abc"
+    assert Counter(keys([lc.pick(big[:2]) for _ in range(4)])) == {"a": 2, "b": 2}
+    assert lc.pick(big[:1]) is big[0]
+
+
+# --------------------------------------------------------------------------- consistent hash
+
+SMALL_RING = 256  # points per host where the distribution does not matter
+
+
+def test_consistent_hash_same_key_same_host() -> None:
+    hs = [FakeHost(f"10.0.0.{i}:80") for i in range(5)]
+    ch = ConsistentHash(random.Random(0).random)
+    first = {k: ch.pick(hs, k).key for k in map(str, range(300))}
+    assert {k: ch.pick(hs, k).key for k in first} == first
+    # a new balancer (rebuilt ring), new host objects, another order: same answers
+    again = [FakeHost(h.key) for h in reversed(hs)]
+    other = ConsistentHash(random.Random(1).random)
+    assert {k: other.pick(again, k).key for k in first} == first
+    # and the keys are spread over every host
+    assert set(first.values()) == {h.key for h in hs}
+
+
+def test_consistent_hash_returns_the_given_objects() -> None:
+    ch = ConsistentHash(random.random, points_per_host=SMALL_RING)
+    old = hosts(("a", 1), ("b", 1))
+    ch.pick(old, "k")
+    new = hosts(("a", 1), ("b", 1))
+    assert any(ch.pick(new, "k") is h for h in new)
+
+
+def test_consistent_hash_without_key_is_weighted_random() -> None:
+    hs = hosts(("a", 1), ("b", 3))
+    values = scripted([0.0, 0.2499, 0.25, 0.99])
+    ch = ConsistentHash(lambda: next(values), points_per_host=SMALL_RING)
+    assert keys([ch.pick(hs) for _ in range(4)]) == "aabb"
+    # keyed picks draw nothing
+    assert ch.pick(hs, "user") in hs
+
+
+def test_consistent_hash_excluding_a_host_moves_only_its_keys() -> None:
+    hs = [FakeHost(f"h{i}") for i in range(6)]
+    ch = ConsistentHash(random.random, points_per_host=SMALL_RING)
+    ks = [f"user-{i}" for i in range(600)]
+    before = {k: ch.pick(hs, k).key for k in ks}
+    ring = ch.ring
+    live = [h for h in hs if h.key != "h2"]
+    after = {k: ch.pick(live, k).key for k in ks}
+    assert ch.ring is ring  # a subset is served by the same ring
+    assert all(after[k] == before[k] for k in ks if before[k] != "h2")
+    assert "h2" not in after.values()
+    # the same answers as a balancer that never saw h2
+    fresh = ConsistentHash(random.random, points_per_host=SMALL_RING)
+    assert {k: fresh.pick(live, k).key for k in ks} == after
+    # back to all hosts: the first answers again
+    assert {k: ch.pick(hs, k).key for k in ks} == before
+
+
+def test_consistent_hash_rebuilds_only_for_new_hosts_or_a_much_smaller_set() -> None:
+    hs = [FakeHost(f"h{i}") for i in range(8)]
+    ch = ConsistentHash(random.random, points_per_host=SMALL_RING)
+    ch.pick(hs, "k")
+    ring = ch.ring
+    hs[3].weight = 5  # weights change scoring, not the ring
+    ch.pick(hs, "k")
+    assert ch.ring is ring
+    ch.pick(hs[:4], "k")  # half remains: kept
+    assert ch.ring is ring
+    ch.pick(hs[:3], "k")  # fewer than half: rebuilt smaller
+    assert ch.ring is not ring
+    assert ch.ring is not None and len(ch.ring.keys) == 3
+    ring = ch.ring
+    ch.pick([*hs[:3], FakeHost("new")], "k")  # an unknown host: rebuilt
+    assert ch.ring is not ring
+
+
+def test_consistent_hash_weights() -> None:
+    hs = hosts(("a", 1), ("b", 3))
+    ch = ConsistentHash(random.random)
+    n = 20_000
+    counts = Counter(ch.pick(hs, f"k{i}").key for i in range(n))
+    assert counts["b"] / n == pytest.approx(0.75, abs=0.02)
+
+
+def test_consistent_hash_zero_weights() -> None:
+    ch = ConsistentHash(random.random, points_per_host=SMALL_RING)
+    hs = hosts(("a", 0), ("b", 1))
+    assert {ch.pick(hs, str(i)).key for i in range(200)} == {"b"}
+    hs = hosts(("a", 0), ("b", 0))  # nobody weighs anything: shared equally
+    assert {ch.pick(hs, str(i)).key for i in range(200)} == {"a", "b"}
+
+
+def test_consistent_hash_duplicate_keys_use_the_first_host() -> None:
+    a1, a2, b = FakeHost("a"), FakeHost("a"), FakeHost("b")
+    ch = ConsistentHash(random.random, points_per_host=SMALL_RING)
+    picked = {id(ch.pick([a1, b, a2], str(i))) for i in range(200)}
+    assert picked == {id(a1), id(b)}
+
+
+def test_consistent_hash_bad_points_per_host() -> None:
+    with pytest.raises(ValueError, match="points_per_host"):
+        ConsistentHash(random.random, points_per_host=0)
+
+
+# --------------------------------------------------------------------------- every balancer
+
+
+def all_balancers(rng: random.Random) -> list[Balancer]:
+    return [
+        RoundRobin(),
+        WeightedRoundRobin(),
+        RandomPick(rng.random),
+        LeastRequest(rng.random),
+        WeightedRandom(rng.random),
+        LeastConnections(),
+        LeastConnections(weighted=False),
+        ConsistentHash(rng.random, points_per_host=16),
+    ]
+
+
+host_lists = st.lists(
+    st.builds(
+        FakeHost,
+        key=st.sampled_from(["a", "b", "c", "d", "e", "f", "10.0.0.1:80", "ü"]),
+        weight=st.integers(0, 5),
+        active_requests=st.integers(0, 3),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    calls=st.lists(st.tuples(host_lists, st.none() | st.text(max_size=20)), min_size=1, max_size=6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_pick_always_returns_a_given_host(
+    calls: list[tuple[list[FakeHost], str | None]], seed: int
+) -> None:
+    balancers = all_balancers(random.Random(seed))
+    for hs, key in calls:
+        for balancer in balancers:
+            picked = balancer.pick(hs, key)
+            assert any(picked is h for h in hs), (balancer, hs, key)
+
+
+def test_every_balancer_accepts_a_key() -> None:
+    hs = hosts(("a", 1), ("b", 1))
+    for balancer in all_balancers(random.Random(0)):
+        assert balancer.pick(hs, key="user-1") in hs
+        assert balancer.pick(hs, None) in hs
+        assert balancer.pick(hs) in hs
+
+
 # --------------------------------------------------------------------------- factory
 
 
@@ -220,6 +496,9 @@ def test_least_request_single_host_consumes_no_randomness() -> None:
         ("weighted_round_robin", WeightedRoundRobin),
         ("random", RandomPick),
         ("least_request", LeastRequest),
+        ("weighted_random", WeightedRandom),
+        ("least_connections", LeastConnections),
+        ("consistent_hash", ConsistentHash),
     ],
 )
 def test_make_balancer(name: str, cls: type) -> None:
