@@ -140,7 +140,8 @@ def one_problem(text: str) -> str:
             "upstreams:\n  - name: a\n    load_balancer: fastest\n"
             "    instances: [{host: h, port: 1}]\n",
             "gw.yaml:3: upstreams[0].load_balancer: unknown load balancer 'fastest'; "
-            "expected one of round_robin, weighted_round_robin, random, least_request",
+            "expected one of round_robin, weighted_round_robin, random, least_request, "
+            "weighted_random, least_connections, consistent_hash",
             id="unknown-balancer",
         ),
         pytest.param(

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from meshgate.config.discovery import DiscoveryConfig, HealthCheckConfig
+from meshgate.config.discovery import DiscoveryConfig, HashKeyConfig, HealthCheckConfig
 from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
 from meshgate.config.resilience import (
     CircuitBreakerConfig,
@@ -131,11 +131,16 @@ class UpstreamConfig(_Model):
     discovery: DiscoveryConfig | None = Field(
         None, description="Instances from a watched file (instances: is the fallback)."
     )
+    hash_key: HashKeyConfig | None = Field(
+        None, description="consistent_hash: what is hashed (header, cookie, query or source)."
+    )
 
     @model_validator(mode="after")
     def _some_instances(self) -> UpstreamConfig:
         if not self.instances and self.discovery is None:
             raise ValueError(f"upstream {self.name!r}: list instances or set discovery")
+        if self.load_balancer == "consistent_hash" and self.hash_key is None:
+            raise ValueError(f"upstream {self.name!r}: consistent_hash needs hash_key")
         return self
 
     @field_validator("load_balancer")

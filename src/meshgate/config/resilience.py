@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from meshgate.core.retry import RetryPolicy
+from meshgate.core.breaker import BreakerState, CircuitBreaker
+from meshgate.core.outlier import OutlierDetector
+from meshgate.core.retry import RetryBudget, RetryPolicy, WindowedRetryBudget
 
 RETRY_ON = (
     "connect-failure",
@@ -20,7 +22,7 @@ RETRY_ON = (
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RetryConfig(_Model):
@@ -101,6 +103,14 @@ class RetryBudgetConfig(_Model):
     min_per_s: float = Field(10.0, ge=0, description="windowed model.")
     ttl_s: float = Field(10.0, gt=0, description="windowed model.")
 
+    @model_validator(mode="after")
+    def _valid(self) -> RetryBudgetConfig:
+        if self.model == "windowed":
+            WindowedRetryBudget(self.budget_percent / 100.0, self.min_per_s, self.ttl_s)
+        else:
+            RetryBudget(self.budget_percent, self.min_retry_concurrency)
+        return self
+
 
 class CircuitBreakerConfig(_Model):
     """The seed's breaker: closed -> open -> half-open, per upstream."""
@@ -115,6 +125,25 @@ class CircuitBreakerConfig(_Model):
     )
     half_open_max_probes: int = Field(1, ge=1, description="Concurrent requests let through.")
 
+    @model_validator(mode="after")
+    def _valid(self) -> CircuitBreakerConfig:
+        self.build()  # the core's own checks (a ValueError naming the parameter)
+        return self
+
+    def build(
+        self, on_transition: Callable[[BreakerState, BreakerState, str], None] | None = None
+    ) -> CircuitBreaker:
+        return CircuitBreaker.build(
+            failure_threshold=self.failure_threshold,
+            success_threshold=self.success_threshold,
+            reset_timeout_s=self.reset_timeout_s,
+            window_s=self.window_s,
+            failure_rate_percent=self.failure_rate_percent,
+            min_requests=self.min_requests,
+            half_open_max_probes=self.half_open_max_probes,
+            on_transition=on_transition,
+        )
+
 
 class OutlierDetectionConfig(_Model):
     """Eject hosts that keep failing (Envoy defaults)."""
@@ -122,7 +151,22 @@ class OutlierDetectionConfig(_Model):
     consecutive_5xx: int = Field(5, ge=1)
     consecutive_gateway_errors: int = Field(5, ge=1)
     base_ejection_s: float = Field(30.0, gt=0, description="Times the number of ejections so far.")
+    max_ejection_s: float = Field(300.0, gt=0, description="Longest ejection.")
     max_ejection_percent: float = Field(10.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _valid(self) -> OutlierDetectionConfig:
+        self.build()
+        return self
+
+    def build(self) -> OutlierDetector:
+        return OutlierDetector.build(
+            consecutive_5xx=self.consecutive_5xx,
+            consecutive_gateway_errors=self.consecutive_gateway_errors,
+            base_ejection_s=self.base_ejection_s,
+            max_ejection_s=self.max_ejection_s,
+            max_ejection_percent=self.max_ejection_percent,
+        )
 
 
 class UpstreamLimitsConfig(_Model):

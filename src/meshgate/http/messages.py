@@ -316,3 +316,13 @@ def error_response(
     resp = Response.json(status, {"error": message, "request_id": request_id}, headers)
     resp.headers.set("x-request-id", request_id)
     return resp
+
+
+def cookie_value(headers: Headers, name: str) -> str | None:
+    """The value of cookie ``name`` from the request's Cookie header(s), if sent."""
+    for line in headers.get_all("cookie"):
+        for pair in line.split(";"):
+            key, eq, value = pair.strip().partition("=")
+            if eq and key == name:
+                return value
+    return None

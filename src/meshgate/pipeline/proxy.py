@@ -246,9 +246,11 @@ async def _connect(cluster: Cluster, host: UpstreamHost) -> UpstreamConnection:
         raise Overflow("connections")
     if not limits.try_acquire("pending"):
         raise Overflow("pending requests")
+    cluster.connecting += 1
     try:
         return await host.pool.connect()
     finally:
+        cluster.connecting -= 1
         limits.release("pending")
 
 
@@ -278,6 +280,7 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
     # (a longer or streamed body can only be retried when it never left: connect failure)
     breaker = cluster.breaker
     outliers = cluster.outliers
+    hash_key = cluster.hash_key(req) if cluster.config.hash_key is not None else None
     tried: list[UpstreamHost] = []
     attempt = 0
     retries = 0  # retry slots taken (budget and limits), given back at the end
@@ -289,7 +292,7 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
                     _breaker_open(ctx, breaker)
                 break  # a retry refused by the breaker: the last answer stands
             try:
-                host = cluster.pick(tried)
+                host = cluster.pick(tried, hash_key)
             except HTTPError as exc:  # no healthy instance
                 if attempt == 1:
                     ctx.upstream_error = exc
@@ -299,7 +302,12 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
                 tried.append(host)
             if attempt > 1 and replay is not None:
                 req.body = BytesBody(replay)
-            failure = await _attempt(ctx, cluster, host, route.per_try_timeout_s)
+            try:
+                failure = await _attempt(ctx, cluster, host, route.per_try_timeout_s)
+            except BaseException:  # cancelled (client gone): free a half-open probe slot
+                if breaker is not None:
+                    breaker.record_ignored(time.monotonic())
+                raise
             resp = ctx.response
             assert resp is not None
             status = resp.status

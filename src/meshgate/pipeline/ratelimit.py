@@ -27,9 +27,8 @@ from meshgate.core.ratelimit import (
     TokenBucket,
 )
 from meshgate.http.errors import HTTPError
-from meshgate.http.messages import Body
+from meshgate.http.messages import Body, cookie_value
 from meshgate.pipeline.context import Next, RequestContext
-from meshgate.pipeline.traffic import cookie_value
 
 log = logging.getLogger("meshgate.ratelimit")
 
@@ -212,7 +211,6 @@ class Limit:
         else:
             what = f"{c.limit} in flight (concurrency)"
         return f"{self.label} [{self.scope}, {c.backend}]: {what} by {'+'.join(c.key)}"
-
 
 
 class RateLimitUnavailable(HTTPError):

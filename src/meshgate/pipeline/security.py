@@ -29,9 +29,8 @@ from meshgate.core.cors import CorsPolicy
 from meshgate.core.ipfilter import IpRules
 from meshgate.core.matchers import parse_query
 from meshgate.core.rewrite import QueryRewrite
-from meshgate.http.messages import Request
+from meshgate.http.messages import Request, cookie_value
 from meshgate.pipeline.context import Middleware, Next, RequestContext
-from meshgate.pipeline.traffic import cookie_value
 
 log = logging.getLogger("meshgate.auth")
 
@@ -317,5 +316,3 @@ def _claim_text(value: object) -> str:
 def _quoted(text: str) -> str:
     """Safe inside a quoted-string of WWW-Authenticate."""
     return "".join(c for c in text if c >= " " and c not in '"\\\x7f')
-
-

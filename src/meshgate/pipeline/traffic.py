@@ -23,7 +23,7 @@ from meshgate.core.matchers import parse_query
 from meshgate.core.rewrite import PathRewrite, QueryRewrite, Redirect, RewriteError
 from meshgate.core.split import WeightedSplit
 from meshgate.core.template import compile_template
-from meshgate.http.messages import Headers, Response
+from meshgate.http.messages import Headers, Response, cookie_value
 from meshgate.pipeline.context import Middleware, Next, RequestContext
 from meshgate.upstream.cluster import Cluster
 
@@ -242,16 +242,6 @@ class Split:
         if self.cookie is not None:
             return f"{shares} (sticky by cookie {self.cookie})"
         return shares
-
-
-def cookie_value(headers: Headers, name: str) -> str | None:
-    """The value of cookie ``name`` from the request's Cookie header(s), if sent."""
-    for line in headers.get_all("cookie"):
-        for pair in line.split(";"):
-            key, eq, value = pair.strip().partition("=")
-            if eq and key == name:
-                return value
-    return None
 
 
 def split_stage(split: Split) -> Middleware:

@@ -13,12 +13,13 @@ from typing import Any
 from meshgate.config.models import InstanceConfig, UpstreamConfig
 from meshgate.config.resilience import RetryBudgetConfig
 from meshgate.core.balancer import Balancer, make_balancer
-from meshgate.core.breaker import BreakerState, CircuitBreaker
+from meshgate.core.breaker import BreakerState
 from meshgate.core.health import HealthPolicy, HealthTable, routable
-from meshgate.core.outlier import OutlierDetector
+from meshgate.core.matchers import parse_query
 from meshgate.core.resources import ResourceLimits
 from meshgate.core.retry import RetryBudget, WindowedRetryBudget
 from meshgate.http.errors import HTTPError
+from meshgate.http.messages import Request, cookie_value
 from meshgate.io.health import HealthChecker, http_probe, tcp_probe
 from meshgate.io.upstream import Pool
 from meshgate.upstream.discovery import DiscoveryError, FileSource
@@ -100,27 +101,11 @@ class Cluster:
         self.max_connections = config.limits.max_connections
         self.budget = Budget(config.retry_budget)
         cb = config.circuit_breaker
-        self.breaker: CircuitBreaker | None = None
-        if cb is not None:
-            self.breaker = CircuitBreaker.build(
-                failure_threshold=cb.failure_threshold,
-                success_threshold=cb.success_threshold,
-                reset_timeout_s=cb.reset_timeout_s,
-                window_s=cb.window_s,
-                failure_rate_percent=cb.failure_rate_percent,
-                min_requests=cb.min_requests,
-                half_open_max_probes=cb.half_open_max_probes,
-                on_transition=self._breaker_moved,
-            )
+        self.breaker = cb.build(self._breaker_moved) if cb is not None else None
         od = config.outlier_detection
-        self.outliers: OutlierDetector | None = None
-        if od is not None:
-            self.outliers = OutlierDetector.build(
-                consecutive_5xx=od.consecutive_5xx,
-                consecutive_gateway_errors=od.consecutive_gateway_errors,
-                base_ejection_s=od.base_ejection_s,
-                max_ejection_percent=od.max_ejection_percent,
-            )
+        self.outliers = od.build() if od is not None else None
+        self.connecting = 0  # connections being opened (max_connections counts them too)
+        if self.outliers is not None:
             for host in self.hosts:
                 self.outliers.add_host(host.key)
 
@@ -185,7 +170,21 @@ class Cluster:
         if old or len(hosts) != len(instances):
             log.info("%s: %d instances", self.name, len(hosts))
 
-    def pick(self, exclude: Collection[UpstreamHost] = ()) -> UpstreamHost:
+    def hash_key(self, request: Request) -> str | None:
+        """The value a consistent_hash balancer hashes for ``request`` (None: random)."""
+        hk = self.config.hash_key
+        if hk is None:
+            return None
+        if hk.header is not None:
+            return request.headers.get(hk.header)
+        if hk.cookie is not None:
+            return cookie_value(request.headers, hk.cookie)
+        if hk.query is not None:
+            values = parse_query(request.query_string).get(hk.query)
+            return values[0] if values else None
+        return request.client_ip if hk.source == "ip" else request.path
+
+    def pick(self, exclude: Collection[UpstreamHost] = (), key: str | None = None) -> UpstreamHost:
         """A host for the next attempt: healthy and not ejected (all of them in panic
         mode: too few healthy), and not one in ``exclude`` (the hosts a retry already
         tried) while another remains. Raises `NoHealthyUpstream` (503) when none is."""
@@ -214,12 +213,13 @@ class Cluster:
             hosts = fresh or hosts
         if len(hosts) == 1:
             return hosts[0]
-        host = self.balancer.pick(hosts)
+        host = self.balancer.pick(hosts, key)
         assert isinstance(host, UpstreamHost)
         return host
 
     def open_connections(self) -> int:
-        return sum(h.pool.open for h in self.hosts)
+        """Connections open or being opened to the upstream's instances."""
+        return sum(h.pool.open for h in self.hosts) + self.connecting
 
     def _breaker_moved(self, old: BreakerState, new: BreakerState, reason: str) -> None:
         log.warning("circuit breaker of %s: %s -> %s (%s)", self.name, old.name, new.name, reason)
