@@ -455,6 +455,9 @@ class RouteConfig(_Model):
         default_factory=list, description="Query parameter conditions, all required."
     )
     upstream: str | None = Field(None, description="Name of an entry in 'upstreams'.")
+    subset: dict[str, str] | None = Field(
+        None, description="Only instances whose metadata has these values, e.g. {version: v2}."
+    )
     split: list[SplitConfig] | None = Field(
         None, description="Weighted split across upstreams (instead of 'upstream')."
     )

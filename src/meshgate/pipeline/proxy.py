@@ -292,7 +292,7 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
                     _breaker_open(ctx, breaker)
                 break  # a retry refused by the breaker: the last answer stands
             try:
-                host = cluster.pick(tried, hash_key)
+                host = cluster.pick(tried, hash_key, route.subset)
             except HTTPError as exc:  # no healthy instance
                 if attempt == 1:
                     ctx.upstream_error = exc

@@ -96,6 +96,7 @@ class CompiledRoute:
         "split",
         "stage_names",
         "stages",
+        "subset",
         "timeout_s",
     )
 
@@ -126,6 +127,7 @@ class CompiledRoute:
         r = config.retry
         self.retry = r.build(random) if r.max_retries > 0 else None
         self.retry_body_bytes = r.max_body_bytes
+        self.subset = config.subset  # instance metadata the route's hosts must have
         self.per_try_timeout_s = r.per_try_timeout_s
         self.attempts_header = r.attempts_header
         self.fault = config.fault.build() if config.fault is not None else None
