@@ -184,11 +184,18 @@ class Cluster:
             return values[0] if values else None
         return request.client_ip if hk.source == "ip" else request.path
 
-    def pick(self, exclude: Collection[UpstreamHost] = (), key: str | None = None) -> UpstreamHost:
+    def pick(
+        self,
+        exclude: Collection[UpstreamHost] = (),
+        key: str | None = None,
+        subset: Mapping[str, str] | None = None,
+    ) -> UpstreamHost:
         """A host for the next attempt: healthy and not ejected (all of them in panic
         mode: too few healthy), and not one in ``exclude`` (the hosts a retry already
         tried) while another remains. Raises `NoHealthyUpstream` (503) when none is."""
         hosts = self.hosts
+        if subset:
+            hosts = [h for h in hosts if all(h.metadata.get(k) == v for k, v in subset.items())]
         if not hosts:
             raise NoHealthyUpstream()
         health = self.health
