@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import dns.exception
+import dns.name
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class _Model(BaseModel):
@@ -37,13 +47,156 @@ class HealthCheckConfig(_Model):
         return self
 
 
+DNS_RECORDS = ("A", "AAAA", "A+AAAA", "SRV")
+_DNS_KEYS = (
+    "name",
+    "record",
+    "port",
+    "nameservers",
+    "interval_s",
+    "min_interval_s",
+    "timeout_s",
+)
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:5353"``, ``"10.0.0.2"`` (port 53), ``"[::1]:5353"`` or ``"::1"``
+    as (IP address, port); ValueError otherwise."""
+    text = text.strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"nameserver {text!r}: expected [IPv6]:port")
+        port = rest[1:] if rest else "53"
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"nameserver {text!r}: expected an IP address with an optional port "
+            "(127.0.0.1:5353, [::1]:5353)"
+        ) from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"nameserver {text!r}: port must be 1-65535")
+    return str(address), int(port)
+
+
 class DiscoveryConfig(_Model):
     """Where an upstream's instances come from besides its static list."""
 
-    type: Literal["file"] = Field(
-        "file", description="file: a YAML/JSON list of instances, reloaded when it changes."
+    type: Literal["file", "dns"] = Field(
+        "file",
+        description="file: a YAML/JSON list of instances, reloaded when it changes; "
+        "dns: A/AAAA or SRV records, re-resolved on their TTL.",
     )
-    path: str = Field(description="The instances file: [{host, port, weight?, metadata?}].")
+    path: str | None = Field(
+        None, description="file: the instances file: [{host, port, weight?, metadata?}]."
+    )
+    name: str | None = Field(
+        None, description="dns: the name resolved (absolute; no search list), e.g. users.svc."
+    )
+    record: Literal["A", "AAAA", "A+AAAA", "SRV"] = Field(
+        "A+AAAA", description="dns: A, AAAA, A+AAAA (both) or SRV (ports and weights too)."
+    )
+    port: int | None = Field(
+        None, ge=1, le=65535, strict=True, description="dns A/AAAA: the instances' port."
+    )
+    nameservers: list[str] | None = Field(
+        None,
+        description='dns: ["127.0.0.1:5353", "[::1]"] (default port 53); '
+        "default: the system resolver (/etc/resolv.conf).",
+    )
+    interval_s: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="dns: re-resolve at min(TTL, interval_s) at the latest.",
+    )
+    min_interval_s: float = Field(
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="dns: never re-resolve sooner than this (TTL 0, short TTLs).",
+    )
+    timeout_s: float = Field(
+        2.0, gt=0, allow_inf_nan=False, description="dns: one resolution's time limit."
+    )
+
+    @field_validator("record", mode="before")
+    @classmethod
+    def _record_upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_file(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("type") == "dns":
+            raise ValueError("path is for type: file; type: dns resolves name")
+        return v
+
+    @field_validator(*_DNS_KEYS)
+    @classmethod
+    def _dns_only(cls, v: object, info: ValidationInfo) -> object:
+        assert info.field_name is not None
+        if info.data.get("type") == "file" and v != cls.model_fields[info.field_name].default:
+            raise ValueError(f"{info.field_name} is for type: dns (this discovery is type: file)")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _dns_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        try:
+            dns.name.from_text(v)
+        except dns.exception.DNSException as exc:
+            raise ValueError(f"name {v!r} is not a valid DNS name: {exc}") from None
+        if not v.strip(".") or " " in v:
+            raise ValueError(f"name {v!r} is not a valid DNS name")
+        return v
+
+    @field_validator("port")
+    @classmethod
+    def _srv_port(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("record") == "SRV":
+            raise ValueError("SRV records carry each instance's port: remove port")
+        return v
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("nameservers: list at least one, or leave it out for the system's")
+        for ns in v:
+            parse_nameserver(ns)
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> DiscoveryConfig:
+        if self.type == "file":
+            if self.path is None:
+                raise ValueError("discovery type file needs path")
+            return self
+        if self.name is None:
+            raise ValueError("discovery type dns needs name")
+        if self.record != "SRV" and self.port is None:
+            raise ValueError(
+                f"discovery record {self.record} needs port (only SRV records carry ports)"
+            )
+        if self.min_interval_s > self.interval_s:
+            raise ValueError(
+                f"min_interval_s ({self.min_interval_s}) is above interval_s ({self.interval_s})"
+            )
+        return self
+
+    def nameserver_addresses(self) -> list[tuple[str, int]]:
+        """The nameservers as (IP address, port), [] for the system resolver."""
+        return [parse_nameserver(ns) for ns in self.nameservers or ()]
 
 
 class HashKeyConfig(_Model):

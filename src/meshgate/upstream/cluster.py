@@ -22,7 +22,7 @@ from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Request, cookie_value
 from meshgate.io.health import HealthChecker, http_probe, tcp_probe
 from meshgate.io.upstream import Pool
-from meshgate.upstream.discovery import DiscoveryError, FileSource
+from meshgate.upstream.discovery import DiscoveryError, DnsSource, FileSource
 
 log = logging.getLogger("meshgate.cluster")
 
@@ -87,9 +87,12 @@ class Cluster:
                 rng.random,
             )
             self.panic_threshold_percent = hc.panic_threshold_percent
-        self.source: FileSource | None = None
-        if config.discovery is not None:
-            self.source = FileSource(config.discovery.path, self.set_instances)
+        self.source: FileSource | DnsSource | None = None
+        discovery = config.discovery
+        if discovery is not None and discovery.type == "dns":
+            self.source = DnsSource(discovery, self.set_instances)
+        elif discovery is not None and discovery.path is not None:
+            self.source = FileSource(discovery.path, self.set_instances)
 
         self.limits = ResourceLimits.build(
             max_connections=config.limits.max_connections,
@@ -125,7 +128,10 @@ class Cluster:
         """Start health checks and the discovery source (its first list read now)."""
         if self.source is not None:
             try:
-                self.set_instances(self.source.load())
+                if isinstance(self.source, DnsSource):
+                    self.set_instances(await self.source.load())
+                else:
+                    self.set_instances(self.source.load())
             except DiscoveryError as exc:
                 log.error("%s; using the static instances of %s", exc, self.name)
             self.source.start()
