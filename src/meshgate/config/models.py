@@ -129,7 +129,7 @@ class UpstreamConfig(_Model):
         None, description="Active checks of every instance; off unless set."
     )
     discovery: DiscoveryConfig | None = Field(
-        None, description="Instances from a watched file (instances: is the fallback)."
+        None, description="Instances from a watched file or DNS (instances: is the fallback)."
     )
     hash_key: HashKeyConfig | None = Field(
         None, description="consistent_hash: what is hashed (header, cookie, query or source)."
