@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal
 
 import dns.exception
@@ -16,9 +17,14 @@ from pydantic import (
     model_validator,
 )
 
+from meshgate.core.health import HealthPolicy
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 class HealthCheckConfig(_Model):
@@ -44,6 +50,21 @@ class HealthCheckConfig(_Model):
     def _path(self) -> HealthCheckConfig:
         if not self.path.startswith("/"):
             raise ValueError(f"health check path {self.path!r} must start with '/'")
+        for what, text in (("path", self.path), ("host", self.host or "")):
+            if any(c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in text):
+                raise ValueError(f"health check {what} {text!r} has spaces or control characters")
+        if not self.expected_statuses:
+            raise ValueError("expected_statuses must list at least one status")
+        bad = [c for c in self.expected_statuses if not 100 <= c <= 599]
+        if bad:
+            raise ValueError(f"expected_statuses: {bad[0]} is not an HTTP status")
+        HealthPolicy.build(  # the core's own checks
+            interval_s=self.interval_s,
+            timeout_s=self.timeout_s,
+            unhealthy_threshold=self.unhealthy_threshold,
+            healthy_threshold=self.healthy_threshold,
+            jitter_percent=self.jitter_percent,
+        )
         return self
 
 
@@ -212,4 +233,6 @@ class HashKeyConfig(_Model):
         given = [f for f in ("header", "cookie", "query", "source") if getattr(self, f)]
         if len(given) != 1:
             raise ValueError("hash_key: give exactly one of header, cookie, query, source")
+        if self.header is not None and not _TOKEN.match(self.header):
+            raise ValueError(f"hash_key: {self.header!r} is not a valid header name")
         return self

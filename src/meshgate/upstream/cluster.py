@@ -55,11 +55,11 @@ class UpstreamHost:
         self.metadata = dict(metadata or {})
         self.active_requests = 0
 
-    def updated(self, inst: InstanceConfig) -> UpstreamHost:
-        """The same instance (same pool) with a new weight or metadata."""
-        host = UpstreamHost(self.host, self.port, inst.weight, self.pool, inst.metadata)
-        host.active_requests = self.active_requests
-        return host
+    def update(self, inst: InstanceConfig) -> None:
+        """A new weight or metadata for the same instance (in place: requests in flight
+        keep counting on this object)."""
+        self.weight = inst.weight
+        self.metadata = dict(inst.metadata)
 
 
 class Cluster:
@@ -156,16 +156,16 @@ class Cluster:
         for inst in instances:
             key = f"{inst.host}:{inst.port}"
             kept = old.pop(key, None)
-            if kept is not None and kept.weight == inst.weight and kept.metadata == inst.metadata:
+            if kept is not None:
+                kept.update(inst)  # same pool, health and in-flight count
                 hosts.append(kept)
                 continue
-            host = self._new_host(inst) if kept is None else kept.updated(inst)
+            host = self._new_host(inst)
             hosts.append(host)
-            if kept is None:
-                if self.outliers is not None:
-                    self.outliers.add_host(host.key)
-                if self.checker is not None:
-                    self.checker.add(host.key, host.host, host.port)
+            if self.outliers is not None:
+                self.outliers.add_host(host.key)
+            if self.checker is not None:
+                self.checker.add(host.key, host.host, host.port)
         self.hosts = hosts  # one assignment: requests see the old list or the new one
         for gone in old.values():
             gone.pool.close()  # idle connections now; busy ones when their exchange ends

@@ -52,8 +52,10 @@ def read_instances(path: Path) -> Instances:
         raise DiscoveryError(f"{path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise DiscoveryError(f"{path}: not YAML/JSON: {exc}") from None
-    if data is None:
-        data = []
+    if data is None or data == []:
+        # Never empty an upstream from a file: a zero-byte file is also what a
+        # watcher sees halfway through an in-place save.
+        raise DiscoveryError(f"{path}: no instances (an upstream is never emptied by discovery)")
     try:
         return _LIST.validate_python(data)
     except ValidationError as exc:
