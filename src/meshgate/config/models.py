@@ -141,6 +141,13 @@ class UpstreamConfig(_Model):
             raise ValueError(f"upstream {self.name!r}: list instances or set discovery")
         if self.load_balancer == "consistent_hash" and self.hash_key is None:
             raise ValueError(f"upstream {self.name!r}: consistent_hash needs hash_key")
+        seen: set[tuple[str, int]] = set()
+        for inst in self.instances:
+            if (inst.host, inst.port) in seen:
+                raise ValueError(
+                    f"upstream {self.name!r}: instance {inst.host}:{inst.port} is listed twice"
+                )
+            seen.add((inst.host, inst.port))
         return self
 
     @field_validator("load_balancer")

@@ -26,6 +26,7 @@ from meshgate.core.clientip import parse_networks
 from meshgate.core.cors import CorsPolicy
 from meshgate.core.matchers import RequestMatcher
 from meshgate.core.ratelimit import SlidingWindow, TokenBucket
+from meshgate.core.registry import Registry
 from meshgate.core.router import Router
 from meshgate.core.split import WeightedSplit
 from meshgate.io.ratelimit_redis import RedisRateLimiter, make_client
@@ -217,6 +218,7 @@ class Runtime:
         self.redis = redis  # client of the Redis rate-limit backend, if any limit uses it
         self.limits: dict[tuple[str, str, str, int], Limit] = {}  # by Limit.identity
         self.jwt = tuple(jwt)
+        self.registry = Registry()  # every upstream's instances (build_runtime sets it)
 
     async def start(self) -> None:
         """Fetch remote key sets (JWKS URLs) and start their refresh; a fetch failure
@@ -311,7 +313,8 @@ def build_runtime(
     if problems:
         raise ConfigError(problems)
     rng = rng or random.Random()
-    clusters = {up.name: Cluster(up, rng) for up in config.upstreams}
+    registry = Registry()
+    clusters = {up.name: Cluster(up, rng, registry) for up in config.upstreams}
     redis, redis_factory = _redis_backend(config)
     settings = config.rate_limit
     kept = previous.limits if previous is not None else {}
@@ -360,6 +363,7 @@ def build_runtime(
             cluster.close()
         raise ConfigError(problems)
     runtime = Runtime(config, router, clusters, compiled_routes, redis, security.jwt)
+    runtime.registry = registry
     runtime.limits = limits_by_identity
     return runtime
 

@@ -16,6 +16,7 @@ from meshgate.core.balancer import Balancer, make_balancer
 from meshgate.core.breaker import BreakerState
 from meshgate.core.health import HealthPolicy, HealthTable, routable
 from meshgate.core.matchers import parse_query
+from meshgate.core.registry import Changes, Instance, Registry, RegistryError
 from meshgate.core.resources import ResourceLimits
 from meshgate.core.retry import RetryBudget, WindowedRetryBudget
 from meshgate.http.errors import HTTPError
@@ -55,22 +56,33 @@ class UpstreamHost:
         self.metadata = dict(metadata or {})
         self.active_requests = 0
 
-    def update(self, inst: InstanceConfig) -> None:
+    def update(self, weight: int, metadata: Mapping[str, str]) -> None:
         """A new weight or metadata for the same instance (in place: requests in flight
         keep counting on this object)."""
-        self.weight = inst.weight
-        self.metadata = dict(inst.metadata)
+        self.weight = weight
+        self.metadata = dict(metadata)
 
 
 class Cluster:
     """A named upstream: pick a host for each request."""
 
-    def __init__(self, config: UpstreamConfig, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        rng: random.Random | None = None,
+        registry: Registry | None = None,
+    ) -> None:
         self.name = config.name
         self.config = config
         rng = rng or random.Random()
         self.balancer: Balancer = make_balancer(config.load_balancer, rng.random)
         self.hosts: list[UpstreamHost] = [self._new_host(inst) for inst in config.instances]
+        # The registry holds the instance list of every upstream (the static one first;
+        # discovery sources and, later, the control plane replace it); this cluster
+        # follows its changes for its own service.
+        self.registry = registry or Registry()
+        self.registry.replace_all(self.name, [self._instance(i) for i in config.instances])
+        self._unsubscribe = self.registry.subscribe(self._registry_changed)
         hc = config.health_check
         self.health: HealthTable | None = None
         self.checker: HealthChecker | None = None
@@ -112,16 +124,19 @@ class Cluster:
             for host in self.hosts:
                 self.outliers.add_host(host.key)
 
-    def _new_host(self, inst: InstanceConfig) -> UpstreamHost:
+    def _pool(self, host: str, port: int) -> Pool:
         config = self.config
-        pool = Pool(
-            inst.host,
-            inst.port,
+        return Pool(
+            host,
+            port,
             max_idle=config.pool.max_idle,
             idle_timeout_s=config.pool.idle_timeout_s,
             connect_timeout_s=config.connect_timeout_s,
             read_timeout_s=config.read_timeout_s,
         )
+
+    def _new_host(self, inst: InstanceConfig) -> UpstreamHost:
+        pool = self._pool(inst.host, inst.port)
         return UpstreamHost(inst.host, inst.port, inst.weight, pool, inst.metadata)
 
     async def start(self) -> None:
@@ -148,19 +163,33 @@ class Cluster:
             for host in self.hosts:
                 self.checker.add(host.key, host.host, host.port)
 
+    def _instance(self, inst: InstanceConfig) -> Instance:
+        key = f"{inst.host}:{inst.port}"
+        return Instance(key, self.name, inst.host, inst.port, inst.weight, inst.metadata)
+
     def set_instances(self, instances: Sequence[InstanceConfig]) -> None:
-        """Replace the instance list (discovery): hosts that stay keep their pool and
-        state; new ones are checked and balanced; removed ones are drained."""
+        """Replace the instance list (from a discovery source) in the registry; the
+        cluster follows through the registry's change notification. A list the
+        registry refuses (e.g. one address twice) is logged and the old one kept."""
+        try:
+            self.registry.replace_all(self.name, [self._instance(i) for i in instances])
+        except RegistryError as exc:
+            log.error("%s: instance list refused (%s); keeping the previous one", self.name, exc)
+
+    def _registry_changed(self, service: str, changes: Changes) -> None:
+        if service != self.name:
+            return
+        instances = self.registry.instances(service)
         old = {h.key: h for h in self.hosts}
         hosts: list[UpstreamHost] = []
         for inst in instances:
-            key = f"{inst.host}:{inst.port}"
-            kept = old.pop(key, None)
+            kept = old.pop(inst.id, None)
             if kept is not None:
-                kept.update(inst)  # same pool, health and in-flight count
+                kept.update(inst.weight, inst.metadata)  # same pool, health, in-flight count
                 hosts.append(kept)
                 continue
-            host = self._new_host(inst)
+            host = UpstreamHost(inst.host, inst.port, inst.weight, self._pool(inst.host, inst.port))
+            host.metadata = dict(inst.metadata)
             hosts.append(host)
             if self.outliers is not None:
                 self.outliers.add_host(host.key)
@@ -173,8 +202,14 @@ class Cluster:
                 self.outliers.remove_host(gone.key)
             if self.checker is not None:
                 self.checker.remove(gone.key)
-        if old or len(hosts) != len(instances):
-            log.info("%s: %d instances", self.name, len(hosts))
+        log.info(
+            "%s: %d instances (+%d -%d ~%d)",
+            self.name,
+            len(hosts),
+            len(changes.added),
+            len(changes.removed),
+            len(changes.updated),
+        )
 
     def hash_key(self, request: Request) -> str | None:
         """The value a consistent_hash balancer hashes for ``request`` (None: random)."""
@@ -266,6 +301,7 @@ class Cluster:
 
     async def aclose(self) -> None:
         """Stop health checks and discovery, then close the pools."""
+        self._unsubscribe()
         if self.checker is not None:
             await self.checker.aclose()
         if self.source is not None:
