@@ -87,6 +87,8 @@ class Cluster:
         self.health: HealthTable | None = None
         self.checker: HealthChecker | None = None
         self.panic_threshold_percent = 50.0
+        self.panic_picks = 0  # hosts picked in panic mode (too few healthy: all used)
+        self.no_healthy = 0  # requests answered 503: no healthy instance
         if hc is not None:
             self.health = HealthTable(
                 HealthPolicy.build(
@@ -249,9 +251,12 @@ class Cluster:
                     outliers is not None and outliers.ejected(h.key, now)
                 )
 
-            hosts, _panic = routable(hosts, usable, self.panic_threshold_percent)
+            hosts, panic = routable(hosts, usable, self.panic_threshold_percent)
             if not hosts:
+                self.no_healthy += 1
                 raise NoHealthyUpstream()
+            if panic:
+                self.panic_picks += 1
         elif outliers is not None:
             now = time.monotonic()
             live = [h for h in hosts if not outliers.ejected(h.key, now)]
@@ -288,6 +293,8 @@ class Cluster:
                 for h in self.hosts
             ],
             "health": self.health.snapshot() if self.health is not None else None,
+            "panic_picks": self.panic_picks,
+            "no_healthy": self.no_healthy,
             "open_connections": self.open_connections(),
             "breaker": self.breaker.snapshot(now) if self.breaker is not None else None,
             "outliers": self.outliers.snapshot(now) if self.outliers is not None else None,
