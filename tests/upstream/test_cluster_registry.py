@@ -45,3 +45,30 @@ async def test_a_refused_list_keeps_the_previous_one(caplog: pytest.LogCaptureFi
     assert [h.key for h in cluster.hosts] == ["127.0.0.1:9001"]
     assert "instance list refused" in caplog.text
     await cluster.aclose()
+
+
+async def test_panic_mode_and_no_healthy_are_counted() -> None:
+    from meshgate.config.discovery import HealthCheckConfig
+    from meshgate.upstream.cluster import NoHealthyUpstream
+
+    config = UpstreamConfig(
+        name="users",
+        instances=[InstanceConfig(host="127.0.0.1", port=p) for p in (9001, 9002, 9003)],
+        health_check=HealthCheckConfig(unhealthy_threshold=1, healthy_threshold=1),
+    )
+    cluster = Cluster(config)
+    assert cluster.health is not None
+    for key in ("127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"):
+        cluster.health.add(key)
+    cluster.health.record("127.0.0.1:9001", False, 0.0)
+    assert cluster.pick().key != "127.0.0.1:9001"  # 2 of 3 healthy: no panic
+    assert cluster.snapshot()["panic_picks"] == 0
+    cluster.health.record("127.0.0.1:9002", False, 0.0)
+    picked = {cluster.pick().key for _ in range(9)}  # 1 of 3: panic, all used
+    assert picked == {"127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"}
+    assert cluster.snapshot()["panic_picks"] == 9
+    cluster.health.record("127.0.0.1:9003", False, 0.0)
+    with pytest.raises(NoHealthyUpstream):
+        cluster.pick()
+    assert cluster.snapshot()["no_healthy"] == 1
+    await cluster.aclose()
