@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Literal
 
 import dns.exception
@@ -17,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from meshgate.config.common import TOKEN
 from meshgate.core.health import HealthPolicy
 
 
@@ -24,7 +24,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 class HealthCheckConfig(_Model):
@@ -233,6 +232,6 @@ class HashKeyConfig(_Model):
         given = [f for f in ("header", "cookie", "query", "source") if getattr(self, f)]
         if len(given) != 1:
             raise ValueError("hash_key: give exactly one of header, cookie, query, source")
-        if self.header is not None and not _TOKEN.match(self.header):
+        if self.header is not None and not TOKEN.match(self.header):
             raise ValueError(f"hash_key: {self.header!r} is not a valid header name")
         return self

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from meshgate.config.common import TOKEN
+
 # Key parts: a plain name, or "kind:name".
 KEY_PARTS = ("ip", "route", "method", "path", "consumer", "source")
 KEY_KINDS = ("header", "param", "query", "jwt", "cookie")
-_KEY_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 class _Model(BaseModel):
@@ -27,7 +27,7 @@ def check_key_part(part: str) -> str:
             f"unknown key part {part!r}; use one of {', '.join(KEY_PARTS)} "
             f"or {', '.join(k + ':NAME' for k in KEY_KINDS)}"
         )
-    if not name or not _KEY_NAME.match(name):
+    if not name or not TOKEN.match(name):
         raise ValueError(f"key part {part!r}: {kind}: needs a name of token characters")
     return f"{kind}:{name.lower()}" if kind == "header" else part
 

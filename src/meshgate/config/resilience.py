@@ -9,16 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from meshgate.core.breaker import BreakerState, CircuitBreaker
 from meshgate.core.outlier import OutlierDetector
-from meshgate.core.retry import RetryBudget, RetryPolicy, WindowedRetryBudget
-
-RETRY_ON = (
-    "connect-failure",
-    "reset",
-    "gateway-error",
-    "5xx",
-    "retriable-status-codes",
-    "retriable-4xx",
-)
+from meshgate.core.retry import RETRY_ON, RetryBudget, RetryPolicy, WindowedRetryBudget
 
 
 class _Model(BaseModel):

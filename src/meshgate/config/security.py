@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meshgate.auth.apikeys import ApiKeyError, ApiKeys
 from meshgate.auth.jwt import JwtProvider
+from meshgate.config.common import token
 from meshgate.core.cors import CorsError, CorsPolicy
 from meshgate.core.ipfilter import IpRules
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 ALGORITHMS = (
     "HS256",
     "HS384",
@@ -35,12 +34,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _name(v: str, what: str) -> str:
-    if not _TOKEN.match(v):
-        raise ValueError(f"{v!r} is not a valid {what}")
-    return v
-
-
 class CredentialSource(_Model):
     """Where a token or key is read from: one of header (with an optional scheme
     prefix such as ``Bearer``), cookie or query parameter."""
@@ -60,7 +53,7 @@ class CredentialSource(_Model):
         if self.prefix is not None and self.header is None:
             raise ValueError("prefix only applies to a header")
         if self.header is not None:
-            _name(self.header, "header name")
+            token(self.header, "header name")
         return self
 
 
@@ -117,7 +110,7 @@ class JwtProviderConfig(_Model):
     @field_validator("forward_claims")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        return {claim: _name(h, "header name").lower() for claim, h in v.items()}
+        return {claim: token(h, "header name").lower() for claim, h in v.items()}
 
     @model_validator(mode="after")
     def _one_key_source(self) -> JwtProviderConfig:

@@ -1,0 +1,15 @@
+"""Pieces shared by the config models."""
+
+from __future__ import annotations
+
+import re
+
+# An HTTP token (RFC 9110 tchar): header names, and names used in keys.
+TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def token(value: str, what: str) -> str:
+    """``value`` when it is an HTTP token; else a ValueError naming ``what``."""
+    if not TOKEN.match(value):
+        raise ValueError(f"{value!r} is not a valid {what}")
+    return value
