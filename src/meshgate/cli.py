@@ -120,6 +120,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _report(exc)
     workers = args.workers or os.cpu_count() or 1
+    if workers > 1 and config.admin.enabled:
+        logging.getLogger("meshgate").warning(
+            "admin API not started with --workers %d: it runs with --workers 1 only "
+            "(see docs/admin.md)",
+            workers,
+        )
     reservation = None
     if workers > 1 and config.listener.port == 0:
         # Every worker must bind the same port: pick it once, here.
@@ -132,7 +138,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     watched = os.path.realpath(args.config)
 
     async def serve(stop: asyncio.Event, reload: asyncio.Event) -> int:
-        gateway = Gateway(config, doc, reuse_port=workers > 1)
+        # The admin API shows one process's state: it runs only with --workers 1
+        # (docs/admin.md); with more workers each would need its own port.
+        gateway = Gateway(
+            config, doc, reuse_port=workers > 1, config_path=args.config, admin=workers == 1
+        )
         try:
             await gateway.start()
         except ConfigError as exc:
@@ -159,8 +169,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             if reload.is_set() and not stop.is_set():
                 reload.clear()
                 try:
-                    new_config, new_doc = load_config(args.config)
-                    await gateway.reload(new_config, new_doc)
+                    await gateway.reload_from_file()
                 except ConfigError as exc:
                     log.error("reload refused, keeping the running config:\n%s", exc)
         if watcher is not None:

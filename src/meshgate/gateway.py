@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+from pathlib import Path
 from types import TracebackType
 
-from meshgate.config.loader import LocatedDocument, config_warnings
-from meshgate.config.models import GatewayConfig
+from meshgate.config.loader import LocatedDocument, config_warnings, load_config
+from meshgate.config.models import GatewayConfig, ListenerConfig
 from meshgate.io.server import HttpServer
 from meshgate.pipeline.app import GatewayApp
 from meshgate.pipeline.runtime import Runtime, build_runtime
@@ -29,14 +31,24 @@ class Gateway:
         *,
         reuse_port: bool = False,
         rng: random.Random | None = None,
+        config_path: str | Path | None = None,
+        admin: bool = False,
     ) -> None:
+        """``config_path``: the file ``config`` came from (``POST /reload`` re-reads it).
+        ``admin``: also start the admin listener (``config.admin``, when enabled)."""
         self.config = config
+        self.config_path = Path(config_path) if config_path is not None else None
         self._rng = rng or random.Random()  # splits, mirroring, fault odds
         self._doc = doc
         self._reuse_port = reuse_port
         self._runtime: Runtime | None = None
         self._app: GatewayApp | None = None
         self._server: HttpServer | None = None
+        self._admin_wanted = admin
+        self._admin: HttpServer | None = None
+        self._reload_lock = asyncio.Lock()
+        self.started = False  # listeners up, config loaded
+        self.draining = False  # POST /drain or stop(): /ready answers 503
 
     @property
     def port(self) -> int:
@@ -47,6 +59,30 @@ class Gateway:
     def runtime(self) -> Runtime:
         assert self._runtime is not None, "gateway not started"
         return self._runtime
+
+    @property
+    def current_runtime(self) -> Runtime | None:
+        return self._runtime
+
+    @property
+    def app(self) -> GatewayApp | None:
+        return self._app
+
+    @property
+    def admin_port(self) -> int | None:
+        """The admin listener's port, None when it does not run."""
+        return self._admin.port if self._admin is not None else None
+
+    def client_connections(self) -> int:
+        """Open client connections on the data listener."""
+        return len(self._server.connections) if self._server is not None else 0
+
+    def start_drain(self) -> None:
+        """Start draining: ``/ready`` answers 503 from now on (load balancers stop
+        sending); the listeners keep serving until `stop`."""
+        if not self.draining:
+            log.info("draining: readiness turned off")
+        self.draining = True
 
     async def start(self) -> None:
         """Build the runtime (raises `ConfigError`) and start listening."""
@@ -75,9 +111,43 @@ class Gateway:
             self.port,
             len(self.config.routes),
         )
+        if self._admin_wanted and self.config.admin.enabled:
+            await self._start_admin()
+        self.started = True
+
+    async def _start_admin(self) -> None:
+        """Start the admin listener; a bind failure is logged and the gateway serves on."""
+        from meshgate.admin.api import AdminApp
+
+        admin = self.config.admin
+        listener = ListenerConfig(host=admin.host, port=admin.port)
+        server = HttpServer(AdminApp(self), listener, 64 * 1024)
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error(
+                "admin listener not started: cannot listen on %s:%d: %s",
+                admin.host,
+                admin.port,
+                exc.strerror or exc,
+            )
+            return
+        self._admin = server
+        log.info("admin listening on %s:%d", admin.host, server.port)
+
+    async def reload_from_file(self) -> None:
+        """Re-read `config_path` and `reload` it (raises `ConfigError`, keeping the old)."""
+        assert self.config_path is not None, "the gateway has no config file"
+        async with self._reload_lock:
+            config, doc = load_config(self.config_path)
+            await self._reload(config, doc)
 
     async def reload(self, config: GatewayConfig, doc: LocatedDocument | None = None) -> None:
         """Build a new runtime aside and swap it in; raise `ConfigError` and keep the old."""
+        async with self._reload_lock:
+            await self._reload(config, doc)
+
+    async def _reload(self, config: GatewayConfig, doc: LocatedDocument | None) -> None:
         assert self._app is not None and self._runtime is not None
         new = build_runtime(config, doc, rng=self._rng, previous=self._runtime)
         _log_warnings(config, doc)
@@ -88,6 +158,12 @@ class Gateway:
             raise
         if config.listener != self.config.listener:
             log.warning("listener settings changed: they take effect on restart only")
+        if (config.admin.host, config.admin.port, config.admin.enabled) != (
+            self.config.admin.host,
+            self.config.admin.port,
+            self.config.admin.enabled,
+        ):
+            log.warning("admin listener settings changed: they take effect on restart only")
         old, self._runtime = self._runtime, new
         self._app.runtime = new
         if self._server is not None:
@@ -97,12 +173,18 @@ class Gateway:
         log.info("configuration reloaded (%d routes)", len(config.routes))
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
-        """Stop accepting, drain in-flight requests (bounded), close upstream pools."""
+        """Stop accepting, drain in-flight requests (bounded), close upstream pools;
+        the admin listener (``/ready`` answering 503) closes last."""
+        self.draining = True
         if self._server is not None:
             timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
             await self._server.shutdown(timeout)
         if self._runtime is not None:
             await self._runtime.aclose()
+        if self._admin is not None:
+            admin, self._admin = self._admin, None
+            await admin.shutdown(1.0)
+        self.started = False
 
     async def __aenter__(self) -> Gateway:
         await self.start()

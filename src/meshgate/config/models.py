@@ -637,10 +637,24 @@ class RouteConfig(_Model):
         return [n.lower() for n in v]
 
 
+class AdminConfig(_Model):
+    """The admin listener: health, readiness, metrics, config and operations (docs/admin.md)."""
+
+    enabled: bool = Field(True, description="Start the admin listener (see docs/admin.md).")
+    host: str = Field("127.0.0.1", description="Address to bind; keep it off public networks.")
+    port: int = Field(9901, ge=0, le=65535, strict=True, description="TCP port; 0 picks one.")
+    token: str | None = Field(
+        None,
+        min_length=1,
+        description="When set, every admin request needs 'Authorization: Bearer <token>'.",
+    )
+
+
 class GatewayConfig(_Model):
     """Top level of gateway.yaml."""
 
     listener: ListenerConfig = ListenerConfig()
+    admin: AdminConfig = AdminConfig()
     timeout_s: PositiveSeconds = Field(
         15.0, description="Default route timeout: request start to upstream response head."
     )

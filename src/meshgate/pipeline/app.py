@@ -9,6 +9,7 @@ import time
 from meshgate.core.router import Match, MethodNotAllowed
 from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Headers, Request, Response, error_response, new_request_id
+from meshgate.observability.metrics import NO_ROUTE, RequestStats
 from meshgate.pipeline.context import RequestContext
 from meshgate.pipeline.runtime import CompiledRoute, Runtime
 
@@ -45,6 +46,7 @@ class GatewayApp:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime  # replaced whole on reload
+        self.stats = RequestStats()  # read by the admin listener's /metrics
 
     def _preflight(self, runtime: Runtime, request: Request) -> Response | None:
         """Answer a CORS preflight without running the route's chain or the upstream
@@ -71,6 +73,9 @@ class GatewayApp:
         if request.method == "OPTIONS":
             preflight = self._preflight(runtime, request)
             if preflight is not None:
+                route_ = _preflight_route(runtime, request)
+                name = route_.name if route_ is not None else NO_ROUTE
+                self.stats.record(name, "OPTIONS", preflight.status, time.monotonic() - start)
                 return preflight
         found = runtime.router.match(
             request.method, request.path, request.host, request.headers.raw(), request.query_string
@@ -79,7 +84,9 @@ class GatewayApp:
             rid = choose_request_id(request)
             if isinstance(found, MethodNotAllowed):
                 allow = ", ".join(found.allowed)
+                self.stats.record(NO_ROUTE, request.method, 405, time.monotonic() - start)
                 return error_response(405, "method not allowed", rid, {"allow": allow})
+            self.stats.record(NO_ROUTE, request.method, 404, time.monotonic() - start)
             return error_response(404, "no route matches", rid)
         route: CompiledRoute = found.route
         ctx = RequestContext(
@@ -95,6 +102,7 @@ class GatewayApp:
         except HTTPError as exc:  # e.g. BodyTooLarge from body.read_all(limit) in a plugin
             if ctx.response is not None:
                 await ctx.response.body.aclose()
+            self.stats.record(route.name, request.method, exc.status, time.monotonic() - start)
             return error_response(exc.status, exc.detail, ctx.request_id)
         except Exception:
             log.exception(
@@ -105,12 +113,15 @@ class GatewayApp:
             )
             if ctx.response is not None:
                 await ctx.response.body.aclose()
+            self.stats.record(route.name, request.method, 500, time.monotonic() - start)
             return error_response(500, "internal error", ctx.request_id)
         resp = ctx.response
         if resp is None:
             log.error("route %s produced no response (request id %s)", route.name, ctx.request_id)
+            self.stats.record(route.name, request.method, 500, time.monotonic() - start)
             return error_response(500, "no response produced", ctx.request_id)
         late = ctx.late_headers
         if late is not None:
             resp.headers.set_fields(late[1], late[0])
+        self.stats.record(route.name, request.method, resp.status, time.monotonic() - start)
         return resp

@@ -1,0 +1,1 @@
+"""The admin API: health, readiness, metrics, config, routes, upstreams and operations."""

@@ -1,0 +1,1 @@
+"""Metrics (Prometheus exposition); access log and tracing to come (issue 8)."""
