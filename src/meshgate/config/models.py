@@ -14,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from meshgate.config.common import TOKEN, token
 from meshgate.config.discovery import DiscoveryConfig, HashKeyConfig, HealthCheckConfig
 from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
 from meshgate.config.resilience import (
@@ -42,7 +43,6 @@ from meshgate.core.template import TemplateError, compile_template
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 )
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -173,9 +173,7 @@ def _coerce_middleware(v: Any) -> Any:
 
 
 def _header_name(name: str) -> str:
-    if not _HEADER_NAME.match(name):
-        raise ValueError(f"{name!r} is not a valid header name")
-    return name.lower()
+    return token(name, "header name").lower()
 
 
 def _check_regex(pattern: str) -> str:
@@ -632,7 +630,7 @@ class RouteConfig(_Model):
     @classmethod
     def _valid_header_names(cls, v: list[str]) -> list[str]:
         for name in v:
-            if not _HEADER_NAME.match(name):
+            if not TOKEN.match(name):
                 raise ValueError(f"{name!r} is not a valid header name")
         return [n.lower() for n in v]
 
