@@ -143,6 +143,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         gateway = Gateway(
             config, doc, reuse_port=workers > 1, config_path=args.config, admin=workers == 1
         )
+        gateway.on_drain = stop.set  # POST /drain: drain and exit as on SIGTERM
         try:
             await gateway.start()
         except ConfigError as exc:
@@ -172,6 +173,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                     await gateway.reload_from_file()
                 except ConfigError as exc:
                     log.error("reload refused, keeping the running config:\n%s", exc)
+        # SIGTERM/SIGINT or POST /drain: /ready answers 503 and the listener closes now.
+        gateway.start_drain()
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

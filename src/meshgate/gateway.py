@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -47,8 +48,11 @@ class Gateway:
         self._admin_wanted = admin
         self._admin: HttpServer | None = None
         self._reload_lock = asyncio.Lock()
+        self._drain_task: asyncio.Task[None] | None = None
         self.started = False  # listeners up, config loaded
         self.draining = False  # POST /drain or stop(): /ready answers 503
+        # Called once when a drain starts (the CLI sets it: the process then stops).
+        self.on_drain: Callable[[], None] | None = None
 
     @property
     def port(self) -> int:
@@ -77,12 +81,24 @@ class Gateway:
         """Open client connections on the data listener."""
         return len(self._server.connections) if self._server is not None else 0
 
-    def start_drain(self) -> None:
-        """Start draining: ``/ready`` answers 503 from now on (load balancers stop
-        sending); the listeners keep serving until `stop`."""
-        if not self.draining:
-            log.info("draining: readiness turned off")
+    def start_drain(self, drain_timeout_s: float | None = None) -> None:
+        """Start draining (``POST /drain``, SIGTERM): ``/ready`` answers 503 from now on,
+        the data listener stops accepting, keep-alive connections are closed after
+        their next response and in-flight requests get up to ``drain_timeout_s``
+        (default ``config.drain_timeout_s``); then their connections are aborted.
+        The admin listener and the upstream pools stay until `stop` (which waits for
+        this drain). `on_drain`, when set, is called once."""
+        if self.draining:
+            return
+        log.info("draining: readiness turned off, listener closing")
         self.draining = True
+        if self._server is not None and self._drain_task is None:
+            timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+            self._drain_task = asyncio.get_running_loop().create_task(
+                self._server.shutdown(timeout)
+            )
+        if self.on_drain is not None:
+            self.on_drain()
 
     async def start(self) -> None:
         """Build the runtime (raises `ConfigError`) and start listening."""
@@ -165,6 +181,7 @@ class Gateway:
         ):
             log.warning("admin listener settings changed: they take effect on restart only")
         old, self._runtime = self._runtime, new
+        new.take_over(old)  # unchanged upstreams: their clusters now belong to `new`
         self._app.runtime = new
         if self._server is not None:
             self._server.max_body_bytes = config.max_request_body_bytes
@@ -175,10 +192,9 @@ class Gateway:
     async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Stop accepting, drain in-flight requests (bounded), close upstream pools;
         the admin listener (``/ready`` answering 503) closes last."""
-        self.draining = True
-        if self._server is not None:
-            timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
-            await self._server.shutdown(timeout)
+        self.start_drain(drain_timeout_s)
+        if self._drain_task is not None:
+            await asyncio.shield(self._drain_task)
         if self._runtime is not None:
             await self._runtime.aclose()
         if self._admin is not None:

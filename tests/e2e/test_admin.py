@@ -101,8 +101,9 @@ async def test_healthz_ready_drain_and_unknown_paths(admin_gateway: AdminFactory
         r = await client.get(admin_url(gw, "/ready"))
         assert (r.status_code, r.json()) == (503, {"status": "draining"})
         assert (await client.get(admin_url(gw, "/healthz"))).status_code == 200
-        # draining turns readiness off; the data listener still serves until stop
-        assert (await client.get(url(gw, "/x"))).status_code == 200
+        # draining also closes the data listener (tests/e2e/test_reload_under_load.py)
+        with pytest.raises(httpx.ConnectError):
+            await client.get(url(gw, "/x"))
 
 
 async def test_token_required_when_configured(admin_gateway: AdminFactory) -> None:

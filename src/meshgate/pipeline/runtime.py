@@ -219,14 +219,34 @@ class Runtime:
         self.limits: dict[tuple[str, str, str, int], Limit] = {}  # by Limit.identity
         self.jwt = tuple(jwt)
         self.registry = Registry()  # every upstream's instances (build_runtime sets it)
+        # Clusters this runtime starts and closes. A reload reuses the clusters of
+        # unchanged upstreams (`build_runtime(previous=...)`): they stay the previous
+        # runtime's until `take_over` hands them to this one at the swap.
+        self.owned: set[str] = set(clusters)
 
     async def start(self) -> None:
         """Fetch remote key sets (JWKS URLs) and start their refresh; a fetch failure
-        is logged and its tokens refused until a later fetch succeeds."""
+        is logged and its tokens refused until a later fetch succeeds. Start the
+        clusters this runtime owns (reused ones already run)."""
         for auth in self.jwt:
             await auth.provider.start()
-        for cluster in self.clusters.values():
-            await cluster.start()
+        for name in self.owned:
+            await self.clusters[name].start()
+
+    def reused(self, previous: Runtime) -> list[str]:
+        """Names of the clusters shared with ``previous`` (same objects)."""
+        return [n for n, c in self.clusters.items() if previous.clusters.get(n) is c]
+
+    def take_over(self, previous: Runtime) -> None:
+        """At the swap: own the clusters reused from ``previous`` (which will not close
+        them) and move them into this runtime's registry, instances, health,
+        pools and background tasks unchanged."""
+        for name in self.reused(previous):
+            cluster = self.clusters[name]
+            if name in previous.owned:
+                previous.owned.discard(name)
+                self.owned.add(name)
+            cluster.move_to(self.registry)
 
     def close(self) -> list[asyncio.Task[None]]:
         """Close idle upstream connections (busy ones close when their exchange ends),
@@ -240,10 +260,12 @@ class Runtime:
         for route in self.routes:
             if route.mirror is not None:
                 route.mirror.close()
-        for cluster in self.clusters.values():
+        for name in sorted(self.owned):
+            cluster = self.clusters[name]
             cluster.close()
             if cluster.checker is not None or cluster.source is not None:
                 closing.append(cluster.aclose())
+        self.owned.clear()
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(coro) for coro in closing]
         for task in tasks:
@@ -300,7 +322,10 @@ def build_runtime(
 
     Must run inside the event loop that will serve (pools bind to it). ``rng``
     drives splits, mirroring and fault odds (seed it for reproducible tests).
-    ``previous`` (on reload): local rate-limit counts of unchanged limits carry over.
+    ``previous`` (on reload): local rate-limit counts of unchanged limits carry over,
+    and an upstream whose config is unchanged keeps its `Cluster` (pools, health,
+    breaker and outlier state, discovered instances); the new runtime owns it only
+    after `Runtime.take_over` (done by the gateway at the swap).
     """
     problems: list[ConfigProblem] = []
     default_chain = _chain(config.middleware, ("middleware",), doc, problems)
@@ -314,7 +339,15 @@ def build_runtime(
         raise ConfigError(problems)
     rng = rng or random.Random()
     registry = Registry()
-    clusters = {up.name: Cluster(up, rng, registry) for up in config.upstreams}
+    clusters: dict[str, Cluster] = {}
+    created: list[Cluster] = []
+    for up in config.upstreams:
+        old_cluster = previous.clusters.get(up.name) if previous is not None else None
+        if old_cluster is not None and old_cluster.config == up:
+            clusters[up.name] = old_cluster  # unchanged upstream: same pools and state
+        else:
+            clusters[up.name] = cluster = Cluster(up, rng, registry)
+            created.append(cluster)
     redis, redis_factory = _redis_backend(config)
     settings = config.rate_limit
     kept = previous.limits if previous is not None else {}
@@ -359,10 +392,11 @@ def build_runtime(
         except ValueError as exc:
             _problem(doc, ("routes", i, _path_key(route)), str(exc), problems)
     if problems:
-        for cluster in clusters.values():
+        for cluster in created:
             cluster.close()
         raise ConfigError(problems)
     runtime = Runtime(config, router, clusters, compiled_routes, redis, security.jwt)
+    runtime.owned = {c.name for c in created}
     runtime.registry = registry
     runtime.limits = limits_by_identity
     return runtime

@@ -302,6 +302,18 @@ class Cluster:
             "retry_budget": self.budget.snapshot(),
         }
 
+    def move_to(self, registry: Registry) -> None:
+        """Follow ``registry`` from now on (a reload kept this cluster: the new runtime
+        has its own registry). The current instance list is copied over as is, so
+        hosts, pools, health and outlier state stay; discovery now updates ``registry``."""
+        if registry is self.registry:
+            return
+        instances = self.registry.instances(self.name)
+        self._unsubscribe()
+        registry.replace_all(self.name, instances)
+        self.registry = registry
+        self._unsubscribe = registry.subscribe(self._registry_changed)
+
     def close(self) -> None:
         for host in self.hosts:
             host.pool.close()
