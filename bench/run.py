@@ -48,8 +48,10 @@ UPSTREAM_BODY = "hello from upstream"
 TARGETS = ("direct", "nginx", "bare", "meshgate")
 # Run only when asked (--targets): meshgate with one rate limit on the route that never
 # denies (sliding window keyed by client ip), in process or in a Redis started here;
-# meshgate with a JWT-protected route (HS256, every request carries the same token).
-EXTRA_TARGETS = ("ratelimit", "ratelimit-redis", "jwt")
+# meshgate with a JWT-protected route (HS256, every request carries the same token);
+# meshgate with the access log on, written to a file in the bench's temporary directory
+# (metrics are always on).
+EXTRA_TARGETS = ("ratelimit", "ratelimit-redis", "jwt", "observe")
 ALL_TARGETS = TARGETS + EXTRA_TARGETS
 JWT_SECRET = "bench-secret-of-at-least-32-bytes!!"
 # (numerator, denominator) pairs reported as ratios, e.g. meshgate/nginx: requests/s of
@@ -60,6 +62,7 @@ RATIOS = (
     ("ratelimit", "meshgate"),
     ("ratelimit-redis", "meshgate"),
     ("jwt", "meshgate"),
+    ("observe", "meshgate"),
 )
 PROC = Path("/proc")
 MAX_ERROR_RATE = 0.01
@@ -280,9 +283,11 @@ def meshgate_yaml(
     limit: str = "",
     redis_port: int = 0,
     jwt: bool = False,
+    access_log: Path | None = None,
 ) -> str:
     """The benchmarked gateway: one route to the upstream; ``limit``: local | redis | "";
-    ``jwt``: the route requires a valid HS256 token."""
+    ``jwt``: the route requires a valid HS256 token; ``access_log``: file the access log
+    (all fields) is written to."""
     text = f"""\
 listener:
   host: 127.0.0.1
@@ -306,6 +311,8 @@ routes:
         text += f"auth: {{jwt: [{{name: bench, algorithms: [HS256], secret: '{JWT_SECRET}'}}]}}\n"
     if limit == "redis":
         text += f"rate_limit: {{redis: {{url: 'redis://127.0.0.1:{redis_port}/0'}}}}\n"
+    if access_log is not None:
+        text += f"access_log: {{enabled: true, path: '{access_log}'}}\n"
     if middleware == "none":
         text += "middleware: []\n"
     return text
@@ -609,8 +616,15 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
         limit = {"ratelimit": "local", "ratelimit-redis": "redis"}.get(target, "")
         redis_port = start_redis(ctx) if limit == "redis" else 0
         cfg = ctx.tmp / "gateway.yaml"
+        access_log = ctx.tmp / "access.log" if target == "observe" else None
         yaml_text = meshgate_yaml(
-            port, upstream_port, ctx.args.middleware, limit, redis_port, jwt=target == "jwt"
+            port,
+            upstream_port,
+            ctx.args.middleware,
+            limit,
+            redis_port,
+            jwt=target == "jwt",
+            access_log=access_log,
         )
         cfg.write_text(yaml_text)
         base, env = meshgate_command(ctx.args.meshgate_cmd)

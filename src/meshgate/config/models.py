@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import (
     BaseModel,
@@ -45,6 +45,24 @@ HTTP_METHODS = frozenset(
 )
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+AccessLogField = Literal[
+    "time",
+    "request_id",
+    "client_ip",
+    "method",
+    "path",
+    "route",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "upstream",
+    "upstream_ms",
+    "attempts",
+]
+# Keys an access log line may have (access_log.fields), in the default order.
+ACCESS_LOG_FIELDS: tuple[AccessLogField, ...] = get_args(AccessLogField)
 
 
 class _Model(BaseModel):
@@ -648,11 +666,40 @@ class AdminConfig(_Model):
     )
 
 
+class AccessLogConfig(_Model):
+    """One JSON line per request (docs/access-log.md)."""
+
+    enabled: bool = Field(False, description="Write the access log.")
+    path: str | None = Field(
+        None, min_length=1, description="File the lines are appended to; null = stdout."
+    )
+    fields: list[AccessLogField] = Field(
+        default_factory=lambda: list(ACCESS_LOG_FIELDS),
+        min_length=1,
+        description="Keys of each line, in this order.",
+    )
+    buffer_lines: int = Field(
+        1024,
+        ge=1,
+        strict=True,
+        description="Lines queued for the writer thread; when full, lines are dropped.",
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({f for f in v if v.count(f) > 1})
+        if dup:
+            raise ValueError(f"duplicate field(s): {', '.join(dup)}")
+        return v
+
+
 class GatewayConfig(_Model):
     """Top level of gateway.yaml."""
 
     listener: ListenerConfig = ListenerConfig()
     admin: AdminConfig = AdminConfig()
+    access_log: AccessLogConfig = AccessLogConfig()
     timeout_s: PositiveSeconds = Field(
         15.0, description="Default route timeout: request start to upstream response head."
     )

@@ -47,6 +47,7 @@ from meshgate.http.messages import (
 from meshgate.http.paths import normalize_target
 from meshgate.http.stream import StreamBody
 from meshgate.io.timers import Deadline
+from meshgate.observability.accesslog import AccessEntry, AccessLog, LoggingApp
 
 log = logging.getLogger("meshgate.server")
 
@@ -102,7 +103,15 @@ class _Reject(Exception):
 class _Pending:
     """A request waiting for its response, or a protocol error to answer in order."""
 
-    __slots__ = ("continue_sent", "error", "keep_alive", "request", "response_started")
+    __slots__ = (
+        "continue_sent",
+        "error",
+        "keep_alive",
+        "request",
+        "response_started",
+        "sent",
+        "status",
+    )
 
     def __init__(
         self, request: Request | None, keep_alive: bool, error: _Reject | None = None
@@ -112,6 +121,8 @@ class _Pending:
         self.error = error
         self.response_started = False
         self.continue_sent = False
+        self.status = 0  # of the response sent (head written or being written)
+        self.sent = 0  # response body bytes handed to the transport
 
 
 class HttpServerProtocol(asyncio.Protocol):
@@ -488,6 +499,9 @@ class HttpServerProtocol(asyncio.Protocol):
 
     # --- answering -------------------------------------------------------
     async def _run(self) -> None:
+        entry: AccessEntry | None = None
+        alog: AccessLog | None = None
+        pending: _Pending | None = None
         try:
             while self.queue and not self.closed:
                 pending = self.queue[0]
@@ -499,12 +513,19 @@ class HttpServerProtocol(asyncio.Protocol):
                     return
                 request = pending.request
                 assert request is not None
+                alog = self.server.access_log
+                if alog is not None:
+                    entry = AccessEntry(request)
                 early = request.body.error if isinstance(request.body, StreamBody) else None
                 try:
                     if early is not None:  # framing already broken: don't involve the app
                         resp = error_response(early.status, early.detail, new_request_id())
-                    else:
+                    elif entry is None:
                         resp = await self.server.app(request)
+                    else:
+                        logging_app = self.server.logging_app
+                        assert logging_app is not None
+                        resp = await logging_app(request, entry)
                 except HTTPError as exc:  # e.g. the body broke while the app read it
                     resp = error_response(exc.status, exc.detail, new_request_id())
                 except Exception:
@@ -513,14 +534,30 @@ class HttpServerProtocol(asyncio.Protocol):
                 if resp.status == ClientDisconnected.status:  # client gone: nobody to answer
                     await resp.body.aclose()
                     self._close()
-                    return
+                    return  # (logged as aborted below)
                 ok, keep = await self._write_response(pending, resp, self._keep(pending, False))
+                if entry is not None and alog is not None:
+                    entry.status = pending.status
+                    entry.bytes_out = pending.sent
+                    entry.aborted = not ok
+                    alog.emit(entry)
+                    entry = None
                 keep = keep and self._keep(pending, True)
                 if not self._finish(ok, keep):
                     return
             self._await_next()
         finally:
             self.task = None
+            if entry is not None and alog is not None:
+                # Client gone (or the server stopped) before the response was sent
+                # in full: log what is known; 499 when no response head went out.
+                entry.aborted = True
+                if pending is not None and pending.status:
+                    entry.status = pending.status
+                    entry.bytes_out = pending.sent
+                else:
+                    entry.status = ClientDisconnected.status
+                alog.emit(entry)
 
     def _keep(self, pending: _Pending, answered: bool) -> bool:
         """Whether the connection may serve another request after this one.
@@ -577,6 +614,7 @@ class HttpServerProtocol(asyncio.Protocol):
         pending.response_started = True
         request = pending.request
         status = resp.status
+        pending.status = status
         body = resp.body
         head_only = (
             (request is not None and request.method == "HEAD")
@@ -618,7 +656,9 @@ class HttpServerProtocol(asyncio.Protocol):
             transport.write(head)
             return True, keep
         if isinstance(body, BytesBody):
-            transport.write(head + body.take())
+            data = body.take()
+            pending.sent = len(data)
+            transport.write(head + data)
             return True, keep
         if isinstance(body, StreamBody) and body.is_complete():  # whole body already here
             data = body.take_all()
@@ -626,11 +666,12 @@ class HttpServerProtocol(asyncio.Protocol):
                 log.warning("response body ended after %d of %d bytes", len(data), length)
                 transport.abort()
                 return False, keep
+            pending.sent = len(data)
             if chunked:
                 data = (frame_chunk(data) if data else b"") + LAST_CHUNK
             transport.write(head + data)
             return True, keep
-        return await self._stream_body(transport, head, body, chunked), keep
+        return await self._stream_body(pending, transport, head, body, chunked), keep
 
     async def _invalid_head(
         self, pending: _Pending, resp: Response, keep: bool, problem: str
@@ -641,13 +682,18 @@ class HttpServerProtocol(asyncio.Protocol):
         return await self._write_response(pending, error, keep)
 
     async def _stream_body(
-        self, transport: asyncio.Transport, head: bytes, body: Body, chunked: bool
+        self,
+        pending: _Pending,
+        transport: asyncio.Transport,
+        head: bytes,
+        body: Body,
+        chunked: bool,
     ) -> bool:
         sent = 0
         try:
             chunk = await body.read()
             out = head + (frame_chunk(chunk) if chunked and chunk else chunk)
-            sent = len(chunk)
+            sent = pending.sent = len(chunk)
             transport.write(out)
             while chunk:
                 if self._write_paused:
@@ -658,6 +704,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 if not chunk:
                     break
                 sent += len(chunk)
+                pending.sent = sent
                 transport.write(frame_chunk(chunk) if chunked else chunk)
             if chunked:
                 transport.write(LAST_CHUNK)
@@ -696,6 +743,10 @@ class HttpServer:
         reuse_port: bool = False,
     ) -> None:
         self.app = app
+        # The app's access log is fed by this server (GatewayApp; not the admin app).
+        self.logging_app: LoggingApp | None = (
+            cast(LoggingApp, app) if hasattr(app, "access_log") else None
+        )
         self.listener = listener
         self.max_body_bytes = max_body_bytes
         self.reuse_port = reuse_port
@@ -711,6 +762,11 @@ class HttpServer:
             lambda: HttpServerProtocol(self), sock=sock, backlog=self.listener.backlog
         )
         self.port = sock.getsockname()[1]
+
+    @property
+    def access_log(self) -> AccessLog | None:
+        app = self.logging_app
+        return app.access_log if app is not None else None
 
     def connection_closed(self) -> None:
         if self._all_closed is not None and not self.connections:
@@ -733,11 +789,16 @@ class HttpServer:
                     drain_timeout_s,
                     len(self.connections),
                 )
+        tasks = [c.task for c in self.connections if c.task is not None]
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        if tasks:  # cancelled by the aborts: let them log their requests as aborted
+            await asyncio.wait(tasks, timeout=1.0)
         if self._server is not None:
             await self._server.wait_closed()
+        if self.logging_app is not None:
+            await self.logging_app.aclose()  # writes the queued access log lines
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:

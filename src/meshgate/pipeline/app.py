@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import threading
 import time
 
 from meshgate.core.router import Match, MethodNotAllowed
 from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Headers, Request, Response, error_response, new_request_id
+from meshgate.observability.accesslog import AccessEntry, AccessLog, open_access_log
 from meshgate.observability.metrics import NO_ROUTE, RequestStats
 from meshgate.pipeline.context import RequestContext
 from meshgate.pipeline.runtime import CompiledRoute, Runtime
@@ -45,8 +48,33 @@ class GatewayApp:
     """Callable the HTTP server runs for each request."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime  # replaced whole on reload
+        self._runtime = runtime
         self.stats = RequestStats()  # read by the admin listener's /metrics
+        # Read by the server for every request: None = no access log.
+        self.access_log: AccessLog | None = open_access_log(runtime.config.access_log)
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime) -> None:
+        """Replaced whole on reload; a changed ``access_log`` section reopens the log
+        (the old writer finishes its queue in its own thread)."""
+        old_cfg = self._runtime.config.access_log
+        self._runtime = runtime
+        new_cfg = runtime.config.access_log
+        if new_cfg != old_cfg:
+            old, self.access_log = self.access_log, open_access_log(new_cfg)
+            if old is not None:
+                closing = threading.Thread(target=old.close, name="meshgate-accesslog-close")
+                closing.start()
+
+    async def aclose(self) -> None:
+        """Flush and close the access log (the server calls it when it shuts down)."""
+        alog, self.access_log = self.access_log, None
+        if alog is not None:
+            await asyncio.to_thread(alog.close)
 
     def _preflight(self, runtime: Runtime, request: Request) -> Response | None:
         """Answer a CORS preflight without running the route's chain or the upstream
@@ -67,21 +95,27 @@ class GatewayApp:
             return error_response(403, "CORS preflight refused", choose_request_id(request))
         return Response(204, Headers(fields))
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, request: Request, entry: AccessEntry | None = None) -> Response:
+        """Answer ``request``; with an access log ``entry``, leave the request's
+        context (or, without one, its route name and request id) on it."""
         start = time.monotonic()
-        runtime = self.runtime
+        runtime = self._runtime
         if request.method == "OPTIONS":
             preflight = self._preflight(runtime, request)
             if preflight is not None:
                 route_ = _preflight_route(runtime, request)
                 name = route_.name if route_ is not None else NO_ROUTE
                 self.stats.record(name, "OPTIONS", preflight.status, time.monotonic() - start)
+                if entry is not None:
+                    entry.route = name
                 return preflight
         found = runtime.router.match(
             request.method, request.path, request.host, request.headers.raw(), request.query_string
         )
         if not isinstance(found, Match):
             rid = choose_request_id(request)
+            if entry is not None:
+                entry.request_id = rid
             if isinstance(found, MethodNotAllowed):
                 allow = ", ".join(found.allowed)
                 self.stats.record(NO_ROUTE, request.method, 405, time.monotonic() - start)
@@ -97,6 +131,8 @@ class GatewayApp:
             start_time=start,
             deadline=start + route.timeout_s,
         )
+        if entry is not None:
+            entry.ctx = ctx
         try:
             await route.handler(ctx)
         except HTTPError as exc:  # e.g. BodyTooLarge from body.read_all(limit) in a plugin

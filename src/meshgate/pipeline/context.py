@@ -27,6 +27,7 @@ class RequestContext:
     """
 
     __slots__ = (
+        "attempts",
         "cluster",
         "deadline",
         "late_headers",
@@ -38,6 +39,8 @@ class RequestContext:
         "start_time",
         "state",
         "upstream_error",
+        "upstream_host",
+        "upstream_s",
     )
 
     def __init__(
@@ -63,6 +66,12 @@ class RequestContext:
         # Header fields set on the response once the whole chain is done (rate-limit
         # headers): lets a stage decide before the response exists without wrapping it.
         self.late_headers: LateHeaders | None = None
+        # Set by the proxy (access log): attempts made, the last attempt's instance
+        # ("host:port") and its seconds from picking a connection to the response head
+        # (or the failure).
+        self.attempts = 0
+        self.upstream_host: str | None = None
+        self.upstream_s: float | None = None
 
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         """Build (and set) a JSON error response carrying the request id."""

@@ -191,6 +191,8 @@ async def _attempt(
         return None
     conn: UpstreamConnection | None = None
     host.active_requests += 1
+    ctx.upstream_host = host.key
+    started = time.monotonic()
     try:
         conn = host.pool.take_idle()
         if conn is None:
@@ -236,6 +238,7 @@ async def _attempt(
         raise
     finally:
         host.active_requests -= 1
+        ctx.upstream_s = time.monotonic() - started
 
 
 async def _connect(cluster: Cluster, host: UpstreamHost) -> UpstreamConnection:
@@ -302,6 +305,7 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
                 tried.append(host)
             if attempt > 1 and replay is not None:
                 req.body = BytesBody(replay)
+            ctx.attempts = attempt
             try:
                 failure = await _attempt(ctx, cluster, host, route.per_try_timeout_s)
             except BaseException:  # cancelled (client gone): free a half-open probe slot
