@@ -52,7 +52,7 @@ def parse_networks(cidrs: Sequence[str]) -> tuple[Network, ...]:
 # parsing and printing are most of the work (2 µs for an IPv4 address, 3.5 µs for
 # IPv6) and the same few proxy and client addresses come again and again
 @lru_cache(maxsize=4096)
-def _parse(text: str) -> tuple[Address, str] | None:
+def parse_address(text: str) -> tuple[Address, str] | None:
     """The address in `text` (IPv4 if mapped) and its canonical text; None if not one."""
     try:
         address = ip_address(text)
@@ -82,7 +82,7 @@ def client_ip(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Network
     """
     if not trusted:
         return peer
-    parsed = _parse(peer)
+    parsed = parse_address(peer)
     if parsed is None or not _trusted(parsed[0], trusted):
         return peer
     found = peer
@@ -90,7 +90,7 @@ def client_ip(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Network
     for entry in reversed(entries):
         if not entry:
             continue
-        parsed = _parse(entry)
+        parsed = parse_address(entry)
         if parsed is None:
             return found
         address, found = parsed

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import lru_cache, partial
-from ipaddress import IPv4Network, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Network, ip_network
 
-from meshgate.core.clientip import Network, parse_networks
+from meshgate.core.clientip import Network, parse_address, parse_networks
 
 # Decisions remembered per rule set: a hit is one dict lookup, a miss about
 # 2 µs (parsing the address) plus one set lookup per distinct prefix length.
@@ -69,12 +69,10 @@ def _holds(tables: tuple[_Table, _Table], version: int, number: int) -> bool:
 def _decide(
     allow: tuple[_Table, _Table] | None, deny: tuple[_Table, _Table], fail_open: bool, text: str
 ) -> bool:
-    try:
-        address = ip_address(text)
-    except ValueError:
+    parsed = parse_address(text)  # IPv4-mapped IPv6 comes back as IPv4
+    if parsed is None:
         return fail_open
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = parsed[0]
     version, number = address.version, int(address)
     if _holds(deny, version, number):
         return False
