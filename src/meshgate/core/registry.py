@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Protocol, TypeVar
 
 _HOST_FORBIDDEN = frozenset("[]/@")
 
@@ -116,8 +117,17 @@ Subscriber = Callable[[str, Changes], None]
 """Called after each change with the service's name and what changed."""
 
 
-def select(instances: Iterable[Instance], metadata: Mapping[str, str]) -> tuple[Instance, ...]:
-    """The `instances` whose metadata holds every key of `metadata` with the same
+class _HasMetadata(Protocol):
+    @property
+    def metadata(self) -> Mapping[str, str]: ...
+
+
+M = TypeVar("M", bound=_HasMetadata)
+
+
+def select(instances: Iterable[M], metadata: Mapping[str, str]) -> tuple[M, ...]:
+    """The `instances` (anything with a ``metadata`` mapping: registry instances,
+    a cluster's hosts) whose metadata holds every key of `metadata` with the same
     value, in their order (all of them for an empty `metadata`)."""
     wanted = metadata.items()
     return tuple(instance for instance in instances if wanted <= instance.metadata.items())

@@ -16,7 +16,7 @@ from meshgate.core.balancer import Balancer, make_balancer
 from meshgate.core.breaker import BreakerState
 from meshgate.core.health import HealthPolicy, HealthTable, routable
 from meshgate.core.matchers import parse_query
-from meshgate.core.registry import Changes, Instance, Registry, RegistryError
+from meshgate.core.registry import Changes, Instance, Registry, RegistryError, select
 from meshgate.core.resources import ResourceLimits
 from meshgate.core.retry import RetryBudget, WindowedRetryBudget
 from meshgate.http.errors import HTTPError
@@ -238,7 +238,7 @@ class Cluster:
         tried) while another remains. Raises `NoHealthyUpstream` (503) when none is."""
         hosts = self.hosts
         if subset:
-            hosts = [h for h in hosts if all(h.metadata.get(k) == v for k, v in subset.items())]
+            hosts = list(select(hosts, subset))
         if not hosts:
             raise NoHealthyUpstream()
         health = self.health
