@@ -269,6 +269,30 @@ class WarningClock:
         return True
 
 
+class _Verdict:
+    """One request's decisions so far: the denial that waits longest, and the most
+    restrictive admission of a window or bucket (whose numbers the headers show; an
+    in-flight count has no reset time)."""
+
+    __slots__ = ("denied", "worst")
+
+    def __init__(self) -> None:
+        self.denied: tuple[Limit, Decision] | None = None
+        self.worst: tuple[Limit, Decision] | None = None
+
+    def add(self, limit: Limit, stats: LimitStats, decision: Decision) -> None:
+        if decision.allowed:
+            stats.allowed += 1
+        else:
+            stats.limited += 1
+            denied = self.denied
+            if denied is None or decision.retry_after_s > denied[1].retry_after_s:
+                self.denied = (limit, decision)
+        worst = self.worst
+        if limit.concurrency is None and (worst is None or decision.remaining < worst[1].remaining):
+            self.worst = (limit, decision)
+
+
 class RateLimitStage:
     """The middleware enforcing a route's limits."""
 
@@ -300,8 +324,7 @@ class RateLimitStage:
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         held: list[tuple[ConcurrencyLimiter, str]] = []  # concurrency slots taken
-        worst: tuple[Limit, Decision] | None = None  # most restrictive: drives the headers
-        denied: tuple[Limit, Decision] | None = None
+        verdict = _Verdict()
         try:
             for limit, stats in self.entries:
                 key = limit.key(ctx)
@@ -310,29 +333,20 @@ class RateLimitStage:
                     continue
                 local = limit.local
                 if local is not None:
-                    decision: Decision | None = local.check(key)
+                    decision = local.check(key)
                 elif limit.concurrency is not None:
                     decision = limit.concurrency.acquire(key)
-                else:
-                    decision = await self._remote(limit, key, stats)
-                    if decision is None:  # Redis unavailable, failing open
-                        continue
-                assert decision is not None
-                if decision.allowed:
-                    stats.allowed += 1
-                    if limit.concurrency is not None:
+                    if decision.allowed:
                         held.append((limit.concurrency, key))
                 else:
-                    stats.limited += 1
-                    if denied is None or decision.retry_after_s > denied[1].retry_after_s:
-                        denied = (limit, decision)
-                if limit.concurrency is None and (
-                    worst is None or decision.remaining < worst[1].remaining
-                ):
-                    worst = (limit, decision)  # an in-flight count has no reset: not shown
-            if denied is not None:
+                    remote = await self._remote(limit, key, stats)
+                    if remote is None:  # Redis unavailable, failing open
+                        continue
+                    decision = remote
+                verdict.add(limit, stats, decision)
+            if verdict.denied is not None:
                 _release(held)
-                self._deny(ctx, *denied)
+                self._deny(ctx, *verdict.denied)
                 return
             await call_next()
         except BaseException:
@@ -344,8 +358,8 @@ class RateLimitStage:
             return
         if held:
             resp.body = _Released(resp.body, lambda: _release(held))
-        if worst is not None and self.headers != "none":
-            resp.headers.set_fields(self._fields(*worst))
+        if verdict.worst is not None and self.headers != "none":
+            resp.headers.set_fields(self._fields(*verdict.worst))
 
     def decide_local(self, ctx: RequestContext) -> bool:
         """Check limits that are all in process and count requests (no slot to hold).
@@ -353,27 +367,18 @@ class RateLimitStage:
         False: denied, the 429 is set. True: go on; the most restrictive decision's
         headers wait in ``ctx.late_headers``.
         """
-        worst: tuple[Limit, Decision] | None = None
-        denied: tuple[Limit, Decision] | None = None
+        verdict = _Verdict()
         for limit, stats in self.entries:
             key = limit.key(ctx)
             if key is None:
                 stats.skipped += 1
                 continue
-            decision = limit.local.check(key)  # type: ignore[union-attr]
-            if decision.allowed:
-                stats.allowed += 1
-            else:
-                stats.limited += 1
-                if denied is None or decision.retry_after_s > denied[1].retry_after_s:
-                    denied = (limit, decision)
-            if worst is None or decision.remaining < worst[1].remaining:
-                worst = (limit, decision)
-        if denied is not None:
-            self._deny(ctx, *denied)
+            verdict.add(limit, stats, limit.local.check(key))  # type: ignore[union-attr]
+        if verdict.denied is not None:
+            self._deny(ctx, *verdict.denied)
             return False
-        if worst is not None and self.header_names:
-            ctx.late_headers = (self.header_names, self._fields(*worst))
+        if verdict.worst is not None and self.header_names:
+            ctx.late_headers = (self.header_names, self._fields(*verdict.worst))
         return True
 
     def _deny(self, ctx: RequestContext, limit: Limit, decision: Decision) -> None:
