@@ -76,13 +76,7 @@ class Cluster:
         self.config = config
         rng = rng or random.Random()
         self.balancer: Balancer = make_balancer(config.load_balancer, rng.random)
-        self.hosts: list[UpstreamHost] = [self._new_host(inst) for inst in config.instances]
-        # The registry holds the instance list of every upstream (the static one first;
-        # discovery sources and, later, the control plane replace it); this cluster
-        # follows its changes for its own service.
-        self.registry = registry or Registry()
-        self.registry.replace_all(self.name, [self._instance(i) for i in config.instances])
-        self._unsubscribe = self.registry.subscribe(self._registry_changed)
+        self.hosts: list[UpstreamHost] = []  # filled from the registry (end of __init__)
         hc = config.health_check
         self.health: HealthTable | None = None
         self.checker: HealthChecker | None = None
@@ -122,9 +116,14 @@ class Cluster:
         od = config.outlier_detection
         self.outliers = od.build() if od is not None else None
         self.connecting = 0  # connections being opened (max_connections counts them too)
-        if self.outliers is not None:
-            for host in self.hosts:
-                self.outliers.add_host(host.key)
+        # The registry holds the instance list of every upstream (the static one first;
+        # discovery sources and, later, the control plane replace it); this cluster
+        # builds its hosts from its service's changes, these first ones included.
+        self.registry = registry or Registry()
+        self._unsubscribe = self.registry.subscribe(self._registry_changed)
+        self._report = False  # the static list is not news
+        self.registry.replace_all(self.name, [self._instance(i) for i in config.instances])
+        self._report = True
 
     def _pool(self, host: str, port: int) -> Pool:
         config = self.config
@@ -136,10 +135,6 @@ class Cluster:
             connect_timeout_s=config.connect_timeout_s,
             read_timeout_s=config.read_timeout_s,
         )
-
-    def _new_host(self, inst: InstanceConfig) -> UpstreamHost:
-        pool = self._pool(inst.host, inst.port)
-        return UpstreamHost(inst.host, inst.port, inst.weight, pool, inst.metadata)
 
     async def start(self) -> None:
         """Start health checks and the discovery source (its first list read now)."""
@@ -190,8 +185,8 @@ class Cluster:
                 kept.update(inst.weight, inst.metadata)  # same pool, health, in-flight count
                 hosts.append(kept)
                 continue
-            host = UpstreamHost(inst.host, inst.port, inst.weight, self._pool(inst.host, inst.port))
-            host.metadata = dict(inst.metadata)
+            pool = self._pool(inst.host, inst.port)
+            host = UpstreamHost(inst.host, inst.port, inst.weight, pool, inst.metadata)
             hosts.append(host)
             if self.outliers is not None:
                 self.outliers.add_host(host.key)
@@ -204,6 +199,8 @@ class Cluster:
                 self.outliers.remove_host(gone.key)
             if self.checker is not None:
                 self.checker.remove(gone.key)
+        if not self._report:
+            return
         log.info(
             "%s: %d instances (+%d -%d ~%d)",
             self.name,
