@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import meshgate
-from meshgate.core.hashring import POINTS_PER_HOST, HashRing, hash_key
+from meshgate.core.hashring import POINTS_PER_HOST, STEP_POINTS, HashRing, RingBuild, hash_key
 
 N_KEYS = 100_000
 CHI2_DF9_999 = 27.877  # 99.9 % quantile of chi-square with 9 degrees of freedom
@@ -246,3 +246,19 @@ def test_no_positive_weight_is_a_lookup_error(weights: list[int]) -> None:
         ring.owner(hash_key("x"), [0, 0], max_weight=1)
     with pytest.raises(LookupError, match="positive weight"):
         ring.owner(hash_key("x"), [0, 0], max_weight=3)
+
+
+@pytest.mark.parametrize(("hosts", "points_per_host"), [(1, 5), (3, 4096), (10, 16384)])
+def test_a_ring_built_in_steps_is_the_ring_built_at_once(hosts: int, points_per_host: int) -> None:
+    keys = HOSTS[:hosts]
+    build = RingBuild(reversed(keys), points_per_host)
+    steps = 1
+    ring = build.step()
+    while ring is None:
+        steps += 1
+        ring = build.step()
+    whole = HashRing(keys, points_per_host)
+    assert ring.keys == whole.keys and ring.index == whole.index
+    assert list(ring._ring) == list(whole._ring)
+    # about STEP_POINTS points per step: many small steps for big rings
+    assert steps >= hosts * points_per_host // STEP_POINTS
