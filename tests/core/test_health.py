@@ -451,3 +451,18 @@ def test_state_matches_a_reference_model_of_consecutive_counts(
                 last_check=history[tracked][-1][1] if results else None,
                 last_transition=transitions.get(tracked),
             )
+
+
+def test_on_change_hears_every_transition_and_nothing_else() -> None:
+    heard: list[bool] = []
+    t = HealthTable(
+        HealthPolicy.build(unhealthy_threshold=2, healthy_threshold=1),
+        lambda: 0.5,
+        on_change=lambda: heard.append(t.healthy("h0")),
+    )
+    t.add("h0")
+    for ok in (False, True, False, False, False, True, True):
+        t.record("h0", ok, 0.0)
+    assert heard == [False, True]
+    t.record("gone", False, 0.0)  # not tracked: no transition
+    assert heard == [False, True]

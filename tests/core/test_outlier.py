@@ -348,3 +348,13 @@ def test_ejected_hosts_stay_within_the_cap(
         assert len(available) >= 1
         assert hosts - len(available) <= d.max_ejected()
         assert d.snapshot(now)["ejected"] == hosts - len(available)
+
+
+def test_next_return_is_the_earliest_ejection_end() -> None:
+    d = detector(hosts=10, consecutive_5xx=1, base_ejection_s=10.0, max_ejection_percent=50)
+    assert d.next_return(0.0) is None
+    fail(d, "h1", 5.0, 1)  # out until 15
+    fail(d, "h2", 1.0, 1)  # out until 11
+    assert d.next_return(2.0) == 11.0
+    assert d.next_return(12.0) == 15.0
+    assert d.next_return(15.0) is None

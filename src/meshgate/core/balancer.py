@@ -1,28 +1,55 @@
 """Load balancers (sans-IO): pick one host among the candidates.
 
-Every balancer takes the candidate list on each call, so the caller may
-filter (healthy, not ejected) without rebuilding the balancer. Randomness is
-injected (a ``random()`` function returning floats in [0, 1), e.g.
-``random.Random(seed).random``) for reproducible tests. The list must not be
-empty.
+A balancer is told the candidates when they change (`update`: hosts joined or
+left, a weight changed, health or an ejection moved a host in or out) and then
+picks from them per request (`pick`). `update` may cost O(n) (more for the
+consistent-hash ring, see `ConsistentHash`); a pick is O(1) or O(log n):
 
-``pick`` also takes an optional request ``key`` (a header, cookie, client IP,
-path or query parameter, chosen by the caller); only `ConsistentHash` uses it.
-Balancers that cache something derived from the list (`WeightedRandom`,
-`ConsistentHash`) check on each call, in one C-level pass over the hosts,
-whether the hosts or their weights changed, so the caller may pass a fresh
-list or change a weight in place.
+==========================  ==================================================
+round_robin                 O(1)
+weighted_round_robin        O(1): one period of nginx's smooth sequence is
+                            computed by `update`, when (total weight / gcd) x
+                            hosts <= `WRR_SCHEDULE_MAX_OPS`; beyond that O(n)
+random                      O(1), uniform (weights ignored)
+weighted_random             O(log n), bisect over cumulative weights
+least_request               O(1), power of two choices
+least_connections           O(log n), a heap kept current by `started` and
+                            `finished` (amortized: stale entries are skipped)
+consistent_hash             O(log P) for P ring points, plus a short walk
+==========================  ==================================================
+
+``pick`` takes an optional request ``key`` (a header, cookie, client IP, path
+or query parameter, chosen by the caller; only `ConsistentHash` uses it) and
+the hosts to avoid (``exclude``: the ones a retry already tried). Avoiding
+hosts costs each balancer a few extra draws or steps, and O(n) when those do
+not find another host; when every candidate is excluded the pick ignores
+``exclude``. Randomness is injected (a ``random()`` function returning floats
+in [0, 1), e.g. ``random.Random(seed).random``) for reproducible tests.
+Picking before any `update`, or after an update with no hosts, raises
+`LookupError`.
+
+Balancers whose picks depend on requests in flight (`LeastConnections`,
+``tracks_load``) must hear about every change of a host's
+``active_requests`` through `started` and `finished`, called after the
+count changed; the others ignore them.
 """
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from itertools import accumulate
-from operator import attrgetter
-from typing import Any, Protocol
+from math import gcd
+from typing import Protocol
 
-from meshgate.core.hashring import POINTS_PER_HOST, HashRing, hash_key
+from meshgate.core.hashring import POINTS_PER_HOST, HashRing, RingBuild, hash_key
+
+WRR_SCHEDULE_MAX_OPS = 1 << 18
+"""`WeightedRoundRobin` precomputes its period when (total weight / gcd) x
+hosts is at most this (about 20 ms of CPU in `update`)."""
+
+_REDRAWS = 4  # random draws a pick makes to avoid excluded hosts before an O(n) pass
 
 
 class Host(Protocol):
@@ -39,86 +66,190 @@ class Host(Protocol):
 
 
 class Balancer(Protocol):
-    def pick(self, hosts: Sequence[Host], key: str | None = None) -> Host: ...
+    tracks_load: bool
+
+    def update(self, hosts: Sequence[Host]) -> None: ...
+
+    def pick(self, key: str | None = None, exclude: Collection[Host] = ()) -> Host: ...
+
+    def started(self, host: Host) -> None: ...
+
+    def finished(self, host: Host) -> None: ...
 
 
-_key = attrgetter("key")
-_weight = attrgetter("weight")
+def _candidates(hosts: Sequence[Host]) -> tuple[Host, ...]:
+    if not hosts:
+        raise LookupError("no host to pick from")
+    return tuple(hosts)
 
 
-class RoundRobin:
-    """Each host in turn."""
+def _allowed(hosts: Sequence[Host], exclude: Collection[Host]) -> list[Host]:
+    """The hosts not in ``exclude``; all of them when none is left."""
+    return [h for h in hosts if h not in exclude] or list(hosts)
+
+
+class _Base:
+    """No load tracking, no hosts yet."""
+
+    __slots__ = ("_hosts",)
+    tracks_load = False
+
+    def __init__(self) -> None:
+        self._hosts: tuple[Host, ...] = ()
+
+    def update(self, hosts: Sequence[Host]) -> None:
+        self._hosts = tuple(hosts)
+
+    def started(self, host: Host) -> None:
+        return None
+
+    def finished(self, host: Host) -> None:
+        return None
+
+
+class RoundRobin(_Base):
+    """Each host in turn (weights ignored)."""
 
     __slots__ = ("_next",)
 
     def __init__(self) -> None:
+        super().__init__()
         self._next = 0
 
-    def pick(self, hosts: Sequence[Host], key: str | None = None) -> Host:
-        i = self._next % len(hosts)
+    def pick(self, key: str | None = None, exclude: Collection[Host] = ()) -> Host:
+        hosts = self._hosts or _candidates(self._hosts)
+        n = len(hosts)
+        i = self._next % n
+        if exclude:
+            for step in range(n):
+                j = (i + step) % n
+                if hosts[j] not in exclude:
+                    i = j
+                    break
         self._next = i + 1
         return hosts[i]
 
 
-class WeightedRoundRobin:
-    """Smooth weighted round-robin (as in nginx): spreads a host's turns evenly.
+def _smooth_step(current: list[int], weights: Sequence[int], total: int) -> int:
+    """One step of nginx's smooth weighted round robin: every host gains its
+    weight, the highest (first on ties) is picked and loses the total."""
+    best = 0
+    best_value = None
+    for i, weight in enumerate(weights):
+        value = current[i] + weight
+        current[i] = value
+        if best_value is None or value > best_value:
+            best, best_value = i, value
+    current[best] -= total
+    return best
 
-    State is keyed by host key, so a changed candidate list keeps the order
-    fair for the hosts that remain.
+
+class WeightedRoundRobin(_Base):
+    """Smooth weighted round-robin (as in nginx): spreads a host's turns evenly
+    (weights 5/1/1 give a a b a c a a).
+
+    `update` computes one period of the sequence (weights divided by their gcd)
+    when it is small enough (`WRR_SCHEDULE_MAX_OPS`), and each pick then reads
+    the next entry; otherwise each pick runs nginx's O(n) step. A new candidate
+    list starts a new period. Hosts of weight 0 (or less) are skipped unless no
+    host has a positive weight; then all take turns equally.
     """
 
-    __slots__ = ("_current",)
+    __slots__ = ("_current", "_pos", "_schedule", "_total", "_weights")
 
     def __init__(self) -> None:
-        self._current: dict[str, int] = {}
+        super().__init__()
+        self._weights: list[int] = []
+        self._total = 0
+        self._schedule: tuple[int, ...] = ()
+        self._current: list[int] = []
+        self._pos = 0
 
-    def pick(self, hosts: Sequence[Host], key: str | None = None) -> Host:
-        total = 0
-        best: Host | None = None
-        best_value = 0
-        current = self._current
-        for host in hosts:
-            value = current.get(host.key, 0) + host.weight
-            current[host.key] = value
-            total += host.weight
-            if best is None or value > best_value:
-                best, best_value = host, value
-        assert best is not None
-        current[best.key] = best_value - total
-        if len(current) > 2 * len(hosts):
-            keep = {h.key for h in hosts}
-            for key in [k for k in current if k not in keep]:
-                del current[key]
-        return best
+    def update(self, hosts: Sequence[Host]) -> None:
+        self._hosts = tuple(hosts)
+        weights = [max(h.weight, 0) for h in self._hosts]
+        if not any(weights):
+            weights = [1] * len(weights)
+        divisor = 0
+        for w in weights:
+            divisor = gcd(divisor, w)
+        weights = [w // divisor for w in weights] if divisor else weights
+        total = sum(weights)
+        self._weights, self._total = weights, total
+        self._current = [0] * len(weights)
+        self._pos = 0
+        if total * len(weights) <= WRR_SCHEDULE_MAX_OPS:
+            current = [0] * len(weights)
+            self._schedule = tuple(_smooth_step(current, weights, total) for _ in range(total))
+        else:
+            self._schedule = ()
+
+    def pick(self, key: str | None = None, exclude: Collection[Host] = ()) -> Host:
+        hosts = self._hosts or _candidates(self._hosts)
+        schedule = self._schedule
+        if schedule:
+            pos = self._pos
+            self._pos = pos + 1 if pos + 1 < len(schedule) else 0
+            host = hosts[schedule[pos]]
+            if exclude and host in exclude:
+                # Look ahead (without taking the turns) for a host not tried yet.
+                for step in range(1, min(len(schedule), 2 * len(hosts) + 1)):
+                    other = hosts[schedule[(pos + step) % len(schedule)]]
+                    if other not in exclude:
+                        return other
+                return self._heaviest(exclude)
+            return host
+        host = hosts[_smooth_step(self._current, self._weights, self._total)]
+        if exclude and host in exclude:
+            return self._heaviest(exclude)
+        return host
+
+    def _heaviest(self, exclude: Collection[Host]) -> Host:
+        allowed = _allowed(self._hosts, exclude)
+        return max(allowed, key=lambda h: h.weight)
 
 
-class RandomPick:
-    """Uniform (weights respected) random choice."""
+class RandomPick(_Base):
+    """Uniform random choice (weights ignored)."""
 
     __slots__ = ("_random",)
 
     def __init__(self, random: Callable[[], float]) -> None:
+        super().__init__()
         self._random = random
 
-    def pick(self, hosts: Sequence[Host], key: str | None = None) -> Host:
-        total = sum(h.weight for h in hosts)
-        point = self._random() * total
-        for host in hosts:
-            point -= host.weight
-            if point < 0:
+    def pick(self, key: str | None = None, exclude: Collection[Host] = ()) -> Host:
+        hosts = self._hosts or _candidates(self._hosts)
+        n = len(hosts)
+        for _ in range(_REDRAWS if exclude else 1):
+            host = hosts[min(int(self._random() * n), n - 1)]
+            if host not in exclude:
                 return host
-        return hosts[-1]
+        allowed = _allowed(hosts, exclude)
+        return allowed[min(int(self._random() * len(allowed)), len(allowed) - 1)]
 
 
-class LeastRequest:
-    """Power of two choices on active requests (Envoy's default for least-request)."""
+class LeastRequest(_Base):
+    """Power of two choices on active requests (Envoy's default for least-request):
+    two random hosts, the one with fewer requests in flight relative to its weight."""
 
     __slots__ = ("_random",)
 
     def __init__(self, random: Callable[[], float]) -> None:
+        super().__init__()
         self._random = random
 
-    def pick(self, hosts: Sequence[Host], key: str | None = None) -> Host:
+    def pick(self, key: str | None = None, exclude: Collection[Host] = ()) -> Host:
+        hosts = self._hosts or _candidates(self._hosts)
+        if exclude:
+            for _ in range(_REDRAWS):
+                host = self._two_choices(hosts)
+                if host not in exclude:
+                    return host
+            return self._two_choices(_allowed(hosts, exclude))
+        return self._two_choices(hosts)
+
+    def _two_choices(self, hosts: Sequence[Host]) -> Host:
         n = len(hosts)
         if n == 1:
             return hosts[0]
@@ -130,98 +261,154 @@ class LeastRequest:
         return a
 
 
-class WeightedRandom:
+class WeightedRandom(_Base):
     """Random choice with probability weight / total, in O(log n) (bisect over
-    cumulative weights, rebuilt only when the weights change).
+    cumulative weights, computed by `update`).
 
-    Same draws as `RandomPick`: a draw ``r`` picks the host whose slice of
-    ``[0, total)`` holds ``r * total``. Hosts of weight 0 (or less) are never
-    picked unless no host has a positive weight; then the choice is uniform.
+    A draw ``r`` picks the host whose slice of ``[0, total)`` holds ``r * total``.
+    Hosts of weight 0 (or less) are never picked unless no host has a positive
+    weight; then the choice is uniform.
     """
 
-    __slots__ = ("_cumulative", "_random", "_total", "_weights")
+    __slots__ = ("_cumulative", "_random", "_total")
 
     def __init__(self, random: Callable[[], float]) -> None:
+        super().__init__()
         self._random = random
-        self._weights: tuple[Any, ...] = ()
         self._cumulative: list[int] = []
         self._total = 0
 
-    def pick(self, hosts: Sequence[Host], key: str | None = None) -> Host:
-        weights = tuple(map(_weight, hosts))
-        if weights != self._weights:
-            self._weights = weights
-            self._cumulative = list(accumulate(max(w, 0) for w in weights))
-            self._total = self._cumulative[-1] if self._cumulative else 0
+    def update(self, hosts: Sequence[Host]) -> None:
+        self._hosts = tuple(hosts)
+        self._cumulative = list(accumulate(max(h.weight, 0) for h in self._hosts))
+        self._total = self._cumulative[-1] if self._cumulative else 0
+
+    def pick(self, key: str | None = None, exclude: Collection[Host] = ()) -> Host:
+        hosts = self._hosts or _candidates(self._hosts)
+        for _ in range(_REDRAWS if exclude else 1):
+            host = self._draw(hosts, self._cumulative, self._total)
+            if host not in exclude:
+                return host
+        allowed = _allowed(hosts, exclude)
+        cumulative = list(accumulate(max(h.weight, 0) for h in allowed))
+        return self._draw(allowed, cumulative, cumulative[-1])
+
+    def _draw(self, hosts: Sequence[Host], cumulative: list[int], total: int) -> Host:
         n = len(hosts)
-        if self._total <= 0:
+        if total <= 0:
             return hosts[min(int(self._random() * n), n - 1)]
-        i = bisect_right(self._cumulative, self._random() * self._total)
+        i = bisect_right(cumulative, self._random() * total)
         return hosts[min(i, n - 1)]
 
 
-class LeastConnections:
+class LeastConnections(_Base):
     """Exact least connections: the host with the fewest active requests,
     relative to its weight (``active / weight``, as nginx's ``least_conn``)
-    unless ``weighted=False``. O(n): every host's count is read.
+    unless ``weighted=False``.
 
-    Ties go round robin: the scan starts one past the previous pick, so equally
-    loaded hosts take turns instead of the first one taking everything.
-    Hosts of weight 0 (or less) count as weight 1.
+    A heap holds one current entry per host (older entries are skipped when
+    they surface, and the heap is rebuilt when they pile up), so a pick, and
+    each `started` / `finished` that reports a changed count, is O(log n).
+    Ties go to the host picked least recently (first the list order), so
+    equally loaded hosts take turns. Hosts of weight 0 (or less) count as
+    weight 1.
     """
 
-    __slots__ = ("_next", "_weighted")
+    __slots__ = ("_heap", "_index", "_turn", "_turns", "_versions", "_weighted")
+    tracks_load = True
 
     def __init__(self, *, weighted: bool = True) -> None:
-        self._next = 0
+        super().__init__()
         self._weighted = weighted
+        self._index: dict[int, int] = {}  # id(host) -> position
+        self._versions: list[int] = []
+        self._turns: list[int] = []
+        self._turn = 0
+        self._heap: list[tuple[float, int, int, int]] = []  # load, turn, position, version
 
-    def pick(self, hosts: Sequence[Host], key: str | None = None) -> Host:
-        n = len(hosts)
-        start = self._next % n
-        best_i = start
-        best = hosts[start]
+    def update(self, hosts: Sequence[Host]) -> None:
+        self._hosts = tuple(hosts)
+        n = len(self._hosts)
+        self._index = {}
+        for i, host in enumerate(self._hosts):
+            self._index.setdefault(id(host), i)
+        self._versions = [0] * n
+        self._turns = list(range(-n, 0))
+        self._rebuild()
+
+    def _load(self, host: Host) -> float:
         if self._weighted:
-            best_active, best_weight = best.active_requests, max(best.weight, 1)
-            for i in range(start + 1, start + n):
-                host = hosts[i - n if i >= n else i]
-                active, weight = host.active_requests, max(host.weight, 1)
-                if active * best_weight < best_active * weight:
-                    best_i, best, best_active, best_weight = i, host, active, weight
-        else:
-            best_active = best.active_requests
-            for i in range(start + 1, start + n):
-                host = hosts[i - n if i >= n else i]
-                if host.active_requests < best_active:
-                    best_i, best, best_active = i, host, host.active_requests
-        self._next = best_i + 1
-        return best
+            return host.active_requests / max(host.weight, 1)
+        return float(host.active_requests)
+
+    def _rebuild(self) -> None:
+        load, turns, versions = self._load, self._turns, self._versions
+        self._heap = [(load(h), turns[i], i, versions[i]) for i, h in enumerate(self._hosts)]
+        heapq.heapify(self._heap)
+
+    def _changed(self, i: int) -> None:
+        self._versions[i] += 1
+        host = self._hosts[i]
+        heapq.heappush(self._heap, (self._load(host), self._turns[i], i, self._versions[i]))
+        if len(self._heap) > 4 * len(self._hosts) + 16:
+            self._rebuild()
+
+    def started(self, host: Host) -> None:
+        i = self._index.get(id(host))
+        if i is not None:
+            self._changed(i)
+
+    finished = started
+
+    def pick(self, key: str | None = None, exclude: Collection[Host] = ()) -> Host:
+        hosts = self._hosts or _candidates(self._hosts)
+        heap, versions = self._heap, self._versions
+        skipped: list[tuple[float, int, int, int]] = []
+        chosen = -1
+        while heap:
+            entry = heap[0]
+            i = entry[2]
+            if entry[3] != versions[i]:
+                heapq.heappop(heap)
+                continue
+            if exclude and hosts[i] in exclude and len(skipped) < len(hosts) - 1:
+                skipped.append(heapq.heappop(heap))
+                continue
+            chosen = i
+            break
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        assert chosen >= 0  # the heap holds one current entry per host
+        self._turn += 1
+        self._turns[chosen] = self._turn
+        self._changed(chosen)
+        return hosts[chosen]
 
 
-class ConsistentHash:
+class ConsistentHash(_Base):
     """Consistent hashing on the request key over a `HashRing` (see
     `meshgate.core.hashring` for why a ring with virtual nodes, and how weights
     work). A pick without a key is a `WeightedRandom` one.
 
-    The ring covers every host key seen since the last rebuild; a candidate
-    list that is a subset of it (unhealthy, ejected or retried hosts left out)
-    is served by skipping the missing hosts' points, which gives exactly the
-    ring of the subset. The ring is rebuilt only when a new host key shows up or
-    fewer than half of its hosts remain; changed weights need no rebuild.
-    A pick costs a C-level pass over the hosts (the change check), one BLAKE2b
-    of the key and a bisect over the ring, O(log(n * points_per_host)), plus a
-    short walk when hosts are absent or weights differ. Building the ring runs
-    inside the first keyed pick after a change (about 40 ms for 10 hosts at
-    the default 16384 points per host).
+    The ring covers every host key seen since the last rebuild; candidates that
+    are a subset of it (unhealthy, ejected or excluded hosts left out) are
+    served by skipping the missing hosts' points, which gives exactly the ring
+    of the subset. A new ring is needed only when a new host key shows up or
+    fewer than half of the ring's hosts remain. With ``deferred=True`` (what a
+    cluster on an event loop uses) `update` then only starts a `RingBuild`, and
+    the caller runs `build_step` between requests until it returns False;
+    meanwhile the old ring keeps serving and hosts not on it take no keyed
+    requests. The first ring, and a new one when no candidate is on the old
+    ring, are built at once.
 
     Hosts with the same key count once (the first one). Hosts of weight 0 (or
     less) take no keys unless no host has a positive weight.
     """
 
     __slots__ = (
+        "_build",
+        "_deferred",
         "_fallback",
-        "_host_weights",
-        "_keys",
         "_max_weight",
         "_points_per_host",
         "_positions",
@@ -229,58 +416,103 @@ class ConsistentHash:
         "_weights",
     )
 
-    def __init__(self, random: Callable[[], float], points_per_host: int = POINTS_PER_HOST) -> None:
+    def __init__(
+        self,
+        random: Callable[[], float],
+        points_per_host: int = POINTS_PER_HOST,
+        *,
+        deferred: bool = False,
+    ) -> None:
+        super().__init__()
         if points_per_host < 1:
             raise ValueError(f"points_per_host must be at least 1, not {points_per_host}")
         self._fallback = WeightedRandom(random)
         self._points_per_host = points_per_host
+        self._deferred = deferred
         self._ring: HashRing | None = None
-        self._keys: tuple[Any, ...] = ()  # the hosts' keys and weights at the last update
-        self._host_weights: tuple[Any, ...] = ()
+        self._build: RingBuild | None = None
         self._positions: list[int] = []  # ring owner index -> position in the list
         self._weights: list[int] = []  # ring owner index -> weight, 0 if absent
         self._max_weight = 0
 
     @property
     def ring(self) -> HashRing | None:
-        """The current ring (None before the first keyed pick)."""
+        """The ring in use (None before the first `update` with hosts)."""
         return self._ring
 
-    def pick(self, hosts: Sequence[Host], key: str | None = None) -> Host:
-        if key is None:
-            return self._fallback.pick(hosts)
-        keys = tuple(map(_key, hosts))
-        weights = tuple(map(_weight, hosts))
-        if keys != self._keys or weights != self._host_weights:
-            self._update(keys, weights)
-        assert self._ring is not None
-        owner = self._ring.owner(hash_key(key), self._weights, self._max_weight)
-        return hosts[self._positions[owner]]
+    @property
+    def building(self) -> bool:
+        """Whether a deferred ring build waits for `build_step` calls."""
+        return self._build is not None
 
-    def _update(self, keys: tuple[Any, ...], host_weights: tuple[Any, ...]) -> None:
-        first: dict[str, int] = {}
-        for position, host_key in enumerate(keys):
-            first.setdefault(host_key, position)
+    def update(self, hosts: Sequence[Host]) -> None:
+        self._hosts = tuple(hosts)
+        self._fallback.update(hosts)
+        if not hosts:
+            return
+        keys = {h.key for h in self._hosts}
         ring = self._ring
-        if ring is None or 2 * len(first) < len(ring.keys) or not first.keys() <= ring.index.keys():
-            ring = self._ring = HashRing(first, self._points_per_host)
+        wanted = ring is None or 2 * len(keys) < len(ring.keys) or not keys <= ring.index.keys()
+        if not wanted:
+            self._build = None
+        elif self._build is None or set(self._build.keys) != keys:
+            self._build = RingBuild(keys, self._points_per_host)
+            if not self._deferred or ring is None or keys.isdisjoint(ring.index):
+                self._ring = self._build.run()
+                self._build = None
+        self._place()
+
+    def build_step(self) -> bool:
+        """One step of the pending ring build; False once there is none left."""
+        if self._build is None:
+            return False
+        ring = self._build.step()
+        if ring is None:
+            return True
+        self._ring, self._build = ring, None
+        self._place()
+        return False
+
+    def _place(self) -> None:
+        """Where each ring owner is in the candidate list, and its weight."""
+        ring = self._ring
+        assert ring is not None
         positions = [-1] * len(ring.keys)
         weights = [0] * len(ring.keys)
-        for host_key, position in first.items():
-            owner = ring.index[host_key]
-            positions[owner] = position
-            weights[owner] = max(host_weights[position], 0)
+        for position, host in enumerate(self._hosts):
+            owner = ring.index.get(host.key)
+            if owner is not None and positions[owner] < 0:
+                positions[owner] = position
+                weights[owner] = max(host.weight, 0)
         present = [w for w in weights if w > 0]
         if not present:
             # No host takes traffic by weight: share the keys equally.
             weights = [1 if p >= 0 else 0 for p in positions]
         elif min(present) == max(present):
             weights = [1 if w > 0 else 0 for w in weights]
-        self._keys = keys
-        self._host_weights = host_weights
         self._positions = positions
         self._weights = weights
         self._max_weight = max(weights)
+
+    def pick(self, key: str | None = None, exclude: Collection[Host] = ()) -> Host:
+        hosts = self._hosts or _candidates(self._hosts)
+        if key is None:
+            return self._fallback.pick(None, exclude)
+        ring = self._ring
+        assert ring is not None
+        weights, max_weight = self._weights, self._max_weight
+        if exclude:
+            # The hosts not excluded, as if they were the candidates.
+            allowed = [p >= 0 and hosts[p] not in exclude for p in self._positions]
+            if not any(allowed):  # only hosts not on the ring yet (or none) remain
+                return self._fallback.pick(None, exclude)
+            weights = [w if ok else 0 for w, ok in zip(weights, allowed, strict=True)]
+            max_weight = max(weights)
+            if max_weight <= 0:  # none of them weighs anything: equal shares
+                weights = [1 if ok else 0 for ok in allowed]
+                max_weight = 1
+        owner = ring.owner(hash_key(key), weights, max_weight)
+        return hosts[self._positions[owner]]
 
 
 BALANCERS = (
@@ -294,8 +526,9 @@ BALANCERS = (
 )
 
 
-def make_balancer(name: str, random: Callable[[], float]) -> Balancer:
-    """Build a balancer by its config name."""
+def make_balancer(name: str, random: Callable[[], float], *, deferred: bool = False) -> Balancer:
+    """Build a balancer by its config name; ``deferred`` ring builds for
+    consistent_hash (see `ConsistentHash`)."""
     if name == "round_robin":
         return RoundRobin()
     if name == "weighted_round_robin":
@@ -309,5 +542,5 @@ def make_balancer(name: str, random: Callable[[], float]) -> Balancer:
     if name == "least_connections":
         return LeastConnections()
     if name == "consistent_hash":
-        return ConsistentHash(random)
+        return ConsistentHash(random, deferred=deferred)
     raise ValueError(f"unknown load balancer {name!r}; expected one of {', '.join(BALANCERS)}")

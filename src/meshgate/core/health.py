@@ -123,12 +123,18 @@ class HealthTransition:
 class HealthTable:
     """The health of every checked host, by key (see the module)."""
 
-    __slots__ = ("_random", "_states", "policy")
+    __slots__ = ("_random", "_states", "on_change", "policy")
 
-    def __init__(self, policy: HealthPolicy, random: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        policy: HealthPolicy,
+        random: Callable[[], float],
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.policy = policy
         self._random = random
         self._states: dict[str, HealthState] = {}
+        self.on_change = on_change  # called after `record` turned a host (un)healthy
 
     def __len__(self) -> int:
         """The number of hosts tracked."""
@@ -174,7 +180,11 @@ class HealthTable:
             last_check=now,
             last_transition=now if flips else state.last_transition,
         )
-        return HealthTransition(key, ok, now, run) if flips else None
+        if not flips:
+            return None
+        if self.on_change is not None:
+            self.on_change()
+        return HealthTransition(key, ok, now, run)
 
     def healthy(self, key: str) -> bool:
         """Whether host `key` passes its checks; a host not tracked does not."""

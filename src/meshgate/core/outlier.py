@@ -192,6 +192,12 @@ class OutlierDetector:
         host = self._hosts.get(key)
         return host is not None and self._is_ejected(host, now)
 
+    def next_return(self, now: float) -> float | None:
+        """When the first host ejected at `now` comes back (None: none is ejected)."""
+        ends = [h.ejected_until for h in self._hosts.values() if h.ejected_until is not None]
+        future = [end for end in ends if end > now]
+        return min(future) if future else None
+
     def available(self, keys: Iterable[str], now: float) -> list[str]:
         """The `keys` not ejected at `now`, in their order."""
         return [key for key in keys if not self.ejected(key, now)]

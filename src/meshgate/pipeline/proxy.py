@@ -13,7 +13,6 @@ import math
 import time
 
 from meshgate.core.breaker import CircuitBreaker
-from meshgate.core.outlier import OutlierDetector
 from meshgate.core.retry import Failure, parse_retry_after
 from meshgate.http.errors import (
     BreakerOpen,
@@ -183,14 +182,17 @@ async def _attempt(
         head, has_body, chunked = build_request_head(ctx, host)
     except HTTPError as exc:
         log.error(
-            "%s %s: %s (request id %s)", ctx.request.method, ctx.request.path, exc.detail,
+            "%s %s: %s (request id %s)",
+            ctx.request.method,
+            ctx.request.path,
+            exc.detail,
             ctx.request_id,
         )
         ctx.upstream_error = exc  # ours, not the upstream's
         ctx.error(exc.status, exc.detail)
         return None
     conn: UpstreamConnection | None = None
-    host.active_requests += 1
+    cluster.started(host)
     ctx.upstream_host = host.key
     started = time.monotonic()
     try:
@@ -237,7 +239,7 @@ async def _attempt(
             conn.abort()
         raise
     finally:
-        host.active_requests -= 1
+        cluster.finished(host)
         ctx.upstream_s = time.monotonic() - started
 
 
@@ -282,7 +284,6 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
         req.body = BytesBody(replay)
     # (a longer or streamed body can only be retried when it never left: connect failure)
     breaker = cluster.breaker
-    outliers = cluster.outliers
     hash_key = cluster.hash_key(req) if cluster.config.hash_key is not None else None
     tried: list[UpstreamHost] = []
     attempt = 0
@@ -317,8 +318,8 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
             status = resp.status
             # Not the upstream's doing: local overflow, or a client-side error.
             local = failure is None and ctx.upstream_error is not None
-            if breaker is not None or outliers is not None:
-                _record(breaker, outliers, host, failure, status, local)
+            if breaker is not None or cluster.outliers is not None:
+                _record(breaker, cluster, host, failure, status, local)
             if policy is None or local or attempt > policy.max_retries:
                 break
             if failure is None and status < 400:
@@ -361,7 +362,7 @@ def _breaker_open(ctx: RequestContext, breaker: CircuitBreaker) -> None:
 
 def _record(
     breaker: CircuitBreaker | None,
-    outliers: OutlierDetector | None,
+    cluster: Cluster,
     host: UpstreamHost,
     failure: Failure | None,
     status: int,
@@ -376,8 +377,8 @@ def _record(
             breaker.record_failure(now)
         else:
             breaker.record_success(now)
-    if outliers is not None and not local:
-        outliers.record(host.key, now, status=status, failure=failure)
+    if cluster.outliers is not None and not local:
+        cluster.record(host, now, status, failure)
 
 
 def _retry_after(resp: Response) -> float | None:

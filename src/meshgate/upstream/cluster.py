@@ -4,7 +4,9 @@ retry budget, concurrency thresholds)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -12,13 +14,13 @@ from typing import Any
 
 from meshgate.config.models import InstanceConfig, UpstreamConfig
 from meshgate.config.resilience import RetryBudgetConfig
-from meshgate.core.balancer import Balancer, make_balancer
+from meshgate.core.balancer import Balancer, ConsistentHash, make_balancer
 from meshgate.core.breaker import BreakerState
 from meshgate.core.health import HealthPolicy, HealthTable, routable
 from meshgate.core.matchers import parse_query
 from meshgate.core.registry import Changes, Instance, Registry, RegistryError, select
 from meshgate.core.resources import ResourceLimits
-from meshgate.core.retry import RetryBudget, WindowedRetryBudget
+from meshgate.core.retry import Failure, RetryBudget, WindowedRetryBudget
 from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Request, cookie_value
 from meshgate.io.health import HealthChecker, http_probe, tcp_probe
@@ -63,8 +65,32 @@ class UpstreamHost:
         self.metadata = dict(metadata)
 
 
+SubsetKey = frozenset[tuple[str, str]] | None
+
+
+class _View:
+    """The hosts a pick chooses from, for the whole upstream or one metadata subset,
+    and the balancer over them; recomputed when `Cluster.epoch` moves past it."""
+
+    __slots__ = ("balancer", "epoch", "hosts", "members", "panic")
+
+    def __init__(self, balancer: Balancer) -> None:
+        self.balancer = balancer
+        self.epoch = -1
+        self.hosts: list[UpstreamHost] = []  # routable: healthy, not ejected (all in panic)
+        self.members = 0  # hosts in the subset, routable or not
+        self.panic = False
+
+
 class Cluster:
-    """A named upstream: pick a host for each request."""
+    """A named upstream: pick a host for each request.
+
+    Which hosts are routable (membership, active health, outlier ejection, panic)
+    is worked out when one of those changes, not per request: every change bumps
+    `epoch`, and the next pick refreshes its view (O(n)) and tells the balancer.
+    An ejection's end is a change too, noticed by the first pick after it.
+    A pick is then the balancer's O(1) or O(log n) choice.
+    """
 
     def __init__(
         self,
@@ -74,9 +100,14 @@ class Cluster:
     ) -> None:
         self.name = config.name
         self.config = config
-        rng = rng or random.Random()
-        self.balancer: Balancer = make_balancer(config.load_balancer, rng.random)
+        self._rng = rng or random.Random()
         self.hosts: list[UpstreamHost] = []  # filled from the registry (end of __init__)
+        self.epoch = 0  # moves when membership, health or an ejection changes
+        self._valid_until = math.inf  # when an ejection ends: views are stale from then
+        self._views: dict[SubsetKey, _View] = {}
+        self._tracks_load = False  # the balancer wants started/finished (least connections)
+        self._ring_builds: asyncio.Task[None] | None = None
+        rng = self._rng
         hc = config.health_check
         self.health: HealthTable | None = None
         self.checker: HealthChecker | None = None
@@ -93,6 +124,7 @@ class Cluster:
                     jitter_percent=hc.jitter_percent,
                 ),
                 rng.random,
+                on_change=self.changed,
             )
             self.panic_threshold_percent = hc.panic_threshold_percent
         self.source: FileSource | DnsSource | None = None
@@ -155,7 +187,10 @@ class Cluster:
                 else tcp_probe(hc.timeout_s)
             )
             self.checker = HealthChecker(
-                self.name, probe, self.health, max_concurrent=hc.max_concurrent
+                self.name,
+                probe,
+                self.health,
+                max_concurrent=hc.max_concurrent,
             )
             for host in self.hosts:
                 self.checker.add(host.key, host.host, host.port)
@@ -193,6 +228,7 @@ class Cluster:
             if self.checker is not None:
                 self.checker.add(host.key, host.host, host.port)
         self.hosts = hosts  # one assignment: requests see the old list or the new one
+        self.changed()
         for gone in old.values():
             gone.pool.close()  # idle connections now; busy ones when their exchange ends
             if self.outliers is not None:
@@ -224,6 +260,10 @@ class Cluster:
             return values[0] if values else None
         return request.client_ip if hk.source == "ip" else request.path
 
+    def changed(self) -> None:
+        """Something that decides which hosts are routable moved: views are stale."""
+        self.epoch += 1
+
     def pick(
         self,
         exclude: Collection[UpstreamHost] = (),
@@ -233,39 +273,103 @@ class Cluster:
         """A host for the next attempt: healthy and not ejected (all of them in panic
         mode: too few healthy), and not one in ``exclude`` (the hosts a retry already
         tried) while another remains. Raises `NoHealthyUpstream` (503) when none is."""
-        hosts = self.hosts
-        if subset:
-            hosts = list(select(hosts, subset))
+        subset_key = frozenset(subset.items()) if subset else None
+        view = self._views.get(subset_key)
+        if self._valid_until != math.inf and time.monotonic() >= self._valid_until:
+            self._valid_until = math.inf
+            self.epoch += 1  # an ejection is over
+        if view is None or view.epoch != self.epoch:
+            view = self._refresh(subset_key, subset)
+        hosts = view.hosts
         if not hosts:
+            if view.members:
+                self.no_healthy += 1
             raise NoHealthyUpstream()
+        if view.panic:
+            self.panic_picks += 1
+        if len(hosts) == 1:
+            return hosts[0]
+        host = view.balancer.pick(key, exclude)
+        assert isinstance(host, UpstreamHost)
+        return host
+
+    def _refresh(self, subset_key: SubsetKey, subset: Mapping[str, str] | None) -> _View:
+        """Work out a view's routable hosts again and hand them to its balancer."""
+        view = self._views.get(subset_key)
+        if view is None:
+            balancer = make_balancer(self.config.load_balancer, self._rng.random, deferred=True)
+            self._tracks_load = self._tracks_load or balancer.tracks_load
+            view = self._views[subset_key] = _View(balancer)
+        hosts = list(select(self.hosts, subset)) if subset else list(self.hosts)
+        view.members = len(hosts)
+        view.panic = False
         health = self.health
         outliers = self.outliers
+        now = time.monotonic()
+        if outliers is not None:
+            back = outliers.next_return(now)
+            if back is not None:
+                self._valid_until = min(self._valid_until, back)
         if health is not None:
-            now = time.monotonic()
 
             def usable(h: UpstreamHost) -> bool:
                 return health.healthy(h.key) and not (
                     outliers is not None and outliers.ejected(h.key, now)
                 )
 
-            hosts, panic = routable(hosts, usable, self.panic_threshold_percent)
-            if not hosts:
-                self.no_healthy += 1
-                raise NoHealthyUpstream()
-            if panic:
-                self.panic_picks += 1
+            hosts, view.panic = routable(hosts, usable, self.panic_threshold_percent)
         elif outliers is not None:
-            now = time.monotonic()
-            live = [h for h in hosts if not outliers.ejected(h.key, now)]
-            hosts = live or hosts
-        if exclude:
-            fresh = [h for h in hosts if h not in exclude]
-            hosts = fresh or hosts
-        if len(hosts) == 1:
-            return hosts[0]
-        host = self.balancer.pick(hosts, key)
-        assert isinstance(host, UpstreamHost)
-        return host
+            hosts = [h for h in hosts if not outliers.ejected(h.key, now)] or hosts
+        view.hosts = hosts
+        view.epoch = self.epoch
+        if hosts:
+            view.balancer.update(hosts)
+            if isinstance(view.balancer, ConsistentHash) and view.balancer.building:
+                self._build_rings()
+        return view
+
+    def _build_rings(self) -> None:
+        """Run pending consistent-hash ring builds in steps between requests."""
+        if self._ring_builds is None or self._ring_builds.done():
+            loop = asyncio.get_running_loop()  # clusters live on one (their pools do)
+            self._ring_builds = loop.create_task(self._ring_build_steps())
+
+    async def _ring_build_steps(self) -> None:
+        while True:
+            pending = [
+                view.balancer
+                for view in self._views.values()
+                if isinstance(view.balancer, ConsistentHash) and view.balancer.building
+            ]
+            if not pending:
+                return
+            for balancer in pending:
+                balancer.build_step()
+            await asyncio.sleep(0)
+
+    def started(self, host: UpstreamHost) -> None:
+        """A request to ``host`` starts (its count, and the balancer if it tracks load)."""
+        host.active_requests += 1
+        if self._tracks_load:
+            for view in self._views.values():
+                view.balancer.started(host)
+
+    def finished(self, host: UpstreamHost) -> None:
+        """A request to ``host`` has its answer (or failed)."""
+        host.active_requests -= 1
+        if self._tracks_load:
+            for view in self._views.values():
+                view.balancer.finished(host)
+
+    def record(self, host: UpstreamHost, now: float, status: int, failure: Failure | None) -> None:
+        """Tell the outlier detector how an attempt at ``host`` went; an ejection makes
+        the views stale."""
+        outliers = self.outliers
+        assert outliers is not None
+        ejections = outliers.ejections
+        outliers.record(host.key, now, status=status, failure=failure)
+        if outliers.ejections != ejections:
+            self.changed()
 
     def open_connections(self) -> int:
         """Connections open or being opened to the upstream's instances."""
@@ -316,8 +420,10 @@ class Cluster:
             host.pool.close()
 
     async def aclose(self) -> None:
-        """Stop health checks and discovery, then close the pools."""
+        """Stop health checks, discovery and ring builds, then close the pools."""
         self._unsubscribe()
+        if self._ring_builds is not None:
+            self._ring_builds.cancel()
         if self.checker is not None:
             await self.checker.aclose()
         if self.source is not None:
