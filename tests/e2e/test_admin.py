@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from meshgate.auth.apikeys import hash_key
 from meshgate.config.loader import load_config
 from meshgate.gateway import Gateway
-from tests.e2e.conftest import TestUpstream, make_config, to_yaml, url
+from tests.e2e.conftest import TestUpstream, free_port, make_config, to_yaml, url
 
 ADMIN = {"host": "127.0.0.1", "port": 0}
 HOUR = 3600
@@ -204,6 +204,46 @@ async def test_ratelimits_metrics_and_endpoint(admin_gateway: AdminFactory) -> N
     assert sample(s, name, route="r", limit="per-ip", decision="limited") == 2
     assert sample(s, name, route="r", limit="per-ip", decision="skipped") == 0
     assert sample(s, "meshgate_requests_total", route="r", method="GET", status_class="4xx") == 2
+
+
+async def test_upstream_attempt_metrics_errors_retries_and_pool(
+    admin_gateway: AdminFactory, upstream: TestUpstream
+) -> None:
+    live = {"host": "127.0.0.1", "port": upstream.port}
+    dead = {"host": "127.0.0.1", "port": free_port()}
+    upstreams = [
+        {"name": "main", "connect_timeout_s": 1, "instances": [live]},
+        {"name": "mixed", "connect_timeout_s": 1, "instances": [dead, live]},
+    ]
+    retry = {"max_retries": 1, "backoff_base_s": 0.001, "backoff_max_s": 0.002}
+    routes = [
+        {"name": "a", "path_prefix": "/a", "upstream": "main"},
+        {"name": "st", "path_prefix": "/status", "upstream": "main", "retry": {"max_retries": 0}},
+        {"name": "re", "path_prefix": "/retry", "upstream": "mixed", "retry": retry},
+    ]
+    gw = await admin_gateway(routes=routes, upstreams=upstreams)
+    async with httpx.AsyncClient() as client:
+        for _ in range(3):
+            assert (await client.get(url(gw, "/a/x"))).status_code == 200
+        assert (await client.get(url(gw, "/status/503"))).status_code == 503
+        for _ in range(2):  # dead instance first (round robin), then the live one
+            r = await client.get(url(gw, "/retry/x"))
+            assert r.status_code == 200
+        s = await scrape(client, gw)
+    hist = "meshgate_upstream_request_duration_seconds"
+    assert sample(s, f"{hist}_count", upstream="main") == 4
+    assert sample(s, f"{hist}_bucket", upstream="main", le="+Inf") == 4
+    assert 0 < sample(s, f"{hist}_sum", upstream="main") < 4
+    assert sample(s, f"{hist}_count", upstream="mixed") == 4  # 2 failed + 2 answered
+    errors = "meshgate_upstream_errors_total"
+    assert sample(s, errors, upstream="main", kind="5xx") == 1
+    assert sample(s, errors, upstream="mixed", kind="connect-failure") == 2
+    assert sum(v for (name, _), v in s.items() if name == errors) == 3
+    assert sample(s, "meshgate_upstream_retries_total", upstream="mixed") == 2
+    assert sample(s, "meshgate_upstream_retries_total", upstream="main") == 0
+    pool = "meshgate_upstream_pool_connections"
+    assert sample(s, pool, upstream="main", state="active") == 0
+    assert sample(s, pool, upstream="main", state="idle") >= 1
 
 
 async def test_routes_upstreams_and_breakers(

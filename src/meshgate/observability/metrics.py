@@ -67,9 +67,35 @@ class RequestStats:
         counts[key] = counts.get(key, 0) + 1
         hist = self.durations.get(route)
         if hist is None:
-            hist = self.durations[route] = [0] * (len(DURATION_BUCKETS) + 2)
+            hist = self.durations[route] = _histogram()
         hist[bisect_left(DURATION_BUCKETS, seconds)] += 1
         hist[-1] += seconds
+
+
+def _histogram() -> list[float]:
+    """Per-bucket counts (not cumulative), one for +Inf, then the sum."""
+    return [0] * (len(DURATION_BUCKETS) + 2)
+
+
+class UpstreamStats:
+    """Per-upstream attempt counters kept by its cluster (they live as long as the
+    cluster, so a reload that keeps the upstream keeps them)."""
+
+    __slots__ = ("durations", "errors", "retries")
+
+    def __init__(self) -> None:
+        self.durations = _histogram()  # attempt: connection pick to response head (or failure)
+        self.errors: dict[str, int] = {}  # kind: connect-failure, reset, timeout, 5xx
+        self.retries = 0  # attempts after the first
+
+    def attempt(self, seconds: float, failure: str | None, status: int) -> None:
+        """Count one attempt the upstream answered (or failed) after ``seconds``."""
+        hist = self.durations
+        hist[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        hist[-1] += seconds
+        kind = failure if failure is not None else ("5xx" if status >= 500 else None)
+        if kind is not None:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
 class GatewayCollector(Collector):
@@ -122,20 +148,21 @@ def _request_families(stats: RequestStats) -> Iterator[Metric]:
         labels=["route"],
     )
     for route, values in sorted(stats.durations.items()):
-        values = list(values)
-        cumulative: list[tuple[str, float]] = []
-        running = 0.0
-        for bound, count in zip(DURATION_BUCKETS, values, strict=False):
-            running += count
-            cumulative.append((_bound(bound), running))
-        running += values[len(DURATION_BUCKETS)]
-        cumulative.append(("+Inf", running))
-        hist.add_metric([route], cumulative, values[-1])
+        _add_histogram(hist, [route], values)
     yield hist
 
 
-def _bound(value: float) -> str:
-    return repr(float(value))
+def _add_histogram(family: HistogramMetricFamily, labels: list[str], values: list[float]) -> None:
+    """Add one labelled histogram kept as per-bucket counts, +Inf, then the sum."""
+    values = list(values)
+    cumulative: list[tuple[str, float]] = []
+    running = 0.0
+    for bound, count in zip(DURATION_BUCKETS, values, strict=False):
+        running += count
+        cumulative.append((repr(float(bound)), running))
+    running += values[len(DURATION_BUCKETS)]
+    cumulative.append(("+Inf", running))
+    family.add_metric(labels, cumulative, values[-1])
 
 
 def _upstream_families(runtime: Runtime) -> Iterator[Metric]:
@@ -152,6 +179,26 @@ def _upstream_families(runtime: Runtime) -> Iterator[Metric]:
     open_conns = GaugeMetricFamily(
         "meshgate_upstream_open_connections",
         "Connections open or being opened to the upstream's instances.",
+        labels=["upstream"],
+    )
+    pool = GaugeMetricFamily(
+        "meshgate_upstream_pool_connections",
+        "Pooled connections to the upstream's instances: in use (active) or idle.",
+        labels=["upstream", "state"],
+    )
+    durations = HistogramMetricFamily(
+        "meshgate_upstream_request_duration_seconds",
+        "Per attempt: from taking a connection to the upstream's response head (or failure).",
+        labels=["upstream"],
+    )
+    errors = CounterMetricFamily(
+        "meshgate_upstream_errors",
+        "Attempts that failed, by kind: connect-failure, reset, timeout, 5xx (a 5xx answer).",
+        labels=["upstream", "kind"],
+    )
+    retries = CounterMetricFamily(
+        "meshgate_upstream_retries",
+        "Retries made (attempts after the first).",
         labels=["upstream"],
     )
     breaker_open = GaugeMetricFamily(
@@ -200,6 +247,15 @@ def _upstream_families(runtime: Runtime) -> Iterator[Metric]:
             healthy.add_metric([name, host["key"]], 0 if host["healthy"] is False else 1)
             active.add_metric([name, host["key"]], host["active_requests"])
         open_conns.add_metric([name], snap["open_connections"])
+        idle = sum(len(h.pool.idle) for h in cluster.hosts)
+        opened = sum(h.pool.open for h in cluster.hosts)
+        pool.add_metric([name, "active"], opened - idle)
+        pool.add_metric([name, "idle"], idle)
+        stats = cluster.stats
+        _add_histogram(durations, [name], stats.durations)
+        for kind, n in sorted(stats.errors.items()):
+            errors.add_metric([name, kind], n)
+        retries.add_metric([name], stats.retries)
         breaker = snap["breaker"]
         if breaker is not None:
             state = breaker["state"]
@@ -215,7 +271,8 @@ def _upstream_families(runtime: Runtime) -> Iterator[Metric]:
             ejected.add_metric([name], outliers["ejected"])
         panic.add_metric([name], snap["panic_picks"])
         no_healthy.add_metric([name], snap["no_healthy"])
-    yield from (healthy, active, open_conns, breaker_open, breaker_state, overflow)
+    yield from (healthy, active, open_conns, pool, durations, errors, retries)
+    yield from (breaker_open, breaker_state, overflow)
     yield from (exhausted, ejections, ejected, panic, no_healthy)
 
 

@@ -318,6 +318,8 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
             status = resp.status
             # Not the upstream's doing: local overflow, or a client-side error.
             local = failure is None and ctx.upstream_error is not None
+            if not local:
+                cluster.stats.attempt(ctx.upstream_s or 0.0, failure, status)
             if breaker is not None or cluster.outliers is not None:
                 _record(breaker, cluster, host, failure, status, local)
             if policy is None or local or attempt > policy.max_retries:
@@ -341,6 +343,7 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
                 budget.retry_finished()
                 break
             retries += 1
+            cluster.stats.retries += 1
             await resp.body.aclose()
             await asyncio.sleep(delay)
     finally:

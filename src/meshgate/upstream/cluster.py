@@ -25,6 +25,7 @@ from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Request, cookie_value
 from meshgate.io.health import HealthChecker, http_probe, tcp_probe
 from meshgate.io.upstream import Pool
+from meshgate.observability.metrics import UpstreamStats
 from meshgate.upstream.discovery import DiscoveryError, DnsSource, FileSource
 
 log = logging.getLogger("meshgate.cluster")
@@ -114,6 +115,7 @@ class Cluster:
         self.panic_threshold_percent = 50.0
         self.panic_picks = 0  # hosts picked in panic mode (too few healthy: all used)
         self.no_healthy = 0  # requests answered 503: no healthy instance
+        self.stats = UpstreamStats()  # attempts: durations, errors, retries (metrics)
         if hc is not None:
             self.health = HealthTable(
                 HealthPolicy.build(
