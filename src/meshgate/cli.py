@@ -8,7 +8,10 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 from meshgate.config.loader import ConfigError, config_warnings, json_schema, load_config
 
@@ -20,6 +23,8 @@ def _configure_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO (JWKS fetches, the admin API asking workers).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _report(exc: ConfigError) -> int:
@@ -112,6 +117,7 @@ async def watch_file(target: str, reload: asyncio.Event, stop: asyncio.Event) ->
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
+    from meshgate.admin.fleet import Fleet
     from meshgate.gateway import Gateway
     from meshgate.io.workers import run_workers
 
@@ -120,12 +126,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _report(exc)
     workers = args.workers or os.cpu_count() or 1
-    if workers > 1 and config.admin.enabled:
-        logging.getLogger("meshgate").warning(
-            "admin API not started with --workers %d: it runs with --workers 1 only "
-            "(see docs/admin.md)",
-            workers,
-        )
+    # With several workers each serves its admin API on a Unix socket in this private
+    # directory and worker 0 answers the admin port for all (meshgate/admin/fleet.py).
+    fleet_dir = Path(tempfile.mkdtemp(prefix="meshgate-")) if workers > 1 else None
     reservation = None
     if workers > 1 and config.listener.port == 0:
         # Every worker must bind the same port: pick it once, here.
@@ -137,11 +140,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     log = logging.getLogger("meshgate")
     watched = os.path.realpath(args.config)
 
-    async def serve(stop: asyncio.Event, reload: asyncio.Event) -> int:
-        # The admin API shows one process's state: it runs only with --workers 1
-        # (docs/admin.md); with more workers each would need its own port.
+    async def serve(stop: asyncio.Event, reload: asyncio.Event, index: int) -> int:
+        fleet = Fleet(index, workers, fleet_dir) if fleet_dir is not None else None
         gateway = Gateway(
-            config, doc, reuse_port=workers > 1, config_path=args.config, admin=workers == 1
+            config, doc, reuse_port=workers > 1, config_path=args.config, admin=True, fleet=fleet
         )
         gateway.on_drain = stop.set  # POST /drain: drain and exit as on SIGTERM
         try:
@@ -189,6 +191,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     finally:
         if reservation is not None:
             reservation.close()
+        if fleet_dir is not None:
+            shutil.rmtree(fleet_dir, ignore_errors=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -111,7 +111,7 @@ def run_demo(*, print_config: bool = False) -> int:
         return 0
     config, doc = parse_config(text, "examples/demo.yaml")
 
-    async def serve(stop: asyncio.Event, _reload: asyncio.Event) -> int:
+    async def serve(stop: asyncio.Event, _reload: asyncio.Event, _index: int) -> int:
         services = await start_demo_services()
         gateway = Gateway(config, doc)
         await gateway.start()

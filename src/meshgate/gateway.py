@@ -8,12 +8,16 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from meshgate.config.loader import LocatedDocument, config_warnings, load_config
 from meshgate.config.models import GatewayConfig, ListenerConfig
 from meshgate.io.server import HttpServer
 from meshgate.pipeline.app import GatewayApp
 from meshgate.pipeline.runtime import Runtime, build_runtime
+
+if TYPE_CHECKING:
+    from meshgate.admin.fleet import Fleet
 
 log = logging.getLogger("meshgate.gateway")
 
@@ -34,9 +38,13 @@ class Gateway:
         rng: random.Random | None = None,
         config_path: str | Path | None = None,
         admin: bool = False,
+        fleet: Fleet | None = None,
     ) -> None:
         """``config_path``: the file ``config`` came from (``POST /reload`` re-reads it).
-        ``admin``: also start the admin listener (``config.admin``, when enabled)."""
+        ``admin``: also start the admin listener (``config.admin``, when enabled).
+        ``fleet``: this gateway is one of several worker processes (see
+        `meshgate.admin.fleet`): with the admin listener enabled it serves its own on a
+        Unix socket, and worker 0 serves the public one for all of them."""
         self.config = config
         self.config_path = Path(config_path) if config_path is not None else None
         self._rng = rng or random.Random()  # splits, mirroring, fault odds
@@ -47,6 +55,8 @@ class Gateway:
         self._server: HttpServer | None = None
         self._admin_wanted = admin
         self._admin: HttpServer | None = None
+        self._worker_admin: HttpServer | None = None  # with a fleet: this worker's socket
+        self.fleet = fleet
         self._reload_lock = asyncio.Lock()
         self._drain_task: asyncio.Task[None] | None = None
         self.started = False  # listeners up, config loaded
@@ -127,17 +137,28 @@ class Gateway:
             self.port,
             len(self.config.routes),
         )
-        if self._admin_wanted and self.config.admin.enabled:
+        if self.fleet is not None and self.config.admin.enabled:
+            from meshgate.admin.api import AdminApp
+
+            own = str(self.fleet.socket(self.fleet.index))
+            self._worker_admin = HttpServer(
+                AdminApp(self), ListenerConfig(), 64 * 1024, unix_path=own
+            )
+            await self._worker_admin.start()
+        first = self.fleet is None or self.fleet.index == 0
+        if (self._admin_wanted or self.fleet is not None) and self.config.admin.enabled and first:
             await self._start_admin()
         self.started = True
 
     async def _start_admin(self) -> None:
         """Start the admin listener; a bind failure is logged and the gateway serves on."""
         from meshgate.admin.api import AdminApp
+        from meshgate.admin.fleet import FleetAdminApp
 
         admin = self.config.admin
         listener = ListenerConfig(host=admin.host, port=admin.port)
-        server = HttpServer(AdminApp(self), listener, 64 * 1024)
+        app = AdminApp(self) if self.fleet is None else FleetAdminApp(self, self.fleet)
+        server = HttpServer(app, listener, 64 * 1024)
         try:
             await server.start()
         except OSError as exc:
@@ -200,6 +221,9 @@ class Gateway:
         if self._admin is not None:
             admin, self._admin = self._admin, None
             await admin.shutdown(1.0)
+        if self._worker_admin is not None:
+            own, self._worker_admin = self._worker_admin, None
+            await own.shutdown(1.0)
         self.started = False
 
     async def __aenter__(self) -> Gateway:

@@ -10,7 +10,9 @@ request body and the idle time between keep-alive requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -741,8 +743,12 @@ class HttpServer:
         max_body_bytes: int | None,
         *,
         reuse_port: bool = False,
+        unix_path: str | None = None,
     ) -> None:
+        """``unix_path``: listen on this Unix socket instead of ``listener``'s host and
+        port (a stale socket file there is replaced)."""
         self.app = app
+        self.unix_path = unix_path
         # The app's access log is fed by this server (GatewayApp; not the admin app).
         self.logging_app: LoggingApp | None = (
             cast(LoggingApp, app) if hasattr(app, "access_log") else None
@@ -757,6 +763,13 @@ class HttpServer:
         self.port = 0
 
     async def start(self) -> None:
+        if self.unix_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.unix_path)
+            self._server = await self.loop.create_unix_server(
+                lambda: HttpServerProtocol(self), path=self.unix_path
+            )
+            return
         sock = bind_socket(self.listener.host, self.listener.port, reuse_port=self.reuse_port)
         self._server = await self.loop.create_server(
             lambda: HttpServerProtocol(self), sock=sock, backlog=self.listener.backlog

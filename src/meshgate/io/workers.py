@@ -2,7 +2,8 @@
 
 Each worker is a forked process running its own uvloop event loop. The
 parent forwards SIGTERM/SIGINT (drain and exit) and SIGHUP (reload) to the
-workers, restarts a worker that dies unexpectedly, and exits 0 when all
+workers, restarts a worker that dies unexpectedly (a non-zero exit or a signal;
+exit 0 means it drained, e.g. after ``POST /drain``), and exits 0 when all
 workers drained cleanly.
 """
 
@@ -22,15 +23,17 @@ import uvloop
 
 log = logging.getLogger("meshgate.workers")
 
-Serve = Callable[[asyncio.Event, asyncio.Event], Awaitable[int]]
-"""A worker body: runs until the stop event is set; the reload event asks for a reload."""
+Serve = Callable[[asyncio.Event, asyncio.Event, int], Awaitable[int]]
+"""A worker body: runs until the stop event is set; the reload event asks for a
+reload; the int is the worker's index (0 .. workers - 1)."""
 
 RESTART_BACKOFF_S = 1.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def run_in_loop(serve: Serve) -> int:
-    """Run ``serve`` on a fresh uvloop loop with signal handlers; return its exit code."""
+def run_in_loop(serve: Serve, index: int = 0) -> int:
+    """Run ``serve`` (as worker ``index``) on a fresh uvloop loop with signal handlers;
+    return its exit code."""
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -39,7 +42,7 @@ def run_in_loop(serve: Serve) -> int:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
-        return await serve(stop, reload)
+        return await serve(stop, reload, index)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main())
@@ -74,7 +77,7 @@ def run_workers(serve: Serve, workers: int) -> int:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_DFL)
                 _die_with_parent(parent)
-                code = run_in_loop(serve)
+                code = run_in_loop(serve, index)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:
@@ -106,7 +109,7 @@ def run_workers(serve: Serve, workers: int) -> int:
             continue
         index = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
-        if stopping:
+        if stopping or code == 0:  # a signal, or the worker drained (POST /drain)
             worst = worst or (code if code > 0 else 0)
             continue
         log.error("worker %d (pid %d) exited with %d; restarting", index, pid, code)
