@@ -1,0 +1,76 @@
+"""The compression stage: encodes the upstream's response for the client.
+
+It sits inside the response cache (closer to the proxy), so a cache stores each
+compressed variant under ``Vary: Accept-Encoding``, and outside the other
+route stages, so it sees the client's own ``Accept-Encoding`` and the response
+as ``response_headers`` left it. The decision is `CompressPolicy.decide`
+(core/encoding.py); the streaming is `CompressedBody` (http/compression.py).
+"""
+
+from __future__ import annotations
+
+from meshgate.config.compress import CompressConfig
+from meshgate.core.encoding import vary_with_accept_encoding, weak_etag
+from meshgate.http.compression import CompressedBody, HeadBody
+from meshgate.http.messages import Headers
+from meshgate.pipeline.context import Next, RequestContext
+
+# Fields describing the bytes as the upstream sent them: wrong once they are encoded.
+_STALE = frozenset(
+    {"content-length", "accept-ranges", "content-md5", "digest", "content-digest", "repr-digest"}
+)
+
+
+def _joined(headers: Headers, name: str) -> str | None:
+    values = headers.get_all(name)
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ", ".join(values)
+
+
+class CompressStage:
+    """A route's compression, built once from its config."""
+
+    __slots__ = ("config", "policy")
+
+    def __init__(self, config: CompressConfig) -> None:
+        self.config = config
+        self.policy = config.build()
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+        await call_next()
+        resp = ctx.response
+        if resp is None:
+            return
+        req = ctx.request
+        rh = resp.headers
+        decision = self.policy.decide(
+            status=resp.status,
+            accept_encoding=_joined(req.headers, "accept-encoding"),
+            content_type=rh.get("content-type"),
+            length=resp.body.length,
+            content_encoding=_joined(rh, "content-encoding"),
+            cache_control=rh.get_all("cache-control"),
+            request_cache_control=req.headers.get_all("cache-control"),
+            ranged="range" in req.headers,
+            etag=rh.get("etag"),
+            if_none_match=_joined(req.headers, "if-none-match"),
+        )
+        if decision.vary:
+            vary = vary_with_accept_encoding(rh.get_all("vary"))
+            if vary is not None:
+                rh.set("vary", vary)
+        if decision.weaken_etag:
+            etag = rh.get("etag")
+            if etag is not None:
+                rh.set("etag", weak_etag(etag))
+        coding = decision.coding
+        if coding is None:
+            return
+        items = rh.raw()
+        items[:] = [kv for kv in items if kv[0] not in _STALE]
+        items.append(("content-encoding", coding))
+        if req.method == "HEAD":
+            resp.body = HeadBody(resp.body)
+        else:
+            resp.body = CompressedBody(resp.body, coding, self.config.level(coding))
