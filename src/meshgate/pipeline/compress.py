@@ -38,23 +38,29 @@ class CompressStage:
         self.policy = config.build()
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+        # Read the client's fields first: later stages may edit the request.
+        req = ctx.request
+        head_only = req.method == "HEAD"
+        accept_encoding = _joined(req.headers, "accept-encoding")
+        request_cache_control = req.headers.get_all("cache-control")
+        ranged = "range" in req.headers
+        if_none_match = _joined(req.headers, "if-none-match")
         await call_next()
         resp = ctx.response
         if resp is None:
             return
-        req = ctx.request
         rh = resp.headers
         decision = self.policy.decide(
             status=resp.status,
-            accept_encoding=_joined(req.headers, "accept-encoding"),
+            accept_encoding=accept_encoding,
             content_type=rh.get("content-type"),
             length=resp.body.length,
             content_encoding=_joined(rh, "content-encoding"),
             cache_control=rh.get_all("cache-control"),
-            request_cache_control=req.headers.get_all("cache-control"),
-            ranged="range" in req.headers,
+            request_cache_control=request_cache_control,
+            ranged=ranged,
             etag=rh.get("etag"),
-            if_none_match=_joined(req.headers, "if-none-match"),
+            if_none_match=if_none_match,
         )
         if decision.vary:
             vary = vary_with_accept_encoding(rh.get_all("vary"))
@@ -70,7 +76,7 @@ class CompressStage:
         items = rh.raw()
         items[:] = [kv for kv in items if kv[0] not in _STALE]
         items.append(("content-encoding", coding))
-        if req.method == "HEAD":
+        if head_only:
             resp.body = HeadBody(resp.body)
         else:
             resp.body = CompressedBody(resp.body, coding, self.config.level(coding))
