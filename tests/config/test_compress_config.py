@@ -6,6 +6,7 @@ Each snippet marks the line the problem must point at with a ``#<`` comment.
 
 from __future__ import annotations
 
+from pathlib import Path
 from textwrap import dedent, indent
 
 import pytest
@@ -264,3 +265,19 @@ async def test_route_and_top_level_settings_reach_the_chain() -> None:
         )
     finally:
         await runtime.aclose()
+
+
+def test_docs_example_is_valid() -> None:
+    """The first YAML block of docs/compression.md parses, with its upstreams defined."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "compression.md").read_text()
+    example = page.split("```yaml\n", 1)[1].split("```", 1)[0]
+    upstreams = "upstreams:\n" + "".join(
+        f"  - {{name: {n}, instances: [{{host: 127.0.0.1, port: 9001}}]}}\n"
+        for n in ("api", "files", "docs")
+    )
+    config, _ = parse_config(upstreams + example, "compression.md")
+    assert config.compress is not None and config.compress.encodings == ["gzip"]
+    own, off, defaults = (r.compress for r in config.routes)
+    assert own is not None and own.encodings == ["br", "zstd", "gzip"]
+    assert off is not None and not off.enabled
+    assert defaults is not None and defaults.enabled and defaults.br_quality == 4
