@@ -1,5 +1,8 @@
 """Streaming content-coding encoders and a body that compresses as it is read.
 
+A body that has already arrived whole is compressed at once (`compress_whole`)
+and keeps a length; any other is wrapped in a `CompressedBody`.
+
 `CompressedBody` pulls a chunk from the body it wraps, compresses it and
 flushes the encoder, so each chunk the upstream sends reaches the client as
 soon as it arrives (a slow stream stays progressive) and nothing is held
@@ -95,6 +98,21 @@ class CompressionFailed(HTTPError):
 
     status = 500
     reason = "response compression failed"
+
+
+async def compress_whole(data: bytes, coding: str, level: int) -> bytes:
+    """All of ``data`` (a body already in memory) as one finished stream."""
+    encoder = ENCODERS[coding](level)
+
+    def run() -> bytes:
+        return encoder.compress(data) + encoder.finish()
+
+    try:
+        if len(data) >= THREAD_MIN_BYTES:
+            return await asyncio.to_thread(run)
+        return run()
+    except (zlib.error, brotli.error, zstandard.ZstdError, MemoryError) as exc:
+        raise CompressionFailed(f"{coding} compression failed: {exc}") from exc
 
 
 class CompressedBody(Body):

@@ -9,11 +9,15 @@ as ``response_headers`` left it. The decision is `CompressPolicy.decide`
 
 from __future__ import annotations
 
+import logging
+
 from meshgate.config.compress import CompressConfig
 from meshgate.core.encoding import vary_with_accept_encoding, weak_etag
-from meshgate.http.compression import CompressedBody, HeadBody
-from meshgate.http.messages import Headers
+from meshgate.http.compression import CompressedBody, CompressionFailed, HeadBody, compress_whole
+from meshgate.http.messages import BytesBody, Headers
 from meshgate.pipeline.context import Next, RequestContext
+
+log = logging.getLogger("meshgate.compress")
 
 # Fields describing the bytes as the upstream sent them: wrong once they are encoded.
 _STALE = frozenset(
@@ -66,17 +70,28 @@ class CompressStage:
             vary = vary_with_accept_encoding(rh.get_all("vary"))
             if vary is not None:
                 rh.set("vary", vary)
+        coding = decision.coding
+        if coding is not None:
+            body = resp.body
+            if head_only:
+                resp.body = HeadBody(body)
+            elif body.is_complete():  # all here already: compress it whole, keep a length
+                data = await body.read_all()
+                try:
+                    resp.body = BytesBody(await compress_whole(data, coding, self.level(coding)))
+                except CompressionFailed as exc:
+                    log.warning("%s; sending %s %s uncompressed", exc.detail, req.method, req.path)
+                    resp.body = BytesBody(data)
+                    return
+            else:
+                resp.body = CompressedBody(body, coding, self.level(coding))
+            items = rh.raw()
+            items[:] = [kv for kv in items if kv[0] not in _STALE]
+            items.append(("content-encoding", coding))
         if decision.weaken_etag:
             etag = rh.get("etag")
             if etag is not None:
                 rh.set("etag", weak_etag(etag))
-        coding = decision.coding
-        if coding is None:
-            return
-        items = rh.raw()
-        items[:] = [kv for kv in items if kv[0] not in _STALE]
-        items.append(("content-encoding", coding))
-        if head_only:
-            resp.body = HeadBody(resp.body)
-        else:
-            resp.body = CompressedBody(resp.body, coding, self.config.level(coding))
+
+    def level(self, coding: str) -> int:
+        return self.config.level(coding)
