@@ -94,7 +94,8 @@ ENCODERS: dict[str, Callable[[int], Encoder]] = {
 
 
 class CompressionFailed(HTTPError):
-    """The encoder failed mid-stream: the response is cut off (the head is already out)."""
+    """An encoder failed. Mid-stream the response is cut off (its head is already
+    out); on a body compressed at once the stage sends it uncompressed instead."""
 
     status = 500
     reason = "response compression failed"
