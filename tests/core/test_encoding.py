@@ -272,3 +272,23 @@ def test_304_for_a_variant_we_compressed() -> None:
     assert decide(status=304, etag='"v1"', if_none_match='"v1"') == UNCHANGED
     assert decide(status=304, etag='W/"v1"', if_none_match='W/"v1"') == UNCHANGED
     assert decide(status=304, etag=None, if_none_match='W/"v1"') == UNCHANGED
+
+
+@given(st.text(max_size=40))
+def test_media_type_check_never_fails(content_type: str) -> None:
+    assert TYPES.matches(content_type) in (True, False)
+
+
+@given(
+    st.lists(st.sampled_from(["Origin", "cookie", "Accept-Encoding", "x-a", " ", "*"]), max_size=5)
+)
+def test_vary_names_accept_encoding_once(names: list[str]) -> None:
+    values = [", ".join(names)] if names else []
+    merged = vary_with_accept_encoding(values)
+    listed = [n.strip().lower() for n in ", ".join(names).split(",") if n.strip()]
+    if merged is None:
+        assert "accept-encoding" in listed or "*" in listed
+    else:
+        parts = [n.strip().lower() for n in merged.split(",")]
+        assert parts.count("accept-encoding") == 1
+        assert parts[:-1] == listed  # the existing names kept, in order
