@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from meshgate.http import compression
-from tests.e2e.conftest import RawConn, make_config, url
+from tests.e2e.conftest import RawConn, make_config, parse_head, url
 from tests.e2e.test_streaming import RssSampler
 
 # --------------------------------------------------------------------------- the upstream
@@ -418,6 +418,43 @@ async def test_stale_fields_dropped_and_etag_weakened(gateway_for, origin):
     r = await get(gw, "/doc", accept="identity")
     assert r.headers["etag"] == '"v1"'  # the bytes as tagged
     assert r.headers["accept-ranges"] == "bytes"
+
+
+async def test_http_10_clients(gateway_for, origin):
+    """A whole body keeps a length (and the keep-alive connection); a streamed one
+    is ended by closing the connection."""
+    origin.resources["/users"] = Resource()
+
+    release = asyncio.Event()
+
+    async def streamed(writer: asyncio.StreamWriter, head_only: bool) -> None:
+        writer.write(CHUNKED_HEAD + chunk(text(3000)))
+        await writer.drain()
+        await asyncio.wait_for(release.wait(), 10)
+        writer.write(chunk(text(3000, seed=5)) + b"0\r\n\r\n")
+        await writer.drain()
+
+    origin.streams["/streamed"] = streamed
+    gw = await gateway_for()
+    conn = await RawConn.open(gw.port)
+    try:
+        ask = b"GET %b HTTP/1.0\r\nConnection: keep-alive\r\nAccept-Encoding: gzip\r\n\r\n"
+        await conn.send(ask % b"/users")
+        whole = await conn.read_response()
+        assert whole.header("content-encoding") == "gzip"
+        assert whole.header("content-length") == str(len(whole.body))
+        assert whole.header("connection") == "keep-alive"
+        assert gzip.decompress(whole.body) == BODY
+        await conn.send(ask % b"/streamed")
+        stream = parse_head(await conn.reader.readuntil(b"\r\n\r\n"))
+        release.set()
+        assert stream.header("content-encoding") == "gzip"
+        assert stream.header("content-length") is None
+        assert stream.header("connection") == "close"
+        body = await conn.read_all()  # until the gateway closes
+        assert gzip.decompress(body) == text(3000) + text(3000, seed=5)
+    finally:
+        await conn.close()
 
 
 async def test_head_has_the_headers_of_get_and_no_body(gateway_for, origin):
