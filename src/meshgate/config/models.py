@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from meshgate.config.common import TOKEN, token
+from meshgate.config.compress import CompressConfig
 from meshgate.config.discovery import DiscoveryConfig, HashKeyConfig, HealthCheckConfig
 from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
 from meshgate.config.resilience import (
@@ -510,6 +511,10 @@ class RouteConfig(_Model):
     ip_rules: IpRulesConfig | None = Field(
         None, description="Checked in addition to the top-level ip_rules."
     )
+    compress: CompressConfig | None = Field(
+        None,
+        description="Response compression; omitted = the top-level compress; false = none.",
+    )
     middleware: list[MiddlewareRef] | None = Field(
         None, description="This route's chain; omitted = the top-level 'middleware' list."
     )
@@ -725,6 +730,9 @@ class GatewayConfig(_Model):
     auth: AuthConfig = AuthConfig()
     cors: CorsConfig | None = Field(None, description="CORS policy of routes without their own.")
     ip_rules: IpRulesConfig | None = Field(None, description="Client addresses for every route.")
+    compress: CompressConfig | None = Field(
+        None, description="Response compression of routes without their own."
+    )
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
 

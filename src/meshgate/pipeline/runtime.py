@@ -31,6 +31,7 @@ from meshgate.core.router import Router
 from meshgate.core.split import WeightedSplit
 from meshgate.io.ratelimit_redis import RedisRateLimiter, make_client
 from meshgate.pipeline.compose import Handler, compose
+from meshgate.pipeline.compress import CompressStage
 from meshgate.pipeline.context import Middleware
 from meshgate.pipeline.mirror import Mirror
 from meshgate.pipeline.plugins import PluginError, load_middleware
@@ -72,6 +73,7 @@ class CompiledRoute:
     __slots__ = (
         "attempts_header",
         "cluster",
+        "compress",
         "config",
         "cors",
         "fault",
@@ -112,8 +114,10 @@ class CompiledRoute:
         rate_limit: RateLimitStage | None = None,
         front: Sequence[tuple[str, Middleware]] = (),
         cors: CorsPolicy | None = None,
+        compress: CompressStage | None = None,
     ) -> None:
         self.config = config
+        self.compress = compress
         self.name = name
         self.rate_limit = rate_limit
         self.cors = cors  # answers preflights for this route (see GatewayApp)
@@ -165,6 +169,10 @@ class CompiledRoute:
             out.append(("rate_limit", self.rate_limit))
         if self.fault is not None:
             out.append(("fault", fault_stage(self.fault, random)))
+        if self.compress is not None:
+            # Inside a cache (which stores each coding as a variant), outside the rest:
+            # it sees the client's Accept-Encoding and the final response headers.
+            out.append(("compress", self.compress))
         if self.request_headers is not None:
             out.append(("request_headers", request_headers_stage(self.request_headers)))
         if self.rewrite is not None:
@@ -382,6 +390,7 @@ def build_runtime(
                 rate_limit_stage(limits, settings.headers, warnings) if limits else None,
                 security.front(route),
                 security.cors(route),
+                _compress(config, route),
             )
         except ValueError as exc:  # a matcher, rewrite, template or fault the models let by
             _problem(doc, ("routes", i), str(exc), problems)
@@ -400,6 +409,12 @@ def build_runtime(
     runtime.registry = registry
     runtime.limits = limits_by_identity
     return runtime
+
+
+def _compress(config: GatewayConfig, route: RouteConfig) -> CompressStage | None:
+    """The route's own compress block, else the top-level one; None when off."""
+    settings = route.compress if route.compress is not None else config.compress
+    return CompressStage(settings) if settings is not None and settings.enabled else None
 
 
 class _Security:
