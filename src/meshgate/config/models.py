@@ -32,6 +32,7 @@ from meshgate.config.security import (
     IpRulesConfig,
     RouteAuthConfig,
 )
+from meshgate.config.tracing import TracingConfig
 from meshgate.core.balancer import BALANCERS
 from meshgate.core.clientip import parse_networks
 from meshgate.core.fault import FaultPolicy
@@ -725,6 +726,7 @@ class GatewayConfig(_Model):
     auth: AuthConfig = AuthConfig()
     cors: CorsConfig | None = Field(None, description="CORS policy of routes without their own.")
     ip_rules: IpRulesConfig | None = Field(None, description="Client addresses for every route.")
+    tracing: TracingConfig = TracingConfig()
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
 
