@@ -61,6 +61,7 @@ AccessLogField = Literal[
     "upstream",
     "upstream_ms",
     "attempts",
+    "trace_id",
 ]
 # Keys an access log line may have (access_log.fields), in the default order.
 ACCESS_LOG_FIELDS: tuple[AccessLogField, ...] = get_args(AccessLogField)
