@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -465,6 +466,21 @@ async def test_receiver_down_does_not_affect_requests(gateways: Gateways, server
     assert time.monotonic() - started < 5  # bounded by export_timeout_s (1 s) + slack
 
 
+async def test_full_span_queue_drops_spans_with_one_warning(
+    gateways: Gateways, servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
+    up = await servers("up")
+    nowhere = f"http://127.0.0.1:{free_port()}/v1/traces"
+    tiny = tracing(nowhere, max_queue_size=1, max_export_batch_size=1, export_timeout_s=1)
+    gw = await gateways(config([up.port], [route_cfg()], tracing=tiny))
+    with caplog.at_level(logging.WARNING):
+        async with client() as c:
+            for i in range(20):  # 40 spans; the exporter is stuck retrying the first
+                assert (await c.get(url(gw, f"/{i}"))).status_code == 200
+    full = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Queue full")]
+    assert len(full) == 1, full  # the SDK logs it once per 20 s, not once per span
+
+
 async def test_spans_are_flushed_on_stop(
     gateways: Gateways, servers: Servers, receiver: OtlpReceiver
 ) -> None:
@@ -527,3 +543,29 @@ async def test_reload_turns_tracing_on(
     assert sent_traceparent(up, 1)[0] == TRACE_ID
     server = server_span(await trace_of(receiver, TRACE_ID, 2))
     assert server.attributes["url.path"] == "/after"
+
+
+async def test_reload_with_a_new_endpoint_flushes_the_old_tracer(
+    gateways: Gateways, servers: Servers, receiver: OtlpReceiver
+) -> None:
+    up = await servers("up")
+    second = await OtlpReceiver().start()
+    try:
+        cfg = config(
+            [up.port], [route_cfg()], tracing=tracing(receiver.endpoint, schedule_delay_s=60)
+        )
+        gw = await gateways(cfg)
+        async with client() as c:
+            assert (await c.get(url(gw, "/old"))).status_code == 200
+            assert receiver.spans == []  # queued until the old tracer closes
+            cfg["tracing"] = tracing(second.endpoint, schedule_delay_s=60)
+            new_config, doc = parse_config(to_yaml(cfg), "e2e.yaml")
+            await gw.reload(new_config, doc)
+            await eventually(lambda: len(receiver.spans) == 2, WAIT_S)  # closed in the background
+            assert (await c.get(url(gw, "/new"))).status_code == 200
+        await gw.stop(drain_timeout_s=1)
+        assert {s.attributes.get("url.path") for s in receiver.servers()} == {"/old"}
+        assert {s.attributes.get("url.path") for s in second.servers()} == {"/new"}
+        assert len(second.spans) == 2
+    finally:
+        await second.stop()

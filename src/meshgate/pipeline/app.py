@@ -49,12 +49,6 @@ def open_tracing(config: TracingConfig) -> Tracing | None:
         return None
 
 
-def _close_in_thread(tracing: Tracing) -> None:
-    """Export the old tracer's queue in the background (reload)."""
-    closing = threading.Thread(target=tracing.close, name="meshgate-tracing-close")
-    closing.start()
-
-
 def _preflight_route(runtime: Runtime, request: Request) -> CompiledRoute | None:
     """The route a CORS preflight (OPTIONS with Access-Control-Request-Method) is for,
     when that route has a CORS policy; None: route the OPTIONS like any request."""
@@ -80,6 +74,8 @@ class GatewayApp:
         self.access_log: AccessLog | None = open_access_log(runtime.config.access_log)
         # Read for every request: None = tracing off, and nothing per request for it.
         self.tracing: Tracing | None = open_tracing(runtime.config.tracing)
+        # Tracers replaced by a reload, exporting their last spans (aclose waits).
+        self._closing_tracers: set[threading.Thread] = set()
 
     @property
     def runtime(self) -> Runtime:
@@ -102,7 +98,10 @@ class GatewayApp:
         if runtime.config.tracing != old_config.tracing:
             old_tracing, self.tracing = self.tracing, open_tracing(runtime.config.tracing)
             if old_tracing is not None:
-                _close_in_thread(old_tracing)
+                closing = threading.Thread(target=old_tracing.close, name="meshgate-tracing-close")
+                self._closing_tracers = {t for t in self._closing_tracers if t.is_alive()}
+                self._closing_tracers.add(closing)
+                closing.start()
 
     async def aclose(self) -> None:
         """Flush and close the access log and export the queued spans (the server calls
@@ -113,6 +112,8 @@ class GatewayApp:
         tracing, self.tracing = self.tracing, None
         if tracing is not None:
             await asyncio.to_thread(tracing.close)
+        while self._closing_tracers:
+            await asyncio.to_thread(self._closing_tracers.pop().join)  # bounded by close
 
     def _preflight(self, runtime: Runtime, request: Request) -> Response | None:
         """Answer a CORS preflight without running the route's chain or the upstream
