@@ -21,7 +21,15 @@ import pytest
 
 from meshgate.config.loader import parse_config
 from meshgate.gateway import Gateway
-from tests.e2e.conftest import eventually, free_port, make_config, to_yaml, url
+from tests.e2e.conftest import (
+    RawConn,
+    TestUpstream,
+    eventually,
+    free_port,
+    make_config,
+    to_yaml,
+    url,
+)
 from tests.e2e.otlp_receiver import CLIENT, ERROR, SERVER, UNSET, OtlpReceiver, ReceivedSpan
 from tests.e2e.resilience_helpers import (
     Behaviour,
@@ -261,6 +269,33 @@ async def test_connect_failure_attempt_has_an_error_type(
     assert (server.trace_id, ok.span_id) in tids
 
 
+@pytest.mark.parametrize(
+    ("path", "status", "error_type"),
+    [("/slow?s=2", 504, "timeout"), ("/reset?when=before&how=rst", 502, "reset")],
+)
+async def test_timeout_and_reset_attempts_have_an_error_type(
+    gateways: Gateways,
+    upstream: TestUpstream,
+    receiver: OtlpReceiver,
+    path: str,
+    status: int,
+    error_type: str,
+) -> None:
+    no_retry = {"max_retries": 0, "per_try_timeout_s": 0.3}
+    cfg = config([upstream.port], [route_cfg(retry=no_retry)], tracing=tracing(receiver.endpoint))
+    gw = await gateways(cfg)
+    async with client() as c:
+        r = await c.get(url(gw, path), headers={"traceparent": SAMPLED_PARENT})
+    assert r.status_code == status
+    server = server_span(await trace_of(receiver, TRACE_ID, 2))
+    [attempt] = receiver.children_of(server)
+    assert attempt.attributes["error.type"] == error_type
+    assert attempt.status == ERROR
+    assert server.attributes["error.type"] == str(status)
+    # the upstream got the attempt's traceparent even though it never answered
+    assert upstream.requests[0].header("traceparent") == f"00-{TRACE_ID}-{attempt.span_id}-01"
+
+
 async def test_failed_request_marks_the_server_span_as_error(
     gateways: Gateways, servers: Servers, receiver: OtlpReceiver
 ) -> None:
@@ -277,6 +312,29 @@ async def test_failed_request_marks_the_server_span_as_error(
     assert server.attributes["http.response.status_code"] == 503
     assert server.attributes["error.type"] == "503"
     assert [s.status for s in receiver.children_of(server)] == [ERROR, ERROR]
+
+
+async def test_client_gone_ends_the_spans_as_cancelled(
+    gateways: Gateways, servers: Servers, receiver: OtlpReceiver
+) -> None:
+    up = await servers("slow")
+    gw = await gateways(config([up.port], [route_cfg()], tracing=tracing(receiver.endpoint)))
+    conn = await RawConn.open(gw.port)
+    await conn.send(
+        f"GET /x?delay=5 HTTP/1.1\r\nHost: t\r\ntraceparent: {SAMPLED_PARENT}\r\n\r\n".encode()
+    )
+    await eventually(lambda: up.count == 1)
+    await conn.reset()
+    spans = await trace_of(receiver, TRACE_ID, 2)
+    server = server_span(spans)
+    [attempt] = receiver.children_of(server)
+    for span in (server, attempt):
+        assert span.status == ERROR
+        assert span.attributes["error.type"] == "CancelledError"
+        assert "http.response.status_code" not in span.attributes
+    # the gateway keeps serving traced requests
+    async with client() as c:
+        assert (await c.get(url(gw, "/after"))).status_code == 200
 
 
 # ==========================================================================
