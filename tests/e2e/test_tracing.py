@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import re
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 from meshgate.config.loader import parse_config
 from meshgate.gateway import Gateway
 from tests.e2e.conftest import (
+    GatewayProcess,
     RawConn,
     TestUpstream,
     eventually,
@@ -627,3 +629,23 @@ async def test_reload_with_a_new_endpoint_flushes_the_old_tracer(
         assert len(second.spans) == 2
     finally:
         await second.stop()
+
+
+async def test_gateway_process_exports_its_spans_on_sigterm(
+    gateway_process: Callable[..., Awaitable[GatewayProcess]],
+    servers: Servers,
+    receiver: OtlpReceiver,
+) -> None:
+    """``meshgate gateway`` (uvloop, signal handlers): spans queued at SIGTERM are
+    exported before the process exits 0."""
+    up = await servers("up")
+    cfg = config([up.port], [route_cfg()], tracing=tracing(receiver.endpoint, schedule_delay_s=60))
+    gp = await gateway_process(cfg, workers=1)
+    async with client() as c:
+        r = await c.get(url(gp.port, "/x"), headers={"traceparent": SAMPLED_PARENT})
+    assert r.status_code == 200
+    assert receiver.spans == []  # queued: the next scheduled export is a minute away
+    assert await gp.stop(signal.SIGTERM) == 0
+    server = server_span(receiver.of_trace(TRACE_ID))
+    assert [s.kind for s in receiver.children_of(server)] == [CLIENT]
+    assert server.resource["service.name"] == "edge-gw"
