@@ -504,6 +504,27 @@ async def test_tracestate_is_passed_on(
     assert by_path["/bad"].trace_state == ""
 
 
+async def test_client_trace_fields_are_replaced_not_duplicated(
+    gateways: Gateways, upstream: TestUpstream, receiver: OtlpReceiver
+) -> None:
+    gw = await gateways(config([upstream.port], [route_cfg()], tracing=tracing(receiver.endpoint)))
+    async with client() as c:
+        r = await c.get(
+            url(gw, "/headers"),
+            headers=[
+                ("traceparent", SAMPLED_PARENT),
+                ("tracestate", "rojo=1"),
+                ("tracestate", "congo=2"),
+            ],
+        )
+    assert r.status_code == 200
+    server = server_span(await trace_of(receiver, TRACE_ID, 2))
+    [attempt] = receiver.children_of(server)
+    seen = upstream.requests[0]
+    assert seen.header_all("traceparent") == [f"00-{TRACE_ID}-{attempt.span_id}-01"]
+    assert seen.header_all("tracestate") == ["rojo=1,congo=2"]
+
+
 # ==========================================================================
 # (g) receiver down, (h) flush on stop
 # ==========================================================================
