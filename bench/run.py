@@ -50,8 +50,9 @@ TARGETS = ("direct", "nginx", "bare", "meshgate")
 # denies (sliding window keyed by client ip), in process or in a Redis started here;
 # meshgate with a JWT-protected route (HS256, every request carries the same token);
 # meshgate with the access log on, written to a file in the bench's temporary directory
-# (metrics are always on).
-EXTRA_TARGETS = ("ratelimit", "ratelimit-redis", "jwt", "observe")
+# (metrics are always on); meshgate with tracing on (every request sampled, spans
+# exported to bench/otlp_sink.py started here).
+EXTRA_TARGETS = ("ratelimit", "ratelimit-redis", "jwt", "observe", "tracing")
 ALL_TARGETS = TARGETS + EXTRA_TARGETS
 JWT_SECRET = "bench-secret-of-at-least-32-bytes!!"
 # (numerator, denominator) pairs reported as ratios, e.g. meshgate/nginx: requests/s of
@@ -63,6 +64,7 @@ RATIOS = (
     ("ratelimit-redis", "meshgate"),
     ("jwt", "meshgate"),
     ("observe", "meshgate"),
+    ("tracing", "meshgate"),
 )
 PROC = Path("/proc")
 MAX_ERROR_RATE = 0.01
@@ -284,10 +286,12 @@ def meshgate_yaml(
     redis_port: int = 0,
     jwt: bool = False,
     access_log: Path | None = None,
+    otlp_port: int = 0,
 ) -> str:
     """The benchmarked gateway: one route to the upstream; ``limit``: local | redis | "";
     ``jwt``: the route requires a valid HS256 token; ``access_log``: file the access log
-    (all fields) is written to."""
+    (all fields) is written to; ``otlp_port``: tracing on (sample_rate 1), spans exported
+    to the OTLP sink on that port."""
     text = f"""\
 listener:
   host: 127.0.0.1
@@ -313,6 +317,9 @@ routes:
         text += f"rate_limit: {{redis: {{url: 'redis://127.0.0.1:{redis_port}/0'}}}}\n"
     if access_log is not None:
         text += f"access_log: {{enabled: true, path: '{access_log}'}}\n"
+    if otlp_port:
+        endpoint = f"http://127.0.0.1:{otlp_port}/v1/traces"
+        text += f"tracing: {{enabled: true, sample_rate: 1.0, endpoint: '{endpoint}'}}\n"
     if middleware == "none":
         text += "middleware: []\n"
     return text
@@ -603,6 +610,22 @@ def start_redis(ctx: Context) -> int:
     raise BenchError("redis-server did not start", tail(ctx.tmp / "redis.log"))
 
 
+def start_otlp_sink(ctx: Context) -> int:
+    """bench/otlp_sink.py on the load CPU for the tracing target; its port."""
+    port = free_port()
+    cmd = [*ctx.pinning.load, sys.executable, str(BENCH_DIR / "otlp_sink.py")]
+    cmd += ["--port", str(port)]
+    proc = ctx.procs.spawn("otlp-sink", cmd, log_path=ctx.tmp / "otlp-sink.log")
+    deadline = time.monotonic() + ctx.args.start_timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return port
+        if proc.popen.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise BenchError("the OTLP sink did not start", tail(ctx.tmp / "otlp-sink.log"))
+
+
 def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, int]:
     port = free_port()
     if target == "nginx":
@@ -617,6 +640,7 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
         redis_port = start_redis(ctx) if limit == "redis" else 0
         cfg = ctx.tmp / "gateway.yaml"
         access_log = ctx.tmp / "access.log" if target == "observe" else None
+        otlp_port = start_otlp_sink(ctx) if target == "tracing" else 0
         yaml_text = meshgate_yaml(
             port,
             upstream_port,
@@ -625,6 +649,7 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
             redis_port,
             jwt=target == "jwt",
             access_log=access_log,
+            otlp_port=otlp_port,
         )
         cfg.write_text(yaml_text)
         base, env = meshgate_command(ctx.args.meshgate_cmd)

@@ -33,7 +33,8 @@ _URL_WITH_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/@]*:[^/@]*@")
 
 def redact_config(config: GatewayConfig) -> dict[str, Any]:
     """The config as JSON-ready data with secrets replaced: JWT secrets, the admin
-    token, API key hashes and the password of any URL (e.g. the Redis URL)."""
+    token, API key hashes, the values of the trace exporter's headers and the password
+    of any URL (e.g. the Redis URL)."""
     data = config.model_dump(mode="json")
     out = _redact(data)
     assert isinstance(out, dict)
@@ -42,6 +43,9 @@ def redact_config(config: GatewayConfig) -> dict[str, Any]:
         for consumer in api_keys.get("consumers") or []:
             if isinstance(consumer, dict) and isinstance(consumer.get("keys"), list):
                 consumer["keys"] = [REDACTED for _ in consumer["keys"]]
+    tracing = out.get("tracing")
+    if isinstance(tracing, dict) and isinstance(tracing.get("headers"), dict):
+        tracing["headers"] = {name: REDACTED for name in tracing["headers"]}
     return out
 
 

@@ -33,6 +33,7 @@ from meshgate.config.security import (
     IpRulesConfig,
     RouteAuthConfig,
 )
+from meshgate.config.tracing import TracingConfig
 from meshgate.core.balancer import BALANCERS
 from meshgate.core.clientip import parse_networks
 from meshgate.core.fault import FaultPolicy
@@ -61,6 +62,7 @@ AccessLogField = Literal[
     "upstream",
     "upstream_ms",
     "attempts",
+    "trace_id",
 ]
 # Keys an access log line may have (access_log.fields), in the default order.
 ACCESS_LOG_FIELDS: tuple[AccessLogField, ...] = get_args(AccessLogField)
@@ -733,6 +735,7 @@ class GatewayConfig(_Model):
     compress: CompressConfig | None = Field(
         None, description="Response compression of routes without their own."
     )
+    tracing: TracingConfig = TracingConfig()
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
 

@@ -7,6 +7,8 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from meshgate.core.router import Match, MethodNotAllowed
 from meshgate.http.errors import HTTPError
@@ -15,6 +17,10 @@ from meshgate.observability.accesslog import AccessEntry, AccessLog, open_access
 from meshgate.observability.metrics import NO_ROUTE, RequestStats
 from meshgate.pipeline.context import RequestContext
 from meshgate.pipeline.runtime import CompiledRoute, Runtime
+
+if TYPE_CHECKING:
+    from meshgate.config.tracing import TracingConfig
+    from meshgate.observability.tracing import RequestTrace, Tracing
 
 log = logging.getLogger("meshgate.gateway")
 
@@ -27,6 +33,20 @@ def choose_request_id(request: Request) -> str:
     if given is not None and _VALID_REQUEST_ID.fullmatch(given):
         return given
     return new_request_id()
+
+
+def open_tracing(config: TracingConfig) -> Tracing | None:
+    """The running tracer provider and exporter, or None when tracing is off (the
+    OpenTelemetry SDK is only imported when it is on) or cannot start (logged)."""
+    if not config.enabled:
+        return None
+    try:
+        from meshgate.observability.tracing import Tracing
+
+        return Tracing(config)
+    except Exception:
+        log.exception("tracing not started; serving without it")
+        return None
 
 
 def _preflight_route(runtime: Runtime, request: Request) -> CompiledRoute | None:
@@ -52,6 +72,10 @@ class GatewayApp:
         self.stats = RequestStats()  # read by the admin listener's /metrics
         # Read by the server for every request: None = no access log.
         self.access_log: AccessLog | None = open_access_log(runtime.config.access_log)
+        # Read for every request: None = tracing off, and nothing per request for it.
+        self.tracing: Tracing | None = open_tracing(runtime.config.tracing)
+        # Tracers replaced by a reload, exporting their last spans (aclose waits).
+        self._closing_tracers: set[threading.Thread] = set()
 
     @property
     def runtime(self) -> Runtime:
@@ -60,21 +84,36 @@ class GatewayApp:
     @runtime.setter
     def runtime(self, runtime: Runtime) -> None:
         """Replaced whole on reload; a changed ``access_log`` section reopens the log
-        (the old writer finishes its queue in its own thread)."""
-        old_cfg = self._runtime.config.access_log
+        (the old writer finishes its queue in its own thread), a changed ``tracing``
+        section restarts tracing (the old provider exports its queue in its own thread;
+        requests in flight end their spans on it, and those are dropped)."""
+        old_config = self._runtime.config
         self._runtime = runtime
         new_cfg = runtime.config.access_log
-        if new_cfg != old_cfg:
+        if new_cfg != old_config.access_log:
             old, self.access_log = self.access_log, open_access_log(new_cfg)
             if old is not None:
                 closing = threading.Thread(target=old.close, name="meshgate-accesslog-close")
                 closing.start()
+        if runtime.config.tracing != old_config.tracing:
+            old_tracing, self.tracing = self.tracing, open_tracing(runtime.config.tracing)
+            if old_tracing is not None:
+                closing = threading.Thread(target=old_tracing.close, name="meshgate-tracing-close")
+                self._closing_tracers = {t for t in self._closing_tracers if t.is_alive()}
+                self._closing_tracers.add(closing)
+                closing.start()
 
     async def aclose(self) -> None:
-        """Flush and close the access log (the server calls it when it shuts down)."""
+        """Flush and close the access log and export the queued spans (the server calls
+        it when it shuts down; each waits a bounded time)."""
         alog, self.access_log = self.access_log, None
         if alog is not None:
             await asyncio.to_thread(alog.close)
+        tracing, self.tracing = self.tracing, None
+        if tracing is not None:
+            await asyncio.to_thread(tracing.close)
+        while self._closing_tracers:
+            await asyncio.to_thread(self._closing_tracers.pop().join)  # bounded by close
 
     def _preflight(self, runtime: Runtime, request: Request) -> Response | None:
         """Answer a CORS preflight without running the route's chain or the upstream
@@ -95,9 +134,38 @@ class GatewayApp:
             return error_response(403, "CORS preflight refused", choose_request_id(request))
         return Response(204, Headers(fields))
 
-    async def __call__(self, request: Request, entry: AccessEntry | None = None) -> Response:
+    def __call__(
+        self, request: Request, entry: AccessEntry | None = None
+    ) -> Coroutine[Any, Any, Response]:
         """Answer ``request``; with an access log ``entry``, leave the request's
-        context (or, without one, its route name and request id) on it."""
+        context (or, without one, its route name and request id) on it. With tracing
+        on, the answer runs inside the request's server span."""
+        tracing = self.tracing
+        if tracing is None:
+            return self._answer(request, entry, None)
+        return self._traced(tracing, request, entry)
+
+    async def _traced(
+        self, tracing: Tracing, request: Request, entry: AccessEntry | None
+    ) -> Response:
+        try:
+            trace = tracing.begin(request)
+        except Exception:  # tracing never fails a request
+            log.exception("trace not started for %s %s", request.method, request.path)
+            return await self._answer(request, entry, None)
+        if entry is not None:
+            entry.trace = trace
+        try:
+            resp = await self._answer(request, entry, trace)
+        except BaseException as exc:  # cancelled (client gone), or a bug the server answers
+            trace.abort(exc)
+            raise
+        trace.finish(resp.status)
+        return resp
+
+    async def _answer(
+        self, request: Request, entry: AccessEntry | None, trace: RequestTrace | None
+    ) -> Response:
         start = time.monotonic()
         runtime = self._runtime
         if request.method == "OPTIONS":
@@ -133,6 +201,9 @@ class GatewayApp:
         )
         if entry is not None:
             entry.ctx = ctx
+        if trace is not None:
+            ctx.trace = trace
+            trace.routed(route, ctx.request_id)
         try:
             await route.handler(ctx)
         except HTTPError as exc:  # e.g. BodyTooLarge from body.read_all(limit) in a plugin

@@ -39,6 +39,8 @@ _SKIP_REQUEST = HOP_BY_HOP | {
     "x-forwarded-proto",
     "x-forwarded-host",
 }
+# With tracing on, the proxy writes its own trace headers (see observability/tracing.py).
+_SKIP_TRACED = _SKIP_REQUEST | {"traceparent", "tracestate"}
 
 # ctx.state key marking a mirrored copy (its Host gets "-shadow", see pipeline/mirror.py).
 SHADOW = "meshgate.shadow"
@@ -67,13 +69,15 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
     assert route is not None
     removed = route.remove_request_headers
     preserve_host = route.preserve_host
+    trace = ctx.trace
+    skip = _SKIP_REQUEST if trace is None else _SKIP_TRACED
     kept: list[tuple[str, str]] = []
     forwarded_for = ""
     has_host = False
     for name, value in req.headers.raw():
         if name in removed:  # configured away (may include an untrusted x-forwarded-for)
             continue
-        if name in _SKIP_REQUEST or name.startswith("proxy-"):
+        if name in skip or name.startswith("proxy-"):
             if name == "x-forwarded-for":
                 forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
             continue
@@ -93,6 +97,10 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
     parts.append(f"x-forwarded-proto: {req.scheme}\r\n")  # one line per part: counted below
     if req.host:
         parts.append(f"x-forwarded-host: {req.host}\r\n")
+    if trace is not None:
+        parts.append(f"traceparent: {trace.upstream_traceparent}\r\n")
+        if trace.tracestate is not None:
+            parts.append(f"tracestate: {trace.tracestate}\r\n")
     body = req.body
     length = body.length
     has_body = length != 0
@@ -286,6 +294,7 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
     breaker = cluster.breaker
     hash_key = cluster.hash_key(req) if cluster.config.hash_key is not None else None
     tried: list[UpstreamHost] = []
+    trace = ctx.trace
     attempt = 0
     retries = 0  # retry slots taken (budget and limits), given back at the end
     try:
@@ -307,15 +316,21 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
             if attempt > 1 and replay is not None:
                 req.body = BytesBody(replay)
             ctx.attempts = attempt
+            if trace is not None:  # the attempt's span: parent-id of the upstream traceparent
+                trace.start_attempt(req, host, cluster.name, attempt)
             try:
                 failure = await _attempt(ctx, cluster, host, route.per_try_timeout_s)
-            except BaseException:  # cancelled (client gone): free a half-open probe slot
+            except BaseException as exc:  # cancelled (client gone): free a half-open probe slot
+                if trace is not None:
+                    trace.abort_attempt(exc)
                 if breaker is not None:
                     breaker.record_ignored(time.monotonic())
                 raise
             resp = ctx.response
             assert resp is not None
             status = resp.status
+            if trace is not None:
+                trace.end_attempt(status, failure, ctx.upstream_error)
             # Not the upstream's doing: local overflow, or a client-side error.
             local = failure is None and ctx.upstream_error is not None
             if not local:
