@@ -67,9 +67,7 @@ class Origin(ControlledUpstream):
         return Reply(200, headers=tuple(headers), body=b"" if seen.method == "HEAD" else body)
 
 
-def cache_config(
-    port: int, cache: dict[str, Any] | None = None, **route: Any
-) -> dict[str, Any]:
+def cache_config(port: int, cache: dict[str, Any] | None = None, **route: Any) -> dict[str, Any]:
     """A gateway config: every path cached by route 'cached' (retries off, so an
     upstream error is one request), forwarded to the origin on ``port``."""
     cfg: dict[str, Any] = {

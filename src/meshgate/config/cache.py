@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from meshgate.config.common import redis_url
 from meshgate.core.cache import CacheError, CachePolicy
@@ -73,6 +80,16 @@ class RouteCacheConfig(_Model):
     max_waiters: int = Field(
         1000, ge=0, description="Misses waiting per key; beyond it they go upstream themselves."
     )
+
+    @field_validator("methods", "statuses", "key_headers", "key_query")
+    @classmethod
+    def _valid_part(cls, v: list[str] | list[int] | None, info: ValidationInfo) -> object:
+        """Each list checked alone, so that a mistake is reported at its own key."""
+        try:
+            CachePolicy.build(**{info.field_name: v})  # type: ignore[arg-type]
+        except CacheError as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
     @model_validator(mode="after")
     def _valid_policy(self) -> RouteCacheConfig:
