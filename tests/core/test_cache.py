@@ -733,3 +733,18 @@ def test_servable_until_ends_with_the_last_window(cache_control: str, until: flo
     freshness = stored([("cache-control", cache_control)]).freshness
     assert freshness.servable_until() == until
     assert freshness.state(until) == "expired"
+
+
+def test_a_304_without_date_does_not_date_the_entry_back() -> None:
+    policy = CachePolicy.build()
+    old_date = http_date(DATE_NOW - 100)
+    fields = [("date", old_date), ("cache-control", "max-age=60"), ("etag", '"a"')]
+    entry = StoredResponse(200, tuple(fields), b"", policy.freshness(fields, NOW, DATE_NOW), "t")
+    assert entry.freshness.state(NOW) == "expired"  # 100 s old when received
+    later = NOW + 5
+    plain = entry.refreshed([("etag", '"a"')], policy, later, DATE_NOW + 5)
+    assert ("date", old_date) not in plain.headers
+    assert plain.freshness.state(later + 59) == "fresh"
+    dated = entry.refreshed([("date", http_date(DATE_NOW + 5))], policy, later, DATE_NOW + 5)
+    assert dated.headers[-1] == ("date", http_date(DATE_NOW + 5))
+    assert dated.freshness.state(later + 59) == "fresh"

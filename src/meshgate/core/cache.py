@@ -561,9 +561,11 @@ class StoredResponse:
     ) -> StoredResponse:
         """This response after a 304 revalidated it at `now`: the fields the 304
         carries replace the stored ones of the same names (RFC 9111 section 3.2,
-        framing fields excepted) and its freshness starts again from them."""
+        framing fields excepted) and its freshness starts again from them. The
+        stored `Date` goes when the 304 has none (it would date the response back
+        to its first fetch)."""
         fresh = stored_headers(not_modified_headers)
-        names = {n for n, _ in fresh}
+        names = {n for n, _ in fresh} | {"date"}
         headers = tuple(kv for kv in self.headers if kv[0] not in names) + fresh
         return StoredResponse(
             status=self.status,
