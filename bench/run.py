@@ -50,8 +50,9 @@ TARGETS = ("direct", "nginx", "bare", "meshgate")
 # denies (sliding window keyed by client ip), in process or in a Redis started here;
 # meshgate with a JWT-protected route (HS256, every request carries the same token);
 # meshgate with the access log on, written to a file in the bench's temporary directory
-# (metrics are always on).
-EXTRA_TARGETS = ("ratelimit", "ratelimit-redis", "jwt", "observe")
+# (metrics are always on); meshgate with the response cache on the route (memory store,
+# every request after the first a HIT), compared with the proxied route: expect >= 1.5x.
+EXTRA_TARGETS = ("ratelimit", "ratelimit-redis", "jwt", "observe", "cache")
 ALL_TARGETS = TARGETS + EXTRA_TARGETS
 JWT_SECRET = "bench-secret-of-at-least-32-bytes!!"
 # (numerator, denominator) pairs reported as ratios, e.g. meshgate/nginx: requests/s of
@@ -63,6 +64,7 @@ RATIOS = (
     ("ratelimit-redis", "meshgate"),
     ("jwt", "meshgate"),
     ("observe", "meshgate"),
+    ("cache", "meshgate"),
 )
 PROC = Path("/proc")
 MAX_ERROR_RATE = 0.01
@@ -284,10 +286,11 @@ def meshgate_yaml(
     redis_port: int = 0,
     jwt: bool = False,
     access_log: Path | None = None,
+    cache: bool = False,
 ) -> str:
     """The benchmarked gateway: one route to the upstream; ``limit``: local | redis | "";
     ``jwt``: the route requires a valid HS256 token; ``access_log``: file the access log
-    (all fields) is written to."""
+    (all fields) is written to; ``cache``: the route caches responses (memory store)."""
     text = f"""\
 listener:
   host: 127.0.0.1
@@ -306,6 +309,8 @@ routes:
     rate_limits:
       - {{name: bench, limit: 1000000000, window_s: 10, key: [ip], backend: {limit}}}
 """
+    if cache:
+        text += "    cache: {}\n"
     if jwt:
         text += "    auth: {required: true}\n"
         text += f"auth: {{jwt: [{{name: bench, algorithms: [HS256], secret: '{JWT_SECRET}'}}]}}\n"
@@ -625,6 +630,7 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
             redis_port,
             jwt=target == "jwt",
             access_log=access_log,
+            cache=target == "cache",
         )
         cfg.write_text(yaml_text)
         base, env = meshgate_command(ctx.args.meshgate_cmd)

@@ -6,12 +6,14 @@ Each snippet marks the line the problem must point at with a ``#<`` comment.
 
 from __future__ import annotations
 
+from pathlib import Path
 from textwrap import dedent, indent
 
 import pytest
 
 from meshgate.config.loader import ConfigError, parse_config
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HEAD = dedent(
     """\
     upstreams:
@@ -223,3 +225,13 @@ def test_redis_store_settings() -> None:
     assert redis is not None
     assert (redis.url, redis.timeout_s) == ("redis://h:1/2", 0.25)
     assert redis.key_prefix == "meshgate:cache"
+
+
+def test_the_config_of_docs_cache_md_parses() -> None:
+    text = (REPO_ROOT / "docs" / "cache.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    upstream = "upstreams:\n  - name: catalog\n    instances: [{host: 127.0.0.1, port: 9001}]\n"
+    config, _ = parse_config(upstream + block, "cache.md")
+    cache = config.routes[0].cache
+    assert cache is not None and cache == type(cache)()  # the documented values are the defaults
+    assert config.cache.redis is not None and config.cache.max_bytes == 64 * 1024 * 1024
