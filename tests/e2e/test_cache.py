@@ -323,7 +323,7 @@ async def test_request_no_cache_revalidates_a_fresh_entry(cached, origin, client
 
 async def test_concurrent_misses_cause_one_upstream_request(cached, origin, client):
     gw = await cached()
-    responses = await asyncio.gather(*(get(client, gw, "/sf?delay=0.5") for _ in range(50)))
+    responses = await asyncio.gather(*(get(client, gw, "/sf?delay=1") for _ in range(50)))
     assert origin.count_of("/sf") == 1
     assert {(r.status_code, r.text) for r in responses} == {(200, "/sf #1")}
     results = sorted(r.headers["x-cache"] for r in responses)
@@ -347,7 +347,7 @@ async def test_waiters_give_up_after_the_lock_timeout(cached, origin, client):
     r = await get(client, gw, "/lt?delay=0")  # another key: not waiting
     assert r.headers["x-cache"] == "MISS"
     second = await get(client, gw, "/lt?delay=1.5")
-    assert time.monotonic() - start < 2.5  # waited 0.2 s, then its own 1.5 s request
+    assert time.monotonic() - start < 3  # waited 0.2 s, then its own 1.5 s request
     assert second.headers["x-cache"] == "MISS"
     assert (await slow).headers["x-cache"] == "MISS"
     assert origin.count_of("/lt") == 3
@@ -356,7 +356,7 @@ async def test_waiters_give_up_after_the_lock_timeout(cached, origin, client):
 async def test_an_upstream_error_is_not_cached_and_releases_the_waiters(cached, origin, client):
     gw = await cached()
     responses = await asyncio.gather(
-        *(get(client, gw, "/err?status=503&delay=0.3") for _ in range(10))
+        *(get(client, gw, "/err?status=503&delay=0.5") for _ in range(10))
     )
     assert [r.status_code for r in responses] == [503] * 10
     assert {r.headers["x-cache"] for r in responses} == {"MISS"}
@@ -406,16 +406,16 @@ def _failing(origin: Origin) -> Any:
 
 async def test_stale_while_revalidate_answers_at_once_and_refreshes(cached, origin, client):
     gw = await cached()
-    path = "/swr?cc=max-age%3D1%2C%20stale-while-revalidate%3D30&delay=0"
+    path = "/swr?cc=max-age%3D1%2C%20stale-while-revalidate%3D30"
     await get(client, gw, path)
     await asyncio.sleep(1.1)
-    origin.behave = _slow(origin, 0.5)
+    origin.behave = _slow(origin, 2)
     start = time.monotonic()
     r = await get(client, gw, path)
     assert (r.text, r.headers["x-cache"]) == ("/swr #1", "STALE")
-    assert time.monotonic() - start < 0.4  # not waiting for the refresh
+    assert time.monotonic() - start < 1.5  # not waiting for the refresh
     await eventually(lambda: origin.count_of("/swr") == 2)
-    await eventually(lambda: not gw.runtime.routes[0].cache.tasks)
+    await eventually(lambda: not gw.runtime.routes[0].cache.tasks, wait_s=6)
     fresh = await get(client, gw, path)
     assert (fresh.text, fresh.headers["x-cache"]) == ("/swr #2", "HIT")
     assert origin.count_of("/swr") == 2
