@@ -15,6 +15,7 @@ from meshgate.http.messages import Body, Response
 from meshgate.io.cache_redis import CacheUnavailable
 from meshgate.pipeline.cache import CacheStage, MemoryCacheStore, purge
 from meshgate.pipeline.context import Next, RequestContext
+from meshgate.pipeline.runtime import build_runtime
 from meshgate.testing import FakeClock, make_context, run_middleware
 
 
@@ -254,3 +255,74 @@ async def test_edits_outside_the_stage_do_not_reach_the_stored_entry() -> None:
     assert ctx.response.headers["x-cache"] == "HIT"
     entry = await cache.store.get(cache.policy.key("GET", "gateway.test", "/e", "", []))
     assert entry is not None and ("content-type", "text/plain") in entry.headers  # type: ignore[union-attr]
+
+
+async def test_stage_order_on_a_cached_route() -> None:
+    config, doc = parse_config(
+        """\
+upstreams:
+  - name: a
+    instances: [{host: 127.0.0.1, port: 9001}]
+routes:
+  - name: all
+    path: /*
+    upstream: a
+    rate_limits: [{limit: 10, window_s: 1}]
+    fault: {header_trigger: true}
+    request_headers: {set: {x-a: "1"}}
+    response_headers: {set: {x-b: "2"}}
+    rewrite: {strip_prefix: /x}
+    cache: {}
+  - name: plain
+    path: /p
+    upstream: a
+    response_headers: {set: {x-b: "2"}}
+""",
+        "gw.yaml",
+    )
+    runtime = build_runtime(config, doc)
+    try:
+        cached, plain = runtime.routes
+        assert cached.stage_names == (
+            "rate_limit",
+            "fault",
+            "response_headers",
+            "cache",
+            "request_headers",
+            "rewrite",
+            "proxy",
+        )
+        assert plain.stage_names == ("response_headers", "proxy")
+        assert cached.cache is not None and cached.cache.inner is not None
+        assert runtime.cache_store is not None and runtime.cache_owned
+    finally:
+        await runtime.aclose()
+
+
+async def test_a_reload_keeps_the_store_while_the_cache_section_is_unchanged() -> None:
+    text = """\
+upstreams:
+  - name: a
+    instances: [{host: 127.0.0.1, port: 9001}]
+routes:
+  - {path: /*, upstream: a, cache: {}}
+"""
+    first = build_runtime(parse_config(text, "gw.yaml")[0])
+    same = build_runtime(parse_config(text, "gw.yaml")[0], previous=first)
+    assert same.cache_store is first.cache_store
+    assert (first.cache_owned, same.cache_owned) == (True, False)
+    same.take_over(first)
+    assert (first.cache_owned, same.cache_owned) == (False, True)
+    await first.aclose()  # not its store any more
+    resized = build_runtime(
+        parse_config(text + "cache: {max_bytes: 1000}\n", "gw.yaml")[0], previous=same
+    )
+    assert resized.cache_store is not same.cache_store
+    assert resized.cache_store.lru.max_bytes == 1000  # type: ignore[union-attr]
+    none = build_runtime(
+        parse_config(text.replace(", cache: {}", ""), "gw.yaml")[0], previous=resized
+    )
+    assert none.cache_store is None
+    for runtime in (same, resized, none):
+        await runtime.aclose()
+    assert not (same.cache_owned or resized.cache_owned)

@@ -347,7 +347,8 @@ class CacheStage:
             if self._fills.get(key) is future:
                 del self._fills[key]
                 self.flights.end(key)
-            if not future.done():
+            # (also called from a body's __del__, possibly after its loop closed)
+            if not future.done() and not future.get_loop().is_closed():
                 future.set_result(result)
 
         return release
