@@ -141,3 +141,15 @@ async def test_stale_entries_and_revalidation_through_redis(gateway: Gateway, or
         assert (r.headers["x-cache"], r.text) == ("REVALIDATED", "/rv #1")
         assert (await client.get(url(gateway, path))).headers["x-cache"] == "HIT"
     assert origin.count_of("/rv") == 2
+
+
+async def test_concurrent_misses_cause_one_upstream_request_with_redis(
+    gateway: Gateway, origin: Origin
+):
+    async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=50)) as client:
+        responses = await asyncio.gather(
+            *(client.get(url(gateway, "/sf?delay=1")) for _ in range(50))
+        )
+    assert {(r.status_code, r.text) for r in responses} == {(200, "/sf #1")}
+    assert sorted(r.headers["x-cache"] for r in responses) == ["HIT"] * 49 + ["MISS"]
+    assert origin.count_of("/sf") == 1
