@@ -17,6 +17,7 @@ from meshgate.io.ratelimit_redis import make_client
 from tests.redis_server import RedisServer, redis_server_fixture
 
 shared_redis = redis_server_fixture("shared_redis", scope="module")
+HUNG = r"no answer within 0\.3 s|purge failed: TimeoutError"  # asyncio's or the socket's
 redis_server = redis_server_fixture()
 
 
@@ -59,7 +60,7 @@ async def test_unreadable_values_are_misses(store: RedisCacheStore) -> None:
     assert await store.get("junk") is None
 
 
-async def test_delete_and_purge_prefix(store: RedisCacheStore) -> None:
+async def test_purge_prefix(store: RedisCacheStore) -> None:
     keys = ["h/a\nGET", "h/a?x=1\nGET", "h/ab\nGET", "h/[x]*?\\\nGET", "h/[x]y\nGET", "g/a\nGET"]
     for key in keys:
         await store.put(key, entry(), keep_s=60)
@@ -68,12 +69,11 @@ async def test_delete_and_purge_prefix(store: RedisCacheStore) -> None:
     for i in range(2500):
         pipe.set(f"{store.key_prefix}h/many/{i}\nGET", b"x", px=60_000)
     await pipe.execute()
-    assert await store.delete("g/a\nGET") == 1
-    assert await store.delete("g/a\nGET") == 0
     assert await store.purge_prefix("h/many/") == 2500
     assert await store.purge_prefix("h/[x]*") == 1  # taken literally, not as a pattern
     assert await store.purge_prefix("h/a\n") == 1
     assert await store.purge_prefix("h/") == 3
+    assert await store.purge_prefix("g/") == 1
     assert [k async for k in store.client.scan_iter(match=store.key_prefix + "*")] == []
 
 
@@ -90,9 +90,9 @@ async def test_failures_are_cache_unavailable(redis_server: RedisServer) -> None
             for op in (
                 store.get("k"),
                 store.put("k", entry(), keep_s=10),
-                store.delete("k"),
+                store.purge_prefix("k"),
             ):
-                with pytest.raises(CacheUnavailable, match=r"no answer within 0\.3 s"):
+                with pytest.raises(CacheUnavailable, match=HUNG):
                     await op
             assert time.monotonic() - start < 3
         redis_server.kill()

@@ -76,16 +76,6 @@ class RedisCacheStore:
             raise CacheUnavailable(f"redis SET failed: {type(exc).__name__}: {exc}") from exc
         return True
 
-    async def delete(self, key: str) -> int:
-        """Remove the entry of ``key``; how many were removed (0 or 1)."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return int(await self.client.unlink(self.key_prefix + key))
-        except TimeoutError as exc:
-            raise CacheUnavailable(f"redis UNLINK: no answer within {self.timeout_s} s") from exc
-        except (RedisError, OSError) as exc:
-            raise CacheUnavailable(f"redis UNLINK failed: {type(exc).__name__}: {exc}") from exc
-
     async def purge_prefix(self, prefix: str) -> int:
         """Remove every entry whose key starts with ``prefix``; how many were removed."""
         pattern = glob_escape(self.key_prefix + prefix) + "*"

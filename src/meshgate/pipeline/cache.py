@@ -86,8 +86,6 @@ class CacheStore(Protocol):
 
     async def put(self, key: str, entry: Entry, keep_s: float) -> bool: ...
 
-    async def delete(self, key: str) -> int: ...
-
     async def purge_prefix(self, prefix: str) -> int: ...
 
     async def aclose(self) -> None: ...
@@ -107,9 +105,6 @@ class MemoryCacheStore:
     async def put(self, key: str, entry: Entry, keep_s: float) -> bool:
         """Store ``entry`` (``keep_s`` is not needed: expired entries are just stale)."""
         return self.lru.put(key, entry.size, entry)
-
-    async def delete(self, key: str) -> int:
-        return int(self.lru.delete(key))
 
     async def purge_prefix(self, prefix: str) -> int:
         return self.lru.purge_prefix(prefix)
