@@ -7,9 +7,12 @@ may be stored (`storable`) and how long it stays fresh (`freshness`, RFC 9111
 with the stale-while-revalidate / stale-if-error extensions of RFC 5861).
 `not_modified` answers a client's conditional request from a stored entry and
 `revalidation_headers` makes the conditional request that revalidates one with
-the upstream. `LruBytes` stores entries in memory within a byte budget and
-`SingleFlight` keeps the books of the fills in progress, so that concurrent
-misses for one key cause one upstream request.
+the upstream. A stored response is a `StoredResponse` (a `VaryIndex` under
+the key of a response with `Vary`), `refreshed` by a 304, and turned into
+bytes for a shared store by `encode_entry` / `decode_entry`. `LruBytes` stores
+entries in memory within a byte budget and `SingleFlight` keeps the books of
+the fills in progress, so that concurrent misses for one key cause one
+upstream request.
 
 Header fields are `(name, value)` pairs; names are compared case-insensitively.
 Two clocks are injected: `now` is any clock that does not go backwards (the
