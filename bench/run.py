@@ -51,8 +51,9 @@ TARGETS = ("direct", "nginx", "bare", "meshgate")
 # meshgate with a JWT-protected route (HS256, every request carries the same token);
 # meshgate with the access log on, written to a file in the bench's temporary directory
 # (metrics are always on); meshgate with tracing on (every request sampled, spans
-# exported to bench/otlp_sink.py started here).
-EXTRA_TARGETS = ("ratelimit", "ratelimit-redis", "jwt", "observe", "tracing")
+# exported to bench/otlp_sink.py started here); meshgate with the response cache on the
+# route (memory store, every request after the first a HIT): expect >= 1.5x.
+EXTRA_TARGETS = ("ratelimit", "ratelimit-redis", "jwt", "observe", "tracing", "cache")
 ALL_TARGETS = TARGETS + EXTRA_TARGETS
 JWT_SECRET = "bench-secret-of-at-least-32-bytes!!"
 # (numerator, denominator) pairs reported as ratios, e.g. meshgate/nginx: requests/s of
@@ -65,6 +66,7 @@ RATIOS = (
     ("jwt", "meshgate"),
     ("observe", "meshgate"),
     ("tracing", "meshgate"),
+    ("cache", "meshgate"),
 )
 PROC = Path("/proc")
 MAX_ERROR_RATE = 0.01
@@ -287,11 +289,12 @@ def meshgate_yaml(
     jwt: bool = False,
     access_log: Path | None = None,
     otlp_port: int = 0,
+    cache: bool = False,
 ) -> str:
     """The benchmarked gateway: one route to the upstream; ``limit``: local | redis | "";
     ``jwt``: the route requires a valid HS256 token; ``access_log``: file the access log
     (all fields) is written to; ``otlp_port``: tracing on (sample_rate 1), spans exported
-    to the OTLP sink on that port."""
+    to the OTLP sink on that port; ``cache``: the route caches responses (memory store)."""
     text = f"""\
 listener:
   host: 127.0.0.1
@@ -310,6 +313,8 @@ routes:
     rate_limits:
       - {{name: bench, limit: 1000000000, window_s: 10, key: [ip], backend: {limit}}}
 """
+    if cache:
+        text += "    cache: {}\n"
     if jwt:
         text += "    auth: {required: true}\n"
         text += f"auth: {{jwt: [{{name: bench, algorithms: [HS256], secret: '{JWT_SECRET}'}}]}}\n"
@@ -650,6 +655,7 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
             jwt=target == "jwt",
             access_log=access_log,
             otlp_port=otlp_port,
+            cache=target == "cache",
         )
         cfg.write_text(yaml_text)
         base, env = meshgate_command(ctx.args.meshgate_cmd)

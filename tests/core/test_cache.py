@@ -18,9 +18,14 @@ from meshgate.core.cache import (
     Headers,
     LruBytes,
     SingleFlight,
+    StoredResponse,
+    VaryIndex,
+    decode_entry,
+    encode_entry,
     not_modified,
     parse_cache_control,
     revalidation_headers,
+    stored_headers,
     vary_key,
 )
 
@@ -508,6 +513,19 @@ def test_lru_evicts_least_recently_used_until_it_fits() -> None:
     assert (store.bytes_used, len(store)) == (8, 2)
     assert store.put("d", 10, "D")
     assert (store.bytes_used, len(store), store.get("d")) == (10, 1, "D")
+    assert store.evictions == 3  # b for c, then a and c for d
+
+
+def test_lru_evictions_do_not_count_replaced_deleted_or_purged_entries() -> None:
+    store: LruBytes[int] = LruBytes(10)
+    store.put("a", 5, 1)
+    store.put("a", 6, 2)
+    store.put("b", 4, 3)
+    store.delete("b")
+    store.put("c", 1, 4)
+    store.purge_prefix("c")
+    assert not store.put("d", 11, 5)
+    assert store.evictions == 0
 
 
 def test_lru_replacing_a_key_recounts_its_size() -> None:
@@ -622,3 +640,111 @@ def test_single_flight_with_no_waiters_allowed() -> None:
     flights = SingleFlight(max_waiters=0)
     assert flights.begin("k")
     assert not flights.join("k")
+
+
+# --------------------------------------------------------------------------- stored entries
+
+
+def stored(headers: Headers, body: bytes = b"body", status: int = 200) -> StoredResponse:
+    policy = CachePolicy.build()
+    fields = stored_headers(headers)
+    return StoredResponse(status, fields, body, policy.freshness(fields, NOW, DATE_NOW), "r@1")
+
+
+def test_stored_headers_drop_framing_age_and_x_cache() -> None:
+    fields = [
+        ("Content-Type", "text/plain"),
+        ("Content-Length", "4"),
+        ("Transfer-Encoding", "chunked"),
+        ("Age", "3"),
+        ("X-Cache", "MISS"),
+        ("ETag", '"a"'),
+    ]
+    assert stored_headers(fields) == (("content-type", "text/plain"), ("etag", '"a"'))
+
+
+def test_entry_validators_and_size() -> None:
+    entry = stored([("etag", '"a"'), ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")])
+    assert (entry.etag, entry.last_modified) == ('"a"', "Mon, 01 Jan 2024 00:00:00 GMT")
+    assert entry.size == 4 + len("etag") + 3 + len("last-modified") + 29 + 256
+    assert stored([]).etag is None
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        stored([("cache-control", "max-age=5, stale-if-error=9"), ("vary", "accept")], b"\x00\xff"),
+        stored([("x-latin", "caf\xe9")], b"", 404),
+        stored([("cache-control", "no-cache")]),
+        VaryIndex(("Accept-Encoding", "x-a, x-b"), "route@abc"),
+    ],
+)
+def test_entries_survive_encoding(entry: StoredResponse | VaryIndex) -> None:
+    assert decode_entry(encode_entry(entry)) == entry
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"MGC1",
+        b"XXXX\x00\x00\x00\x02{}",
+        b"MGC1\x00\x00\x00\x02{}",
+        b"MGC1\x00\x00\x00\x05[1,2]",
+    ],
+)
+def test_malformed_entries_are_refused(data: bytes) -> None:
+    with pytest.raises(CacheError):
+        decode_entry(data)
+
+
+def test_a_304_refreshes_headers_and_freshness() -> None:
+    policy = CachePolicy.build()
+    entry = stored([("cache-control", "max-age=10"), ("etag", '"a"'), ("x-kept", "1")])
+    assert entry.freshness.state(NOW + 11) == "expired"
+    later = NOW + 20
+    refreshed = entry.refreshed(
+        [("Cache-Control", "max-age=60"), ("ETag", '"a"'), ("Content-Length", "0")],
+        policy,
+        later,
+        DATE_NOW + 20,
+    )
+    assert refreshed.headers == (
+        ("x-kept", "1"),
+        ("cache-control", "max-age=60"),
+        ("etag", '"a"'),
+    )
+    assert (refreshed.body, refreshed.status, refreshed.tag) == (b"body", 200, "r@1")
+    assert refreshed.freshness.state(later + 59) == "fresh"
+    assert refreshed.freshness.state(later + 60) == "expired"
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "until"),
+    [
+        ("max-age=10", NOW + 10),
+        ("max-age=10, stale-while-revalidate=5, stale-if-error=20", NOW + 30),
+        ("max-age=10, stale-while-revalidate=50, stale-if-error=20", NOW + 60),
+        ("max-age=10, must-revalidate, stale-if-error=20", NOW + 10),
+        ("no-cache, stale-if-error=20", NOW),
+    ],
+)
+def test_servable_until_ends_with_the_last_window(cache_control: str, until: float) -> None:
+    freshness = stored([("cache-control", cache_control)]).freshness
+    assert freshness.servable_until() == until
+    assert freshness.state(until) == "expired"
+
+
+def test_a_304_without_date_does_not_date_the_entry_back() -> None:
+    policy = CachePolicy.build()
+    old_date = http_date(DATE_NOW - 100)
+    fields = [("date", old_date), ("cache-control", "max-age=60"), ("etag", '"a"')]
+    entry = StoredResponse(200, tuple(fields), b"", policy.freshness(fields, NOW, DATE_NOW), "t")
+    assert entry.freshness.state(NOW) == "expired"  # 100 s old when received
+    later = NOW + 5
+    plain = entry.refreshed([("etag", '"a"')], policy, later, DATE_NOW + 5)
+    assert ("date", old_date) not in plain.headers
+    assert plain.freshness.state(later + 59) == "fresh"
+    dated = entry.refreshed([("date", http_date(DATE_NOW + 5))], policy, later, DATE_NOW + 5)
+    assert dated.headers[-1] == ("date", http_date(DATE_NOW + 5))
+    assert dated.freshness.state(later + 59) == "fresh"

@@ -1,13 +1,14 @@
 """The admin API: a small JSON app served on its own listener (see docs/admin.md).
 
 Read-only views of the running gateway (config, routes, upstreams, breakers,
-rate limits, Prometheus metrics) plus two operations: ``POST /reload`` and
-``POST /drain``. It never runs on the data port.
+rate limits, Prometheus metrics) plus three operations: ``POST /reload``,
+``POST /drain`` and ``POST /cache/purge``. It never runs on the data port.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -18,8 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshgate.config.loader import ConfigError
 from meshgate.config.models import GatewayConfig
+from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Request, Response
+from meshgate.io.cache_redis import CacheUnavailable
 from meshgate.observability.metrics import GatewayCollector, make_registry
+from meshgate.pipeline.cache import purge
 
 if TYPE_CHECKING:
     from meshgate.gateway import Gateway
@@ -29,6 +33,7 @@ log = logging.getLogger("meshgate.admin")
 REDACTED = "[redacted]"
 _SECRET_KEYS = frozenset({"secret", "token", "password"})
 _URL_WITH_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/@]*:[^/@]*@")
+MAX_PURGE_BODY_BYTES = 16 * 1024
 
 
 def redact_config(config: GatewayConfig) -> dict[str, Any]:
@@ -101,6 +106,7 @@ class AdminApp:
             "/ratelimits": {"GET": self.ratelimits},
             "/reload": {"POST": self.reload},
             "/drain": {"POST": self.drain},
+            "/cache/purge": {"POST": self.cache_purge},
         }
 
     async def __call__(self, request: Request) -> Response:
@@ -249,3 +255,32 @@ class AdminApp:
     async def drain(self, _request: Request) -> Response:
         self.gateway.start_drain()
         return Response.json(200, {"status": "draining"})
+
+    async def cache_purge(self, request: Request) -> Response:
+        """Remove cached responses: ``{"key": "host/path?query"}`` (every method and
+        variant of that URL) or ``{"prefix": "host/path"}``; answers ``{"purged": n}``."""
+        store = self.gateway.runtime.cache_store
+        if store is None:
+            return Response.json(409, {"error": "no route has a cache"})
+        try:
+            data = json.loads(await request.body.read_all(MAX_PURGE_BODY_BYTES))
+        except HTTPError as exc:
+            return Response.json(exc.status, {"error": exc.detail})
+        except ValueError:
+            return Response.json(400, {"error": "body must be JSON"})
+        if not isinstance(data, dict):
+            return Response.json(400, {"error": "body must be a JSON object"})
+        given = [k for k in ("key", "prefix") if k in data]
+        if len(given) != 1 or len(data) != 1:
+            return Response.json(400, {"error": 'give one of "key" or "prefix", alone'})
+        what = given[0]
+        value = data[what]
+        if not isinstance(value, str) or not value:
+            return Response.json(400, {"error": f'"{what}" must be a non-empty string'})
+        try:
+            purged = await purge(store, **{what: value})
+        except CacheUnavailable as exc:
+            log.warning("cache purge failed: %s", exc)
+            return Response.json(503, {"error": f"cache store unavailable: {exc}"})
+        log.info("cache purge of %s %r: %d entries", what, value, purged)
+        return Response.json(200, {"purged": purged})

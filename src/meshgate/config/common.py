@@ -13,3 +13,10 @@ def token(value: str, what: str) -> str:
     if not TOKEN.match(value):
         raise ValueError(f"{value!r} is not a valid {what}")
     return value
+
+
+def redis_url(value: str) -> str:
+    """``value`` when it is a Redis URL; else a ValueError saying what is accepted."""
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"redis url {value!r} must start with redis://, rediss:// or unix://")
+    return value

@@ -14,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from meshgate.config.cache import CacheConfig, RouteCacheConfig
 from meshgate.config.common import TOKEN, token
 from meshgate.config.compress import CompressConfig
 from meshgate.config.discovery import DiscoveryConfig, HashKeyConfig, HealthCheckConfig
@@ -498,6 +499,9 @@ class RouteConfig(_Model):
     request_headers: HeaderTransformConfig | None = None
     response_headers: HeaderTransformConfig | None = None
     fault: FaultConfig | None = None
+    cache: RouteCacheConfig | None = Field(
+        None, description="Response cache of this route (docs/cache.md); {} = the defaults."
+    )
     rate_limits: list[LimitConfig] = Field(
         default_factory=list,
         description="This route's limits, checked after the top-level rate_limit.limits.",
@@ -570,7 +574,7 @@ class RouteConfig(_Model):
         if self.redirect is not None:
             extra = [
                 f
-                for f in ("mirror", "rewrite", "request_headers", "sticky")
+                for f in ("mirror", "rewrite", "request_headers", "sticky", "cache")
                 if getattr(self, f) is not None
             ]
             if extra:
@@ -729,6 +733,10 @@ class GatewayConfig(_Model):
         "X-Forwarded-For believed (client ip for rate limits and IP rules).",
     )
     rate_limit: RateLimitConfig = RateLimitConfig()
+    cache: CacheConfig = Field(
+        default_factory=CacheConfig,
+        description="Where routes with `cache` keep responses (docs/cache.md).",
+    )
     auth: AuthConfig = AuthConfig()
     cors: CorsConfig | None = Field(None, description="CORS policy of routes without their own.")
     ip_rules: IpRulesConfig | None = Field(None, description="Client addresses for every route.")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from meshgate.config.common import TOKEN
+from meshgate.config.common import TOKEN, redis_url
 
 # Key parts: a plain name, or "kind:name".
 KEY_PARTS = ("ip", "route", "method", "path", "consumer", "source")
@@ -110,12 +110,7 @@ class RedisConfig(_Model):
         True, description="Redis down or slow: let requests through (false: answer 503)."
     )
 
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis url {v!r} must start with redis://, rediss:// or unix://")
-        return v
+    _url = field_validator("url")(redis_url)
 
 
 class RateLimitConfig(_Model):

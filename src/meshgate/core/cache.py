@@ -7,9 +7,12 @@ may be stored (`storable`) and how long it stays fresh (`freshness`, RFC 9111
 with the stale-while-revalidate / stale-if-error extensions of RFC 5861).
 `not_modified` answers a client's conditional request from a stored entry and
 `revalidation_headers` makes the conditional request that revalidates one with
-the upstream. `LruBytes` stores entries in memory within a byte budget and
-`SingleFlight` keeps the books of the fills in progress, so that concurrent
-misses for one key cause one upstream request.
+the upstream. A stored response is a `StoredResponse` (a `VaryIndex` under
+the key of a response with `Vary`), `refreshed` by a 304, and turned into
+bytes for a shared store by `encode_entry` / `decode_entry`. `LruBytes` stores
+entries in memory within a byte budget and `SingleFlight` keeps the books of
+the fills in progress, so that concurrent misses for one key cause one
+upstream request.
 
 Header fields are `(name, value)` pairs; names are compared case-insensitively.
 Two clocks are injected: `now` is any clock that does not go backwards (the
@@ -19,6 +22,7 @@ same instant, compared with the HTTP dates of `Date` and `Expires`.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import OrderedDict
@@ -189,6 +193,14 @@ class Freshness:
     def age(self, now: float) -> int:
         """The value of the `Age` field at `now`: whole seconds, never negative."""
         return max(0, math.floor(now - self.stored_at))
+
+    def servable_until(self) -> float:
+        """The clock reading from which the entry is "expired" (only revalidation
+        can make it servable again)."""
+        end = self.stored_at + self.lifetime_s
+        if self.must_revalidate:
+            return end
+        return end + max(self.stale_while_revalidate_s, self.stale_if_error_s)
 
 
 class CachePolicy:
@@ -498,22 +510,162 @@ def revalidation_headers(etag: str | None, last_modified: str | None) -> list[tu
     return fields
 
 
+# Separates a key from the variant lines of a response with `Vary`: the key's own
+# entry is then a `VaryIndex`, each variant's response is at key + this + `vary_key`.
+VARIANT_SEPARATOR = "\n~vary\n"
+
+# Fields never stored: framing (recomputed from the stored body), Age (recomputed
+# when served) and the cache's own status field.
+_NOT_STORED = frozenset({"age", "content-length", "transfer-encoding", "x-cache"})
+
+# Bytes counted per stored entry besides its body and header text (LruBytes budget).
+ENTRY_OVERHEAD_BYTES = 256
+
+_MAGIC = b"MGC1"
+
+
+def stored_headers(headers: Headers) -> tuple[tuple[str, str], ...]:
+    """The fields of a response that are stored with it, names lower-cased."""
+    return tuple((n.lower(), v) for n, v in headers if n.lower() not in _NOT_STORED)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response in the cache.
+
+    `headers`: as `stored_headers` keeps them. `tag`: names the route config that
+    stored it (a lookup by another config ignores it, so a changed route starts
+    empty). `vary`: the response's `Vary` field values (empty without).
+    """
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    freshness: Freshness
+    tag: str
+    vary: tuple[str, ...] = ()
+
+    @property
+    def etag(self) -> str | None:
+        return _first(self.headers, "etag")
+
+    @property
+    def last_modified(self) -> str | None:
+        return _first(self.headers, "last-modified")
+
+    @property
+    def size(self) -> int:
+        """The bytes it is counted as in a byte budget."""
+        fields = sum(len(n) + len(v) for n, v in self.headers)
+        return len(self.body) + fields + ENTRY_OVERHEAD_BYTES
+
+    def refreshed(
+        self, not_modified_headers: Headers, policy: CachePolicy, now: float, date_now: float
+    ) -> StoredResponse:
+        """This response after a 304 revalidated it at `now`: the fields the 304
+        carries replace the stored ones of the same names (RFC 9111 section 3.2,
+        framing fields excepted) and its freshness starts again from them. The
+        stored `Date` goes when the 304 has none (it would date the response back
+        to its first fetch)."""
+        fresh = stored_headers(not_modified_headers)
+        names = {n for n, _ in fresh} | {"date"}
+        headers = tuple(kv for kv in self.headers if kv[0] not in names) + fresh
+        return StoredResponse(
+            status=self.status,
+            headers=headers,
+            body=self.body,
+            freshness=policy.freshness(headers, now, date_now),
+            tag=self.tag,
+            vary=tuple(_values(headers, "vary")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VaryIndex:
+    """Stored under a key whose response has `Vary`: the variant of a request is
+    at key + `VARIANT_SEPARATOR` + `vary_key(vary, request headers)`."""
+
+    vary: tuple[str, ...]
+    tag: str
+
+    @property
+    def size(self) -> int:
+        return sum(len(v) for v in self.vary) + len(self.tag) + ENTRY_OVERHEAD_BYTES
+
+
+Entry = StoredResponse | VaryIndex
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """`entry` as bytes (for a shared store): a magic, a length-prefixed JSON head,
+    then the body as is. `decode_entry` reverses it."""
+    meta: dict[str, object]
+    body = b""
+    if isinstance(entry, VaryIndex):
+        meta = {"kind": "vary", "vary": list(entry.vary), "tag": entry.tag}
+    else:
+        f = entry.freshness
+        meta = {
+            "kind": "response",
+            "status": entry.status,
+            "headers": [list(kv) for kv in entry.headers],
+            "freshness": [
+                f.stored_at,
+                f.lifetime_s,
+                f.stale_while_revalidate_s,
+                f.stale_if_error_s,
+                f.must_revalidate,
+            ],
+            "tag": entry.tag,
+            "vary": list(entry.vary),
+        }
+        body = entry.body
+    head = json.dumps(meta, separators=(",", ":")).encode()
+    return _MAGIC + len(head).to_bytes(4, "big") + head + body
+
+
+def decode_entry(data: bytes) -> Entry:
+    """The entry `encode_entry` made `data` from; CacheError when `data` is not one."""
+    if data[:4] != _MAGIC or len(data) < 8:
+        raise CacheError("not a stored cache entry")
+    size = int.from_bytes(data[4:8], "big")
+    try:
+        meta = json.loads(data[8 : 8 + size])
+        if meta["kind"] == "vary":
+            return VaryIndex(tuple(str(v) for v in meta["vary"]), str(meta["tag"]))
+        stored_at, lifetime, swr, sie, must = meta["freshness"]
+        return StoredResponse(
+            status=int(meta["status"]),
+            headers=tuple((str(n), str(v)) for n, v in meta["headers"]),
+            body=data[8 + size :],
+            freshness=Freshness(
+                float(stored_at), float(lifetime), float(swr), float(sie), bool(must)
+            ),
+            tag=str(meta["tag"]),
+            vary=tuple(str(v) for v in meta["vary"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"malformed stored cache entry: {exc}") from None
+
+
 class LruBytes(Generic[V]):
     """An in-memory store of values by key, within `max_bytes` in total.
 
     The caller gives each entry's size (body plus headers, as it counts them).
     Storing evicts least recently used entries until the total fits; `get`
     makes an entry the most recently used. `bytes_used` is always the sum of
-    the sizes of the entries present.
+    the sizes of the entries present; `evictions` counts the entries dropped
+    to make room (not those replaced, deleted or purged).
     """
 
-    __slots__ = ("_bytes_used", "_entries", "max_bytes")
+    __slots__ = ("_bytes_used", "_entries", "evictions", "max_bytes")
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise CacheError(f"max_bytes must be an integer >= 1, got {max_bytes!r}")
         self.max_bytes = max_bytes
         self._bytes_used = 0
+        self.evictions = 0
         self._entries: OrderedDict[str, tuple[int, V]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -540,6 +692,7 @@ class LruBytes(Generic[V]):
         while self._bytes_used > self.max_bytes:
             size, _ = entries.popitem(last=False)[1]
             self._bytes_used -= size
+            self.evictions += 1
         return True
 
     def get(self, key: str) -> V | None:

@@ -127,6 +127,7 @@ class GatewayCollector(Collector):
         if runtime is not None:
             yield from _upstream_families(runtime)
             yield _ratelimit_family(runtime)
+            yield from _cache_families(runtime)
 
 
 def _request_families(stats: RequestStats) -> Iterator[Metric]:
@@ -293,6 +294,48 @@ def _ratelimit_family(runtime: Runtime) -> Metric:
             decisions.add_metric([route.name, label, "skipped"], s.skipped)
             decisions.add_metric([route.name, label, "backend_error"], s.backend_errors)
     return decisions
+
+
+def _cache_families(runtime: Runtime) -> Iterator[Metric]:
+    """The response cache: answers by x-cache result, entries written and store
+    failures per route (reset on reload); the memory store's size and evictions."""
+    requests = CounterMetricFamily(
+        "meshgate_cache_requests",
+        "Requests on cached routes by route and result (hit, miss, bypass, stale, "
+        "revalidated: the x-cache value); reset on reload.",
+        labels=["route", "result"],
+    )
+    stored = CounterMetricFamily(
+        "meshgate_cache_stored", "Responses written to the cache store.", labels=["route"]
+    )
+    errors = CounterMetricFamily(
+        "meshgate_cache_store_errors",
+        "Cache store operations that failed (the request bypassed the cache).",
+        labels=["route"],
+    )
+    for route in runtime.routes:
+        stage = route.cache
+        if stage is None:
+            continue
+        for result, n in stage.stats.results.items():
+            requests.add_metric([route.name, result.lower()], n)
+        stored.add_metric([route.name], stage.stats.stored)
+        errors.add_metric([route.name], stage.stats.store_errors)
+    yield from (requests, stored, errors)
+    lru = getattr(runtime.cache_store, "lru", None)  # the memory store's LruBytes
+    if lru is not None:
+        entries = GaugeMetricFamily("meshgate_cache_entries", "Entries in the memory cache.")
+        entries.add_metric([], len(lru))
+        size = GaugeMetricFamily(
+            "meshgate_cache_bytes", "Bytes the memory cache's entries are counted as."
+        )
+        size.add_metric([], lru.bytes_used)
+        evictions = CounterMetricFamily(
+            "meshgate_cache_evictions",
+            "Entries evicted from the memory cache to stay within cache.max_bytes.",
+        )
+        evictions.add_metric([], lru.evictions)
+        yield from (entries, size, evictions)
 
 
 def make_registry(collector: GatewayCollector) -> CollectorRegistry:

@@ -7,6 +7,7 @@ old one keeps serving the requests that already hold it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -29,7 +30,9 @@ from meshgate.core.ratelimit import SlidingWindow, TokenBucket
 from meshgate.core.registry import Registry
 from meshgate.core.router import Router
 from meshgate.core.split import WeightedSplit
+from meshgate.io.cache_redis import RedisCacheStore
 from meshgate.io.ratelimit_redis import RedisRateLimiter, make_client
+from meshgate.pipeline.cache import CacheStage, CacheStore, MemoryCacheStore
 from meshgate.pipeline.compose import Handler, compose
 from meshgate.pipeline.compress import CompressStage
 from meshgate.pipeline.context import Middleware
@@ -72,6 +75,7 @@ class CompiledRoute:
 
     __slots__ = (
         "attempts_header",
+        "cache",
         "cluster",
         "compress",
         "config",
@@ -115,11 +119,13 @@ class CompiledRoute:
         front: Sequence[tuple[str, Middleware]] = (),
         cors: CorsPolicy | None = None,
         compress: CompressStage | None = None,
+        cache: CacheStage | None = None,
     ) -> None:
         self.config = config
         self.compress = compress
         self.name = name
         self.rate_limit = rate_limit
+        self.cache = cache
         self.cors = cors  # answers preflights for this route (see GatewayApp)
         guards = [fn for fn in (fn for _, fn in front) if isinstance(fn, IpGuard)]
         self.ip_guard = guards[0] if guards else None  # also checked before a preflight
@@ -161,6 +167,8 @@ class CompiledRoute:
         self.stage_names = tuple(n for n, _ in stages)
         self.stages = tuple(fn for _, fn in stages)
         self.handler: Handler = compose([*self.front, *middlewares, *self.stages])
+        if cache is not None:  # what a background refresh of the cache runs
+            cache.inner = compose(self.stages[self.stages.index(cache) + 1 :])
 
     def _stages(self, random: Random) -> list[tuple[str, Middleware]]:
         """The route's own stages after its middleware, in order (see pipeline/traffic.py)."""
@@ -169,6 +177,14 @@ class CompiledRoute:
             out.append(("rate_limit", self.rate_limit))
         if self.fault is not None:
             out.append(("fault", fault_stage(self.fault, random)))
+        response_headers = self.response_headers
+        if self.cache is not None:
+            # Response header edits wrap the cache, so that answers from it get them
+            # too (with this request's values), and a HIT skips all the rest.
+            if response_headers is not None:
+                out.append(("response_headers", response_headers_stage(response_headers)))
+                response_headers = None
+            out.append(("cache", self.cache))
         if self.compress is not None:
             # Inside a cache (which stores each coding as a variant), outside the rest:
             # it sees the client's Accept-Encoding and the final response headers.
@@ -181,8 +197,8 @@ class CompiledRoute:
             out.append(("split", split_stage(self.split)))
         if self.mirror is not None:
             out.append(("mirror", self.mirror))
-        if self.response_headers is not None:
-            out.append(("response_headers", response_headers_stage(self.response_headers)))
+        if response_headers is not None:
+            out.append(("response_headers", response_headers_stage(response_headers)))
         if self.redirect is not None:
             out.append(("redirect", redirect_stage(self.redirect)))
         else:
@@ -227,6 +243,11 @@ class Runtime:
         self.limits: dict[tuple[str, str, str, int], Limit] = {}  # by Limit.identity
         self.jwt = tuple(jwt)
         self.registry = Registry()  # every upstream's instances (build_runtime sets it)
+        # The response cache's store (when a route caches). A reload with the same
+        # top-level `cache` section reuses it: it is this runtime's to close only once
+        # `take_over` hands it over (`cache_owned`).
+        self.cache_store: CacheStore | None = None
+        self.cache_owned = False
         # Clusters this runtime starts and closes. A reload reuses the clusters of
         # unchanged upstreams (`build_runtime(previous=...)`): they stay the previous
         # runtime's until `take_over` hands them to this one at the swap.
@@ -255,11 +276,14 @@ class Runtime:
                 previous.owned.discard(name)
                 self.owned.add(name)
             cluster.move_to(self.registry)
+        if self.cache_store is not None and self.cache_store is previous.cache_store:
+            self.cache_owned, previous.cache_owned = previous.cache_owned, False
 
     def close(self) -> list[asyncio.Task[None]]:
         """Close idle upstream connections (busy ones close when their exchange ends),
         cancel mirrored copies still in flight, and start stopping what runs in the
         background (key-set refreshes, health checks, discovery, Redis connections).
+        Cancel background cache refreshes and close the cache store it owns.
         Returns those tasks (referenced until done); `aclose` waits for them."""
         closing: list[Coroutine[Any, Any, None]] = [auth.provider.aclose() for auth in self.jwt]
         if self.redis is not None:
@@ -268,6 +292,11 @@ class Runtime:
         for route in self.routes:
             if route.mirror is not None:
                 route.mirror.close()
+            if route.cache is not None:
+                route.cache.close()
+        if self.cache_store is not None and self.cache_owned:
+            self.cache_owned = False
+            closing.append(self.cache_store.aclose())
         for name in sorted(self.owned):
             cluster = self.clusters[name]
             cluster.close()
@@ -374,23 +403,38 @@ def build_runtime(
     global_limits = [limit(c, "global") for c in settings.limits]
     security = _Security(config)
     warnings = WarningClock()  # one Redis warning per 10 s for the whole runtime
+    cache_store, cache_created = _cache_store(config, previous)
+    cache_warnings = WarningClock()
     router: Router[CompiledRoute] = Router()
     compiled_routes: list[CompiledRoute] = []
     for i, (route, chain) in enumerate(zip(config.routes, chains, strict=True)):
         name = route_name(route, i)
         limits = global_limits + [limit(c, name) for c in route.rate_limits]
+        timeout_s = route.timeout_s or config.timeout_s
+        cache: CacheStage | None = None
+        if route.cache is not None:
+            assert cache_store is not None
+            cache = CacheStage(
+                route.cache,
+                cache_store,
+                _cache_tag(route, name),
+                route_timeout_s=timeout_s,
+                warnings=cache_warnings,
+                store_kind=config.cache.store,
+            )
         try:
             compiled = CompiledRoute(
                 route,
                 name,
                 clusters,
                 chain,
-                route.timeout_s or config.timeout_s,
+                timeout_s,
                 rng.random,
                 rate_limit_stage(limits, settings.headers, warnings) if limits else None,
                 security.front(route),
                 security.cors(route),
                 _compress(config, route),
+                cache,
             )
         except ValueError as exc:  # a matcher, rewrite, template or fault the models let by
             _problem(doc, ("routes", i), str(exc), problems)
@@ -403,9 +447,11 @@ def build_runtime(
     if problems:
         for cluster in created:
             cluster.close()
-        raise ConfigError(problems)
+        raise ConfigError(problems)  # (a new cache store has not connected to anything)
     runtime = Runtime(config, router, clusters, compiled_routes, redis, security.jwt)
     runtime.owned = {c.name for c in created}
+    runtime.cache_store = cache_store
+    runtime.cache_owned = cache_created
     runtime.registry = registry
     runtime.limits = limits_by_identity
     return runtime
@@ -473,6 +519,41 @@ def _redis_backend(config: GatewayConfig) -> tuple[Redis | None, RedisFactory | 
         return limiter.check
 
     return client, factory
+
+
+def _cache_store(
+    config: GatewayConfig, previous: Runtime | None
+) -> tuple[CacheStore | None, bool]:
+    """The store of the routes' cached responses, None when no route caches, and
+    whether it is new. The previous runtime's store is kept when the top-level
+    `cache` section is unchanged (its entries survive the reload)."""
+    if not any(route.cache is not None for route in config.routes):
+        return None, False
+    settings = config.cache
+    if (
+        previous is not None
+        and previous.cache_store is not None
+        and previous.config.cache == settings
+    ):
+        return previous.cache_store, False
+    rc = settings.redis
+    if settings.store == "redis":
+        assert rc is not None, "the config model requires cache.redis"
+        client = make_client(
+            rc.url,
+            connect_timeout_s=rc.connect_timeout_s,
+            timeout_s=rc.timeout_s,
+            max_connections=rc.max_connections,
+        )
+        return RedisCacheStore(client, key_prefix=rc.key_prefix, timeout_s=rc.timeout_s), True
+    return MemoryCacheStore(settings.max_bytes), True
+
+
+def _cache_tag(route: RouteConfig, name: str) -> str:
+    """Names a route's config in its cache entries: after a reload that changes the
+    route, the entries it stored before are ignored."""
+    digest = hashlib.sha256(route.model_dump_json().encode()).hexdigest()[:16]
+    return f"{name}@{digest}"
 
 
 def _path_key(route: RouteConfig) -> str:
