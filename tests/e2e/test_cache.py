@@ -578,3 +578,27 @@ async def test_memory_store_evicts_within_max_bytes(cached, origin, client):
     # the most recent entries are the ones kept
     assert (await get(client, gw, "/e9?size=5000")).headers["x-cache"] == "HIT"
     assert (await get(client, gw, "/e0?size=5000")).headers["x-cache"] == "MISS"
+
+
+async def test_compressed_variants_are_cached_separately(cached, origin, client):
+    # compress runs inside the cache: each coding is stored as its own variant
+    gw = await cached(compress={})
+    path = "/big?size=5000"
+
+    async def fetch(coding: str) -> httpx.Response:
+        return await get(client, gw, path, headers={"accept-encoding": coding})
+
+    answers = [await fetch(c) for c in ("gzip", "gzip", "br", "br", "identity", "identity")]
+    seen = [(r.headers["x-cache"], r.headers.get("content-encoding")) for r in answers]
+    assert seen == [
+        ("MISS", "gzip"),
+        ("HIT", "gzip"),
+        ("MISS", "br"),
+        ("HIT", "br"),
+        ("MISS", None),
+        ("HIT", None),
+    ]
+    assert origin.count_of("/big") == 3
+    assert {r.content for r in answers} == {answers[-1].content}  # decoded: the same bytes
+    assert len(answers[-1].content) == 5000
+    assert all("accept-encoding" in r.headers["vary"].lower() for r in answers)
