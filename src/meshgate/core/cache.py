@@ -49,6 +49,12 @@ class CacheError(ValueError):
     """A cache policy or store is badly configured, or a `Vary: *` response was keyed."""
 
 
+REQUEST_FIELDS = frozenset(
+    {"authorization", "cache-control", "pragma", "if-none-match", "if-modified-since"}
+)
+"""The request fields a `CachePolicy` and `not_modified` read, besides the key's."""
+
+
 def _values(headers: Headers, name: str) -> list[str]:
     """The values of the fields named `name` (lower-case), in order."""
     return [v for n, v in headers if n.lower() == name]
@@ -314,6 +320,12 @@ class CachePolicy:
         stops (and does not store) once it grows past this."""
         return self._max_object_bytes
 
+    @property
+    def request_fields(self) -> frozenset[str]:
+        """Every request field the policy's methods and `not_modified` read (lower-case):
+        passing them only the fields with these names gives the same answers."""
+        return REQUEST_FIELDS | frozenset(self._header_names)
+
     def request_cacheable(self, method: str, request_headers: Headers) -> str | None:
         """None when the request may be answered from the cache, else why not
         (the BYPASS reason): "method" (not a cached method), "authorization"
@@ -321,6 +333,8 @@ class CachePolicy:
         public) or "no-store" (in the request's `Cache-Control`)."""
         if method.upper() not in self._methods:
             return "method"
+        if not request_headers:
+            return None
         if not self._authorization_ok and _values(request_headers, "authorization"):
             return "authorization"
         if "no-store" in parse_cache_control(_values(request_headers, "cache-control")):
@@ -331,6 +345,8 @@ class CachePolicy:
         """True when the client asks that a stored entry be revalidated before use:
         `Cache-Control: no-cache` or `max-age=0`, or `Pragma: no-cache` when the
         request has no `Cache-Control`. Then treat a fresh entry as expired."""
+        if not request_headers:
+            return False
         values = _values(request_headers, "cache-control")
         if not values:
             return any(

@@ -202,7 +202,9 @@ class CacheStage:
     """The middleware caching one route's responses (see the module docstring)."""
 
     __slots__ = (
+        "_fields",
         "_fills",
+        "_local",
         "clock",
         "config",
         "flights",
@@ -232,7 +234,10 @@ class CacheStage:
         ``clock``: Unix time (entries may be shared by processes through Redis)."""
         self.config = config
         self.policy = config.policy()
+        self._fields = self.policy.request_fields
         self.store = store
+        # The memory store answers without awaiting (the common HIT path).
+        self._local = store.lru if type(store) is MemoryCacheStore else None
         self.store_kind = store_kind
         self.tag = tag
         self.timeout_s = route_timeout_s  # deadline of a background refresh
@@ -249,25 +254,27 @@ class CacheStage:
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         req = ctx.request
         headers = req.headers.raw()
-        if self.policy.request_cacheable(req.method, headers) is not None:
+        # One pass for the fields the policy reads (usually none of them is sent).
+        fields = [kv for kv in headers if kv[0] in self._fields]
+        if self.policy.request_cacheable(req.method, fields) is not None:
             await self._pass(ctx, call_next, BYPASS)
             return
-        key = self.policy.key(req.method, req.host, req.path, req.query_string, headers)
+        key = self.policy.key(req.method, req.host, req.path, req.query_string, fields)
         try:
             entry = await self._lookup(key, headers)
         except CacheUnavailable as exc:
             self._store_failed(exc)
             await self._pass(ctx, call_next, BYPASS)
             return
-        revalidate = self.policy.request_revalidates(headers)
+        revalidate = self.policy.request_revalidates(fields)
         if entry is not None and not revalidate:
             now = self.clock()
             state = entry.freshness.state(now)
             if state == "fresh":
-                self._serve(ctx, entry, HIT, now, headers)
+                self._serve(ctx, entry, HIT, now, fields)
                 return
             if state == "stale-while-revalidate":
-                self._serve(ctx, entry, STALE, now, headers)
+                self._serve(ctx, entry, STALE, now, fields)
                 self._refresh_in_background(ctx, key, entry)
                 return
         if req.method == "HEAD":  # only a GET fills an entry (HEAD is answered from it)
@@ -280,7 +287,7 @@ class CacheStage:
             if shared is not None:
                 stored, variant = shared
                 if not stored.vary or vary_key(stored.vary, snapshot.raw()) == variant:
-                    self._serve(ctx, stored, HIT, self.clock(), headers)
+                    self._serve(ctx, stored, HIT, self.clock(), fields)
                     return
         await self._fill(
             ctx, call_next, key, entry, snapshot, release, may_serve_stale=not revalidate
@@ -296,7 +303,8 @@ class CacheStage:
     async def _lookup(self, key: str, headers: list[tuple[str, str]]) -> StoredResponse | None:
         """The entry answering a request with ``headers`` (its variant when the
         response varies); None when there is none stored by this route's config."""
-        found = await self.store.get(key)
+        local = self._local
+        found = local.get(key) if local is not None else await self.store.get(key)
         if isinstance(found, VaryIndex):
             if found.tag != self.tag:
                 return None
@@ -317,8 +325,13 @@ class CacheStage:
         now: float,
         request_headers: list[tuple[str, str]],
     ) -> None:
-        """Answer with ``entry`` (304 when the client's conditional request matches it)."""
-        if entry.status == 200 and not_modified(request_headers, entry.etag, entry.last_modified):
+        """Answer with ``entry`` (304 when the client's conditional request matches it;
+        ``request_headers`` holds at least the request's conditional fields)."""
+        if (
+            request_headers
+            and entry.status == 200
+            and not_modified(request_headers, entry.etag, entry.last_modified)
+        ):
             fields = [kv for kv in entry.headers if kv[0] in _NOT_MODIFIED_FIELDS]
             resp = Response(304, Headers.from_lower(fields), _empty_body())
         else:
