@@ -85,10 +85,15 @@ class AccessLog:
         self._fd: int | None = None
         if config.path is not None:  # OSError here: the caller decides
             self._fd = os.open(config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        # (key prefix, index into the values `_line` computes) for each configured field
-        self._layout = [(f'"{name}":', ACCESS_LOG_FIELDS.index(name)) for name in self.fields]
+        # The line as one %-template over the configured fields, in their order, and
+        # which of the values `_line` computes fill it.
+        self._template = "{" + ",".join(f'"{name}":%s' for name in self.fields)
+        self._pick = [ACCESS_LOG_FIELDS.index(name) for name in self.fields]
+        self._all = self._pick == list(range(len(ACCESS_LOG_FIELDS)))
         self._second = -1
         self._second_text = ""
+        self._ms = -1
+        self._ms_text = ""
         self._write_failed = False
         self._thread = threading.Thread(target=self._run, name="meshgate-accesslog", daemon=True)
         self._thread.start()
@@ -166,12 +171,17 @@ class AccessLog:
         self._write_failed = False
 
     def _time(self, mono: float, offset: float) -> str:
-        wall = mono + offset
-        second = int(wall)
-        if second != self._second:
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int((wall - second) * 1000):03d}Z"
+        """The quoted UTC time of ``mono`` (a monotonic reading; ``offset`` turns it
+        into wall time), to the millisecond; the text is reused within a millisecond."""
+        ms = int((mono + offset) * 1000)
+        if ms != self._ms:
+            self._ms = ms
+            second = ms // 1000
+            if second != self._second:
+                self._second = second
+                self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._ms_text = f'"{self._second_text}.{ms % 1000:03d}Z"'
+        return self._ms_text
 
     def _line(self, e: AccessEntry, offset: float) -> str:
         """One JSON line; values are formatted by hand (strings escaped by the json
@@ -193,7 +203,7 @@ class AccessLog:
             attempts = "0"
         received = body.received if isinstance(body, StreamBody) else (body.length or 0)
         values = (
-            f'"{self._time(e.start, offset)}"',
+            self._time(e.start, offset),
             request_id,
             _str(e.client_ip),
             _str(e.method),
@@ -208,10 +218,8 @@ class AccessLog:
             attempts,
             "null" if e.trace is None else f'"{e.trace.trace_id}"',
         )
-        parts = [prefix + values[i] for prefix, i in self._layout]
-        if e.aborted:
-            parts.append('"aborted":true')
-        return "{" + ",".join(parts) + "}\n"
+        line = self._template % (values if self._all else tuple(values[i] for i in self._pick))
+        return line + (',"aborted":true}\n' if e.aborted else "}\n")
 
 
 def open_access_log(config: AccessLogConfig) -> AccessLog | None:
