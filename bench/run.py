@@ -33,6 +33,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -742,6 +743,23 @@ def per_core_ratio(results: list[Result], num: str, den: str) -> float | None:
     return None
 
 
+def median_result(runs: list[Result]) -> Result:
+    """The run with the median CPU us/request (the first failure, if any failed)."""
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda r: r.cpu_us_per_req or -(r.rps or 0))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _median_ratios(per_round: list[dict[str, float | None]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name in per_round[0] if per_round else ():
+        values = sorted(v for rnd in per_round if (v := rnd[name]) is not None)
+        out[name] = statistics.median(values) if values else None
+    return out
+
+
 def ratios(results: list[Result]) -> dict[str, float | None]:
     return {f"{num}/{den}": ratio(results, num, den) for num, den in RATIOS}
 
@@ -793,6 +811,11 @@ def print_table(
     for name, rate in core_rates.items():
         num, den = name.split("/")
         print(f"{name} per-core ratio: {fmt(rate, '.3f')} ({den} cpu µs/req / {num} cpu µs/req)")
+    for name in core_rates:
+        per_round = [rnd[name] for rnd in info.get("per_round_per_core_ratios", [])]
+        if any(v is not None for v in per_round):
+            shown = ", ".join(fmt(v, ".3f") for v in per_round)
+            print(f"{name} per-core ratio by round: {shown} (median above)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -803,6 +826,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up seconds, 0 = none (default 2)")
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the targets this many times, every other round in reverse order; each "
+        "ratio is the median of its per-round ratios, each row the median round (default 1)",
+    )
+    p.add_argument(
         "--middleware",
         choices=("builtins", "none"),
         default="builtins",
@@ -811,8 +841,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default=",".join(TARGETS),
-        help=f"comma-separated subset of {','.join(ALL_TARGETS)} "
-        f"(default {','.join(TARGETS)})",
+        help=f"comma-separated subset of {','.join(ALL_TARGETS)} (default {','.join(TARGETS)})",
     )
     p.add_argument(
         "--upstream",
@@ -855,15 +884,17 @@ def main(argv: list[str] | None = None) -> int:
 
     procs = ProcessSet()
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-bench-"))
-    results: list[Result] = []
+    rounds: list[list[Result]] = []  # per round, one result per target (targets' order)
     try:
         pinning = make_pinning(args)
         if not pinning.proxy:
             log(pinning.note)
         ctx = Context(args, procs, pinning, tmp, collect_info(args, pinning))
         _, upstream_port = start_upstream(ctx)
-        for target in args.targets:
-            results.append(bench_target(ctx, target, upstream_port))
+        for number in range(max(1, args.rounds)):
+            order = args.targets if number % 2 == 0 else list(reversed(args.targets))
+            done = {t: bench_target(ctx, t, upstream_port) for t in order}
+            rounds.append([done[t] for t in args.targets])
     except BenchError as exc:
         log(f"FAILED: {exc}")
         if args.json:
@@ -876,8 +907,12 @@ def main(argv: list[str] | None = None) -> int:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    rates = ratios(results)
-    core_rates = per_core_ratios(results)
+    results = [median_result([rnd[i] for rnd in rounds]) for i in range(len(args.targets))]
+    rates = _median_ratios([ratios(rnd) for rnd in rounds])
+    core_rates = _median_ratios([per_core_ratios(rnd) for rnd in rounds])
+    if len(rounds) > 1:
+        ctx.info["rounds"] = len(rounds)
+        ctx.info["per_round_per_core_ratios"] = [per_core_ratios(rnd) for rnd in rounds]
     if args.json:
         doc = {
             "info": ctx.info,
