@@ -30,6 +30,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshgate.accesslog")
 
+# Fields given to the line template as numbers (formatted by `%`), or as text that
+# needs no JSON escaping (a method token, the peer's IP address); the others as JSON.
+_SPECS = {
+    "method": '"%s"',
+    "client_ip": '"%s"',
+    "status": "%d",
+    "bytes_in": "%d",
+    "bytes_out": "%d",
+    "duration_ms": "%.3f",
+    "attempts": "%d",
+}
+
 FLUSH_INTERVAL_S = 0.05
 CLOSE_TIMEOUT_S = 5.0
 
@@ -87,7 +99,7 @@ class AccessLog:
             self._fd = os.open(config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         # The line as one %-template over the configured fields, in their order, and
         # which of the values `_line` computes fill it.
-        self._template = "{" + ",".join(f'"{name}":%s' for name in self.fields)
+        self._template = "{" + ",".join(f'"{n}":{_SPECS.get(n, "%s")}' for n in self.fields)
         self._pick = [ACCESS_LOG_FIELDS.index(name) for name in self.fields]
         self._all = self._pick == list(range(len(ACCESS_LOG_FIELDS)))
         self._second = -1
@@ -192,27 +204,27 @@ class AccessLog:
         if ctx is not None:
             route = _str(ctx.route.name) if ctx.route is not None else "null"
             request_id = _str(ctx.request_id)
-            attempts = str(ctx.attempts)
+            attempts = ctx.attempts
             if ctx.upstream_host is not None:
                 upstream = _str(ctx.upstream_host)
             if ctx.upstream_s is not None:
-                upstream_ms = f"{ctx.upstream_s * 1000:.3f}"
+                upstream_ms = "%.3f" % (ctx.upstream_s * 1000)
         else:
             route = "null" if e.route is None else _str(e.route)
             request_id = "null" if e.request_id is None else _str(e.request_id)
-            attempts = "0"
+            attempts = 0
         received = body.received if isinstance(body, StreamBody) else (body.length or 0)
         values = (
             self._time(e.start, offset),
             request_id,
-            _str(e.client_ip),
-            _str(e.method),
+            e.client_ip,
+            e.method,
             _str(e.path),
             route,
-            str(e.status),
-            str(received),
-            str(e.bytes_out),
-            f"{(e.end - e.start) * 1000:.3f}",
+            e.status,
+            received,
+            e.bytes_out,
+            (e.end - e.start) * 1000,
             upstream,
             upstream_ms,
             attempts,
