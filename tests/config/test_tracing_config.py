@@ -23,7 +23,7 @@ def test_defaults() -> None:
     assert t == TracingConfig()
     assert not t.enabled
     assert t.endpoint == "http://127.0.0.1:4318/v1/traces"
-    assert (t.service_name, t.sample_rate, t.headers) == ("meshgate", 1.0, {})
+    assert (t.service_name, t.sample_rate, t.headers) == ("meshgate", 0.01, {})
     assert (t.export_timeout_s, t.schedule_delay_s) == (10.0, 5.0)
     assert (t.max_queue_size, t.max_export_batch_size) == (2048, 512)
 

@@ -100,6 +100,7 @@ def tracing(endpoint: str, **extra: Any) -> dict[str, Any]:
         "enabled": True,
         "endpoint": endpoint,
         "service_name": "edge-gw",
+        "sample_rate": 1.0,
         "schedule_delay_s": 0.05,
         "export_timeout_s": 2,
     }

@@ -25,7 +25,7 @@ from meshgate.http.stream import StreamBody
 if TYPE_CHECKING:
     from meshgate.config.models import AccessLogConfig
     from meshgate.http.messages import Request, Response
-    from meshgate.observability.tracing import RequestTrace
+    from meshgate.observability.tracing import RequestTrace, UnsampledTrace
     from meshgate.pipeline.context import RequestContext
 
 log = logging.getLogger("meshgate.accesslog")
@@ -74,7 +74,7 @@ class AccessEntry:
         self.ctx: RequestContext | None = None  # set by the app once a route matched
         self.route: str | None = None  # set by the app when no ctx exists (404, preflight)
         self.request_id: str | None = None  # likewise
-        self.trace: RequestTrace | None = None  # set by the app when tracing is on
+        self.trace: RequestTrace | UnsampledTrace | None = None  # set by the app when tracing is on
         self.status = 0
         self.bytes_out = 0
         self.end = 0.0

@@ -20,7 +20,7 @@ from meshgate.pipeline.runtime import CompiledRoute, Runtime
 
 if TYPE_CHECKING:
     from meshgate.config.tracing import TracingConfig
-    from meshgate.observability.tracing import RequestTrace, Tracing
+    from meshgate.observability.tracing import RequestTrace, Tracing, UnsampledTrace
 
 log = logging.getLogger("meshgate.gateway")
 
@@ -164,7 +164,10 @@ class GatewayApp:
         return resp
 
     async def _answer(
-        self, request: Request, entry: AccessEntry | None, trace: RequestTrace | None
+        self,
+        request: Request,
+        entry: AccessEntry | None,
+        trace: RequestTrace | UnsampledTrace | None,
     ) -> Response:
         start = time.monotonic()
         runtime = self._runtime

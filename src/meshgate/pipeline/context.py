@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from meshgate.http.messages import Request, Response, error_response
 
 if TYPE_CHECKING:
-    from meshgate.observability.tracing import RequestTrace
+    from meshgate.observability.tracing import RequestTrace, UnsampledTrace
     from meshgate.pipeline.runtime import CompiledRoute
     from meshgate.upstream.cluster import Cluster
 
@@ -75,7 +75,7 @@ class RequestContext:
         self.upstream_host: str | None = None
         self.upstream_s: float | None = None
         # The request's spans and upstream trace headers; None unless tracing is on.
-        self.trace: RequestTrace | None = None
+        self.trace: RequestTrace | UnsampledTrace | None = None
 
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         """Build (and set) a JSON error response carrying the request id."""
