@@ -51,10 +51,19 @@ TARGETS = ("direct", "nginx", "bare", "meshgate")
 # denies (sliding window keyed by client ip), in process or in a Redis started here;
 # meshgate with a JWT-protected route (HS256, every request carries the same token);
 # meshgate with the access log on, written to a file in the bench's temporary directory
-# (metrics are always on); meshgate with tracing on (every request sampled, spans
-# exported to bench/otlp_sink.py started here); meshgate with the response cache on the
+# (metrics are always on); meshgate with tracing on at the default sample_rate 0.01
+# (tracing) and with every request recorded (tracing-all), spans exported to
+# bench/otlp_sink.py started here; meshgate with the response cache on the
 # route (memory store, every request after the first a HIT): expect >= 1.5x.
-EXTRA_TARGETS = ("ratelimit", "ratelimit-redis", "jwt", "observe", "tracing", "cache")
+EXTRA_TARGETS = (
+    "ratelimit",
+    "ratelimit-redis",
+    "jwt",
+    "observe",
+    "tracing",
+    "tracing-all",
+    "cache",
+)
 ALL_TARGETS = TARGETS + EXTRA_TARGETS
 JWT_SECRET = "bench-secret-of-at-least-32-bytes!!"
 # (numerator, denominator) pairs reported as ratios, e.g. meshgate/nginx: requests/s of
@@ -67,6 +76,7 @@ RATIOS = (
     ("jwt", "meshgate"),
     ("observe", "meshgate"),
     ("tracing", "meshgate"),
+    ("tracing-all", "meshgate"),
     ("cache", "meshgate"),
 )
 PROC = Path("/proc")
@@ -290,12 +300,13 @@ def meshgate_yaml(
     jwt: bool = False,
     access_log: Path | None = None,
     otlp_port: int = 0,
+    sample_rate: float = 0.01,
     cache: bool = False,
 ) -> str:
     """The benchmarked gateway: one route to the upstream; ``limit``: local | redis | "";
     ``jwt``: the route requires a valid HS256 token; ``access_log``: file the access log
-    (all fields) is written to; ``otlp_port``: tracing on (sample_rate 1), spans exported
-    to the OTLP sink on that port; ``cache``: the route caches responses (memory store)."""
+    (all fields) is written to; ``otlp_port``: tracing on at ``sample_rate``, spans
+    exported to the OTLP sink on that port; ``cache``: the route caches responses (memory store)."""
     text = f"""\
 listener:
   host: 127.0.0.1
@@ -325,7 +336,7 @@ routes:
         text += f"access_log: {{enabled: true, path: '{access_log}'}}\n"
     if otlp_port:
         endpoint = f"http://127.0.0.1:{otlp_port}/v1/traces"
-        text += f"tracing: {{enabled: true, sample_rate: 1.0, endpoint: '{endpoint}'}}\n"
+        text += f"tracing: {{enabled: true, sample_rate: {sample_rate}, endpoint: '{endpoint}'}}\n"
     if middleware == "none":
         text += "middleware: []\n"
     return text
@@ -646,7 +657,7 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
         redis_port = start_redis(ctx) if limit == "redis" else 0
         cfg = ctx.tmp / "gateway.yaml"
         access_log = ctx.tmp / "access.log" if target == "observe" else None
-        otlp_port = start_otlp_sink(ctx) if target == "tracing" else 0
+        otlp_port = start_otlp_sink(ctx) if target.startswith("tracing") else 0
         yaml_text = meshgate_yaml(
             port,
             upstream_port,
@@ -656,6 +667,7 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
             jwt=target == "jwt",
             access_log=access_log,
             otlp_port=otlp_port,
+            sample_rate=1.0 if target == "tracing-all" else 0.01,
             cache=target == "cache",
         )
         cfg.write_text(yaml_text)
