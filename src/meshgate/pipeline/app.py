@@ -15,6 +15,7 @@ from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Headers, Request, Response, error_response, new_request_id
 from meshgate.observability.accesslog import AccessEntry, AccessLog, open_access_log
 from meshgate.observability.metrics import NO_ROUTE, RequestStats
+from meshgate.pipeline.builtins import REQUEST_ID_HEADER, RESPONSE_TIME_HEADER
 from meshgate.pipeline.context import RequestContext
 from meshgate.pipeline.runtime import CompiledRoute, Runtime
 
@@ -207,6 +208,8 @@ class GatewayApp:
         if trace is not None:
             ctx.trace = trace
             trace.routed(route, ctx.request_id)
+        if route.sets_request_id:
+            request.headers.set(REQUEST_ID_HEADER, ctx.request_id)
         try:
             await route.handler(ctx)
         except HTTPError as exc:  # e.g. BodyTooLarge from body.read_all(limit) in a plugin
@@ -230,8 +233,20 @@ class GatewayApp:
             log.error("route %s produced no response (request id %s)", route.name, ctx.request_id)
             self.stats.record(route.name, request.method, 500, time.monotonic() - start)
             return error_response(500, "no response produced", ctx.request_id)
+        end = time.monotonic()
         late = ctx.late_headers
-        if late is not None:
+        if route.sets_request_id or route.times_response:
+            # What the built-ins would have set on the way out (response_time inner),
+            # then the late headers.
+            fields: list[tuple[str, str]] = []
+            if route.times_response:
+                fields.append((RESPONSE_TIME_HEADER, f"{(end - start) * 1000.0:.2f}ms"))
+            if route.sets_request_id:
+                fields.append((REQUEST_ID_HEADER, ctx.request_id))
+            if late is not None:
+                fields += late[1]
+            resp.headers.set_fields(fields)
+        elif late is not None:
             resp.headers.set_fields(late[1], late[0])
-        self.stats.record(route.name, request.method, resp.status, time.monotonic() - start)
+        self.stats.record(route.name, request.method, resp.status, end - start)
         return resp

@@ -1,4 +1,7 @@
-"""Built-in middleware of the engine: request id and response time."""
+"""Built-in middleware of the engine: request id and response time.
+
+At the head of a route's chain (nothing before them) they do not run as layers:
+`GatewayApp` does the same work around the chain (see `CompiledRoute`)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import time
 from meshgate.pipeline.context import Next, RequestContext
 
 REQUEST_ID_HEADER = "x-request-id"
+RESPONSE_TIME_HEADER = "x-response-time"
 
 
 async def request_id(ctx: RequestContext, call_next: Next) -> None:
@@ -26,4 +30,4 @@ async def response_time(ctx: RequestContext, call_next: Next) -> None:
     await call_next()
     if ctx.response is not None:
         elapsed_ms = (time.monotonic() - ctx.start_time) * 1000.0
-        ctx.response.headers.set("x-response-time", f"{elapsed_ms:.2f}ms")
+        ctx.response.headers.set(RESPONSE_TIME_HEADER, f"{elapsed_ms:.2f}ms")

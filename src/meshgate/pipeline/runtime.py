@@ -32,6 +32,7 @@ from meshgate.core.router import Router
 from meshgate.core.split import WeightedSplit
 from meshgate.io.cache_redis import RedisCacheStore
 from meshgate.io.ratelimit_redis import RedisRateLimiter, make_client
+from meshgate.pipeline import builtins
 from meshgate.pipeline.cache import CacheStage, CacheStore, MemoryCacheStore
 from meshgate.pipeline.compose import Handler, compose
 from meshgate.pipeline.compress import CompressStage
@@ -100,11 +101,13 @@ class CompiledRoute:
         "retry",
         "retry_body_bytes",
         "rewrite",
+        "sets_request_id",
         "split",
         "stage_names",
         "stages",
         "subset",
         "timeout_s",
+        "times_response",
     )
 
     def __init__(
@@ -166,7 +169,20 @@ class CompiledRoute:
         stages = self._stages(random)
         self.stage_names = tuple(n for n, _ in stages)
         self.stages = tuple(fn for _, fn in stages)
-        self.handler: Handler = compose([*self.front, *middlewares, *self.stages])
+        # The built-in request_id / response_time at the head of a chain with nothing
+        # before them are applied by GatewayApp around the chain (same order, same
+        # effect) instead of as onion layers: two coroutines fewer per request.
+        inner = list(middlewares)
+        self.sets_request_id = self.times_response = False
+        while not self.front and inner:
+            if inner[0] is builtins.request_id and not self.sets_request_id:
+                self.sets_request_id = True
+            elif inner[0] is builtins.response_time and not self.times_response:
+                self.times_response = True
+            else:
+                break
+            inner.pop(0)
+        self.handler: Handler = compose([*self.front, *inner, *self.stages])
         if cache is not None:  # what a background refresh of the cache runs
             cache.inner = compose(self.stages[self.stages.index(cache) + 1 :])
 
