@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from meshgate.http.messages import BytesBody, Headers, Request, Response
-from meshgate.pipeline.compose import NextCalledTwice, compose
+from meshgate.pipeline.compose import NextCalledTwice, compose, terminal
 from meshgate.pipeline.context import Middleware, Next, RequestContext
 
 
@@ -193,3 +193,18 @@ async def test_compose_copies_the_sequence() -> None:
     chain.append(logging_mw("late", log))
     await handler(make_ctx())
     assert log == ["a-in", "a-out"]
+
+
+async def test_terminal_stage_runs_alone_and_may_not_call_next() -> None:
+    async def answer(ctx: RequestContext, call_next: Next) -> None:
+        ctx.response = Response(204, Headers(), BytesBody())
+
+    ctx = make_ctx()
+    await terminal(answer)(ctx)
+    assert ctx.response is not None and ctx.response.status == 204
+
+    async def misbehaves(ctx: RequestContext, call_next: Next) -> None:
+        await call_next()
+
+    with pytest.raises(RuntimeError, match="terminal stage called call_next"):
+        await terminal(misbehaves)(make_ctx())

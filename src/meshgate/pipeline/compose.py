@@ -42,6 +42,20 @@ async def _done() -> None:
     return None
 
 
+def _past_end() -> Awaitable[None]:
+    raise RuntimeError("a terminal stage called call_next()")
+
+
+def terminal(stage: Middleware) -> Handler:
+    """The handler of a chain whose only layer is a terminal stage (one that answers
+    and never calls ``call_next``, like the proxy): no position bookkeeping."""
+
+    def run(ctx: RequestContext) -> Awaitable[None]:
+        return stage(ctx, _past_end)
+
+    return run
+
+
 def compose(middlewares: Sequence[Middleware]) -> Handler:
     """Chain ``middlewares`` so each wraps the rest.
 

@@ -34,7 +34,7 @@ from meshgate.io.cache_redis import RedisCacheStore
 from meshgate.io.ratelimit_redis import RedisRateLimiter, make_client
 from meshgate.pipeline import builtins
 from meshgate.pipeline.cache import CacheStage, CacheStore, MemoryCacheStore
-from meshgate.pipeline.compose import Handler, compose
+from meshgate.pipeline.compose import Handler, compose, terminal
 from meshgate.pipeline.compress import CompressStage
 from meshgate.pipeline.context import Middleware
 from meshgate.pipeline.mirror import Mirror
@@ -182,7 +182,8 @@ class CompiledRoute:
             else:
                 break
             inner.pop(0)
-        self.handler: Handler = compose([*self.front, *inner, *self.stages])
+        layers = [*self.front, *inner, *self.stages]
+        self.handler: Handler = terminal(proxy) if layers == [proxy] else compose(layers)
         if cache is not None:  # what a background refresh of the cache runs
             cache.inner = compose(self.stages[self.stages.index(cache) + 1 :])
 
@@ -537,9 +538,7 @@ def _redis_backend(config: GatewayConfig) -> tuple[Redis | None, RedisFactory | 
     return client, factory
 
 
-def _cache_store(
-    config: GatewayConfig, previous: Runtime | None
-) -> tuple[CacheStore | None, bool]:
+def _cache_store(config: GatewayConfig, previous: Runtime | None) -> tuple[CacheStore | None, bool]:
     """The store of the routes' cached responses, None when no route caches, and
     whether it is new. The previous runtime's store is kept when the top-level
     `cache` section is unchanged (its entries survive the reload)."""
