@@ -25,7 +25,7 @@ from meshgate.http.errors import (
     UpstreamTimeout,
 )
 from meshgate.http.framing import connection_tokens, framing_too_large
-from meshgate.http.messages import HOP_BY_HOP
+from meshgate.http.messages import HOP_BY_HOP, BytesBody
 from meshgate.http.stream import StreamBody
 from meshgate.io.timers import Deadline
 
@@ -41,7 +41,9 @@ _PLAIN_CONNECTION = frozenset({",keep-alive", ",close"})
 class ResponseHead:
     __slots__ = ("body", "headers", "status")
 
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: StreamBody) -> None:
+    def __init__(
+        self, status: int, headers: list[tuple[str, str]], body: StreamBody | BytesBody
+    ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
@@ -73,6 +75,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._in_head = False
         self._body: StreamBody | None = None
+        # A head with a Content-Length body, held until the end of the read that
+        # completed it: a body that arrived in the same read goes out as a BytesBody
+        # (no stream machinery); otherwise a StreamBody gets the bytes read so far.
+        self._held: tuple[int, list[tuple[str, str]], int] | None = None
+        self._held_data: list[bytes] = []
         self._chunked = False  # the response being received is chunked
         self._chunked_raw = 0  # raw bytes of later reads while receiving it
         self._chunks = 0
@@ -139,6 +146,30 @@ class UpstreamConnection(asyncio.Protocol):
             ):
                 body.fail(UpstreamBadResponse("upstream chunk framing or trailers too large"))
                 self.abort()
+        if self._held is not None:
+            self._release_held()
+
+    def _release_held(self) -> None:
+        """Deliver the held head: with the whole body in memory when this read completed
+        the response, else with a StreamBody fed what arrived so far."""
+        held, self._held = self._held, None
+        assert held is not None
+        status, headers, length = held
+        data, self._held_data = self._held_data, []
+        if self._response_done and self._error is None:
+            self._deliver(ResponseHead(status, headers, BytesBody(b"".join(data))))
+            return
+        body = self._new_body(length)
+        for chunk in data:
+            body.feed(chunk)
+        if self._response_done:
+            body.feed_eof()
+        self._deliver(ResponseHead(status, headers, body))
+
+    def _new_body(self, length: int | None) -> StreamBody:
+        body = StreamBody(length, self._pause_reading, self._resume_reading, on_abandon=self.abort)
+        self._body = body
+        return body
 
     def on_chunk_header(self) -> None:
         self._chunks += 1
@@ -197,21 +228,17 @@ class UpstreamConnection(asyncio.Protocol):
             headers = [kv for kv in headers if kv[0] not in named]
         self._keep_alive = self.parser.should_keep_alive()
         no_body = self._head_request or status in (204, 304)
-        transport = self.transport
-        assert transport is not None
-        body = StreamBody(
-            length if not chunked else None,
-            self._pause_reading,
-            self._resume_reading,
-            on_abandon=self.abort,
-        )
-        self._body = body
         self._chunked = chunked
         self._chunked_raw = 0
         self._chunks = 0
         self._close_delimited = not no_body and length is None and not chunked
         if self._close_delimited:
             self._keep_alive = False
+        if not no_body and length is not None and not chunked:
+            self._held = (status, headers, length)  # delivered by data_received
+            self._read_deadline.set(self.pool.read_timeout_s)
+            return
+        body = self._new_body(length if not chunked else None)
         if no_body:
             self._finish_response()
         else:
@@ -219,7 +246,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._deliver(ResponseHead(status, headers, body))
 
     def on_body(self, data: bytes) -> None:
-        if self._body is not None and not self._response_done:
+        if self._held is not None:
+            self._held_data.append(data)
+        elif self._body is not None and not self._response_done:
             self._body.feed(data)
 
     def on_message_complete(self) -> None:
@@ -269,6 +298,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_done = not body_follows
         self._response_done = False
         self._body = None
+        self._held = None
+        self._held_data = []
         self._head_waiting = True
         self._head_result = None
         self._head_bytes = 0
