@@ -71,7 +71,8 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
     preserve_host = route.preserve_host
     trace = ctx.trace
     skip = _SKIP_REQUEST if trace is None else _SKIP_TRACED
-    kept: list[tuple[str, str]] = []
+    parts = [f"{req.method} {req.target} HTTP/1.1\r\n"]
+    append = parts.append
     forwarded_for = ""
     has_host = False
     for name, value in req.headers.raw():
@@ -85,9 +86,7 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
             if not preserve_host:
                 continue
             has_host = True
-        kept.append((name, value))
-    parts = [f"{req.method} {req.target} HTTP/1.1\r\n"]
-    parts.extend(f"{name}: {value}\r\n" for name, value in kept)
+        append(f"{name}: {value}\r\n")
     if not has_host:
         key = host.key
         parts.append(f"host: {shadow_host(key) if SHADOW in ctx.state else key}\r\n")
