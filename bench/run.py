@@ -7,7 +7,10 @@ is missing), then measures with wrk, one target at a time:
 * ``direct``   - wrk straight to the upstream (reference ceiling);
 * ``nginx``    - nginx reverse proxy, 1 worker, keep-alive pool to the upstream;
 * ``bare``     - bench/bare_proxy.py, a minimal uvloop + httptools proxy (Python floor);
-* ``meshgate`` - ``meshgate gateway --workers 1`` with a generated gateway.yaml.
+* ``meshgate`` - ``meshgate gateway --workers 1`` with a generated gateway.yaml;
+* ``aiohttp``  - bench/aiohttp_proxy.py, a reverse proxy written with aiohttp (the Python
+  peer of issue 12), and ``caddy`` - Caddy's ``reverse_proxy`` with GOMAXPROCS=1 (Debian
+  ``caddy``): only with ``--targets``.
 
 The proxy under test is pinned to one CPU (default 0), the upstream and wrk to another
 (default 1), identically for every proxy. Besides requests/s, the CPU time each proxy's
@@ -56,6 +59,8 @@ TARGETS = ("direct", "nginx", "bare", "meshgate")
 # bench/otlp_sink.py started here; meshgate with the response cache on the
 # route (memory store, every request after the first a HIT): expect >= 1.5x.
 EXTRA_TARGETS = (
+    "aiohttp",
+    "caddy",
     "ratelimit",
     "ratelimit-redis",
     "jwt",
@@ -70,6 +75,8 @@ JWT_SECRET = "bench-secret-of-at-least-32-bytes!!"
 # numerator / denominator, and per core = CPU us/request of denominator / numerator.
 RATIOS = (
     ("meshgate", "nginx"),
+    ("meshgate", "aiohttp"),
+    ("meshgate", "caddy"),
     ("meshgate", "bare"),
     ("ratelimit", "meshgate"),
     ("ratelimit-redis", "meshgate"),
@@ -284,6 +291,18 @@ def bench_token() -> str:
     signed = f"{header}.{payload}".encode()
     sig = b64(hmac.new(JWT_SECRET.encode(), signed, hashlib.sha256).digest())
     return f"{header}.{payload}.{sig}"
+
+
+def caddy_config(port: int, upstream_port: int) -> str:
+    """Caddy's reverse_proxy to the upstream: no admin endpoint, no HTTPS, no logs."""
+    return f"""{{
+\tadmin off
+\tauto_https off
+}}
+:{port} {{
+\treverse_proxy 127.0.0.1:{upstream_port}
+}}
+"""
 
 
 def target_headers(target: str) -> list[str]:
@@ -648,10 +667,21 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
     if target == "nginx":
         conf = proxy_nginx_conf(ctx.tmp / "proxy", port, upstream_port)
         proc = start_nginx(ctx, "proxy", conf, ctx.pinning.proxy)
-    elif target == "bare":
-        cmd = [*ctx.pinning.proxy, sys.executable, str(BENCH_DIR / "bare_proxy.py")]
+    elif target in ("bare", "aiohttp"):
+        script = BENCH_DIR / f"{target}_proxy.py"
+        cmd = [*ctx.pinning.proxy, sys.executable, str(script)]
         cmd += ["--port", str(port), "--upstream-port", str(upstream_port)]
-        proc = ctx.procs.spawn("bare", cmd, log_path=ctx.tmp / "bare.log")
+        proc = ctx.procs.spawn(target, cmd, log_path=ctx.tmp / f"{target}.log")
+    elif target == "caddy":
+        caddy = shutil.which("caddy")
+        if caddy is None:
+            raise BenchError("caddy not found: apt-get install -y caddy")
+        caddyfile = ctx.tmp / "Caddyfile"
+        caddyfile.write_text(caddy_config(port, upstream_port))
+        cmd = [*ctx.pinning.proxy, caddy, "run", "--config", str(caddyfile)]
+        cmd += ["--adapter", "caddyfile"]
+        env = {**os.environ, "GOMAXPROCS": "1", "HOME": str(ctx.tmp)}  # one worker, as nginx
+        proc = ctx.procs.spawn("caddy", cmd, log_path=ctx.tmp / "caddy.log", env=env)
     else:
         limit = {"ratelimit": "local", "ratelimit-redis": "redis"}.get(target, "")
         redis_port = start_redis(ctx) if limit == "redis" else 0
