@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.serialization import (
 from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from meshgate.auth.jwks import KeySetError, RemoteJwks, load_jwks_file, parse_jwks
-from meshgate.auth.jwt import JwtProvider, TokenError
+from meshgate.auth.jwt import JwtProvider
+from meshgate.auth.tokens import TokenError
 
 _jti = itertools.count()
 

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshgate.auth.jwks import KeySetError
-from meshgate.auth.jwt import CACHE_MAX_AGE_S, JwtProvider, TokenError, scopes_of
+from meshgate.auth.jwt import CACHE_MAX_AGE_S, JwtProvider
+from meshgate.auth.tokens import TokenError, scopes_of
 
 NOW = 1_700_000_000.0
 HMAC_SECRET = secrets.token_urlsafe(64)  # 86 characters: enough for HS512 (64 bytes)

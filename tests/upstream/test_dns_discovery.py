@@ -1,4 +1,4 @@
-"""DNS discovery (meshgate.upstream.discovery.DnsSource) against a real DNS server.
+"""DNS discovery (meshgate.upstream.dnssource.DnsSource) against a real DNS server.
 
 `FakeDns` is a small authoritative server written with dnslib on 127.0.0.1 (UDP,
 a free port), answering from records the tests change (answers, TTLs, failure
@@ -21,7 +21,8 @@ from meshgate.config.discovery import DiscoveryConfig, parse_nameserver
 from meshgate.config.loader import ConfigError, parse_config
 from meshgate.config.models import UpstreamConfig
 from meshgate.upstream.cluster import Cluster
-from meshgate.upstream.discovery import DiscoveryError, DnsSource, Instances, srv_weights
+from meshgate.upstream.discovery import DiscoveryError, Instances
+from meshgate.upstream.dnssource import DnsSource, srv_weights
 
 NAME = "users.svc.test"
 

@@ -21,9 +21,8 @@ from meshgate.config.loader import ConfigError
 from meshgate.config.models import GatewayConfig
 from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Request, Response
-from meshgate.io.cache_redis import CacheUnavailable
 from meshgate.observability.metrics import GatewayCollector, make_registry
-from meshgate.pipeline.cache import purge
+from meshgate.pipeline.cache import CacheUnavailable, purge
 
 if TYPE_CHECKING:
     from meshgate.gateway import Gateway

@@ -55,6 +55,7 @@ from meshgate.auth.jwks import (
     load_secret_file,
     secret_key_set,
 )
+from meshgate.auth.tokens import TokenError
 
 if TYPE_CHECKING:
     from jwt.types import Options
@@ -62,33 +63,6 @@ if TYPE_CHECKING:
 CACHE_MAX_AGE_S = 300.0  # a verified token is checked again at least this often
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
-
-
-class TokenError(Exception):
-    """A token was refused. `description` says why in a few words, without token text."""
-
-    status = 401
-
-    def __init__(self, description: str) -> None:
-        super().__init__(description)
-        self.description = description
-
-
-def scopes_of(
-    claims: Mapping[str, Any], scope_claims: Iterable[str] = ("scope", "scp")
-) -> set[str]:
-    """The scopes in the first of `scope_claims` the claims hold (not null): a
-    space-separated string, or a list (its string items). No such claim: empty."""
-    for name in scope_claims:
-        value = claims.get(name)
-        if value is None:
-            continue
-        if isinstance(value, str):
-            return set(value.split())
-        if isinstance(value, list):
-            return {v for v in value if isinstance(v, str)}
-        return set()
-    return set()
 
 
 def _header(token: str) -> dict[str, Any]:

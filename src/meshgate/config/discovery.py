@@ -5,8 +5,6 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-import dns.exception
-import dns.name
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -170,6 +168,9 @@ class DiscoveryConfig(_Model):
         if v is None:
             return v
         v = v.strip()
+        import dns.exception  # dnspython loads only for configs with DNS discovery
+        import dns.name
+
         try:
             dns.name.from_text(v)
         except dns.exception.DNSException as exc:

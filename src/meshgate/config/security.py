@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meshgate.auth.apikeys import ApiKeyError, ApiKeys
-from meshgate.auth.jwt import JwtProvider
 from meshgate.config.common import token
 from meshgate.core.cors import CorsError, CorsPolicy
 from meshgate.core.ipfilter import IpRules
+
+if TYPE_CHECKING:
+    from meshgate.auth.jwt import JwtProvider
 
 ALGORITHMS = (
     "HS256",
@@ -140,6 +142,9 @@ class JwtProviderConfig(_Model):
         return self
 
     def build(self) -> JwtProvider:
+        # PyJWT and cryptography (about 11 MB) load only when a JWT provider is configured.
+        from meshgate.auth.jwt import JwtProvider
+
         return JwtProvider.build(
             name=self.name,
             algorithms=self.algorithms,

@@ -21,14 +21,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from meshgate.core.cache import CacheError, Entry, decode_entry, encode_entry
+from meshgate.pipeline.cache import CacheUnavailable
 
 PURGE_TIMEOUT_S = 30.0  # a purge walks the whole keyspace: longer than one operation
 SCAN_COUNT = 1000  # keys examined per SCAN step
 _GLOB_SPECIAL = frozenset("*?[]\\")
-
-
-class CacheUnavailable(Exception):
-    """The cache store could not answer (Redis down, slow, or a bad reply)."""
 
 
 def glob_escape(text: str) -> str:

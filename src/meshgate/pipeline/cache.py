@@ -46,7 +46,6 @@ from meshgate.core.cache import (
     vary_key,
 )
 from meshgate.http.messages import Body, BytesBody, Headers, Request, Response
-from meshgate.io.cache_redis import CacheUnavailable
 from meshgate.pipeline.compose import Handler
 from meshgate.pipeline.context import Next, RequestContext
 from meshgate.pipeline.ratelimit import WarningClock
@@ -77,6 +76,10 @@ _BYPASS_REASONS = {
 
 # (the stored response, the variant it was stored as) or None: nothing stored
 FillResult = tuple[StoredResponse, str] | None
+
+
+class CacheUnavailable(Exception):
+    """The cache store could not answer (Redis down, slow, or a bad reply)."""
 
 
 class CacheStore(Protocol):

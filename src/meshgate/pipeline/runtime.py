@@ -10,9 +10,7 @@ import asyncio
 import hashlib
 import random
 from collections.abc import Coroutine, Sequence
-from typing import Any
-
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING, Any
 
 from meshgate.config.loader import ConfigError, ConfigProblem, LocatedDocument, key_path
 from meshgate.config.models import (
@@ -30,8 +28,6 @@ from meshgate.core.ratelimit import SlidingWindow, TokenBucket
 from meshgate.core.registry import Registry
 from meshgate.core.router import Router
 from meshgate.core.split import WeightedSplit
-from meshgate.io.cache_redis import RedisCacheStore
-from meshgate.io.ratelimit_redis import RedisRateLimiter, make_client
 from meshgate.pipeline import builtins
 from meshgate.pipeline.cache import CacheStage, CacheStore, MemoryCacheStore
 from meshgate.pipeline.compose import Handler, compose, terminal
@@ -69,6 +65,9 @@ from meshgate.pipeline.traffic import (
     split_stage,
 )
 from meshgate.upstream.cluster import Cluster
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis  # loaded only when a limit or the cache uses Redis
 
 
 class CompiledRoute:
@@ -522,6 +521,8 @@ def _redis_backend(config: GatewayConfig) -> tuple[Redis | None, RedisFactory | 
     )
     if rc is None or not uses:
         return None, None
+    from meshgate.io.ratelimit_redis import RedisRateLimiter, make_client
+
     client = make_client(
         rc.url,
         connect_timeout_s=rc.connect_timeout_s,
@@ -554,6 +555,9 @@ def _cache_store(config: GatewayConfig, previous: Runtime | None) -> tuple[Cache
     rc = settings.redis
     if settings.store == "redis":
         assert rc is not None, "the config model requires cache.redis"
+        from meshgate.io.cache_redis import RedisCacheStore
+        from meshgate.io.ratelimit_redis import make_client
+
         client = make_client(
             rc.url,
             connect_timeout_s=rc.connect_timeout_s,

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meshgate.auth.jwt import JwtProvider, TokenError, scopes_of
+from meshgate.auth.tokens import TokenError, scopes_of
 from meshgate.config.security import (
     API_KEY_PROVIDER,
     ApiKeysConfig,
@@ -31,6 +31,9 @@ from meshgate.core.matchers import parse_query
 from meshgate.core.rewrite import QueryRewrite
 from meshgate.http.messages import Request, cookie_value
 from meshgate.pipeline.context import Middleware, Next, RequestContext
+
+if TYPE_CHECKING:
+    from meshgate.auth.jwt import JwtProvider  # PyJWT + cryptography: loaded by config
 
 log = logging.getLogger("meshgate.auth")
 

@@ -10,7 +10,7 @@ import math
 import random
 import time
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshgate.config.models import InstanceConfig, UpstreamConfig
 from meshgate.config.resilience import RetryBudgetConfig
@@ -26,7 +26,10 @@ from meshgate.http.messages import Request, cookie_value
 from meshgate.io.health import HealthChecker, http_probe, tcp_probe
 from meshgate.io.upstream import Pool
 from meshgate.observability.metrics import UpstreamStats
-from meshgate.upstream.discovery import DiscoveryError, DnsSource, FileSource
+from meshgate.upstream.discovery import DiscoveryError, FileSource
+
+if TYPE_CHECKING:
+    from meshgate.upstream.dnssource import DnsSource
 
 log = logging.getLogger("meshgate.cluster")
 
@@ -132,6 +135,8 @@ class Cluster:
         self.source: FileSource | DnsSource | None = None
         discovery = config.discovery
         if discovery is not None and discovery.type == "dns":
+            from meshgate.upstream.dnssource import DnsSource  # dnspython: only for DNS
+
             self.source = DnsSource(discovery, self.set_instances)
         elif discovery is not None and discovery.path is not None:
             self.source = FileSource(discovery.path, self.set_instances)
@@ -174,10 +179,10 @@ class Cluster:
         """Start health checks and the discovery source (its first list read now)."""
         if self.source is not None:
             try:
-                if isinstance(self.source, DnsSource):
-                    self.set_instances(await self.source.load())
-                else:
+                if isinstance(self.source, FileSource):
                     self.set_instances(self.source.load())
+                else:
+                    self.set_instances(await self.source.load())
             except DiscoveryError as exc:
                 log.error("%s; using the static instances of %s", exc, self.name)
             self.source.start()
