@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
@@ -136,7 +135,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.client_port = 0
-        self.queue: deque[_Pending] = deque()
+        # Requests answered in order; a list (a deque costs 0.7 KB per idle connection),
+        # at most max_pipelined_requests long.
+        self.queue: list[_Pending] = []
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.draining = False
@@ -579,7 +580,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def _finish(self, ok: bool, keep: bool) -> bool:
         """The head of the queue is answered; False when the connection is done."""
-        self.queue.popleft()
+        self.queue.pop(0)
         if self._pause_flags & _PAUSE_PIPELINE and len(self.queue) < (
             self.cfg.max_pipelined_requests
         ):
