@@ -321,15 +321,21 @@ def meshgate_yaml(
     otlp_port: int = 0,
     sample_rate: float = 0.01,
     cache: bool = False,
+    idle_timeout_s: float | None = None,
 ) -> str:
     """The benchmarked gateway: one route to the upstream; ``limit``: local | redis | "";
     ``jwt``: the route requires a valid HS256 token; ``access_log``: file the access log
     (all fields) is written to; ``otlp_port``: tracing on at ``sample_rate``, spans
-    exported to the OTLP sink on that port; ``cache``: the route caches responses (memory store)."""
+    exported to the OTLP sink on that port; ``cache``: the route caches responses (memory store);
+    ``idle_timeout_s``: the listener's keep-alive idle timeout (default: meshgate's)."""
     text = f"""\
 listener:
   host: 127.0.0.1
   port: {port}
+"""
+    if idle_timeout_s is not None:
+        text += f"  idle_timeout_s: {idle_timeout_s}\n"
+    text += f"""\
 upstreams:
   - name: bench
     instances:
