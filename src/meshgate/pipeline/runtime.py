@@ -105,6 +105,7 @@ class CompiledRoute:
         "stages",
         "subset",
         "timeout_s",
+        "websocket",
     )
 
     def __init__(
@@ -134,6 +135,7 @@ class CompiledRoute:
         self.path = config.path or config.path_prefix or config.path_regex or ""
         self.timeout_s = timeout_s
         self.remove_request_headers = frozenset(config.remove_request_headers)
+        self.websocket = config.websocket  # None: upgrades are forwarded as plain requests
         self.guard = _guard(config)
         r = config.retry
         self.retry = r.build(random) if r.max_retries > 0 else None
@@ -521,9 +523,7 @@ def _redis_backend(config: GatewayConfig) -> tuple[Redis | None, RedisFactory | 
     return client, factory
 
 
-def _cache_store(
-    config: GatewayConfig, previous: Runtime | None
-) -> tuple[CacheStore | None, bool]:
+def _cache_store(config: GatewayConfig, previous: Runtime | None) -> tuple[CacheStore | None, bool]:
     """The store of the routes' cached responses, None when no route caches, and
     whether it is new. The previous runtime's store is kept when the top-level
     `cache` section is unchanged (its entries survive the reload)."""
