@@ -24,6 +24,7 @@ from meshgate.http.errors import (
     UpstreamConnectTimeout,
     UpstreamReset,
     UpstreamTimeout,
+    UpstreamTlsError,
 )
 from meshgate.http.framing import connection_tokens, framing_too_large
 from meshgate.http.messages import HOP_BY_HOP
@@ -470,7 +471,7 @@ class Pool:
             ) from None
         except ssl.SSLError as exc:
             detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-            raise UpstreamConnectError(
+            raise UpstreamTlsError(
                 f"TLS handshake with {self.host}:{self.port} (server name {self.server_name}) "
                 f"failed: {detail}"
             ) from None
