@@ -14,6 +14,7 @@ from meshgate.config.loader import LocatedDocument, config_warnings, load_config
 from meshgate.config.models import GatewayConfig, ListenerConfig
 from meshgate.io.server import HttpServer
 from meshgate.io.tls import ServerTls
+from meshgate.observability.metrics import TunnelStats
 from meshgate.pipeline.app import GatewayApp
 from meshgate.pipeline.runtime import Runtime, build_runtime
 
@@ -87,6 +88,10 @@ class Gateway:
     def admin_port(self) -> int | None:
         """The admin listener's port, None when it does not run."""
         return self._admin.port if self._admin is not None else None
+
+    def tunnel_stats(self) -> TunnelStats | None:
+        """WebSocket tunnels of the data listener (None before it starts)."""
+        return self._server.tunnels if self._server is not None else None
 
     def client_connections(self) -> int:
         """Open client connections on the data listener."""

@@ -20,12 +20,14 @@ from typing import Any
 
 import psutil
 import pytest
+from prometheus_client import generate_latest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from meshgate.auth.apikeys import hash_key
 from meshgate.gateway import Gateway
+from meshgate.observability.metrics import GatewayCollector, make_registry
 from tests.e2e.conftest import (
     GatewayFactory,
     TestUpstream,
@@ -336,6 +338,22 @@ async def test_access_log_and_pool_after_a_tunnel(
     assert line["status"] == 101 and line["route"] is not None
     assert line["bytes_in"] > 1000 and line["bytes_out"] > 1000
     assert "aborted" not in line
+    # metrics: the 101 as a request, the tunnel and its bytes
+    registry = make_registry(
+        GatewayCollector(
+            lambda: gw.app.stats if gw.app is not None else None,
+            lambda: gw.current_runtime,
+            gw.client_connections,
+            gw.tunnel_stats,
+        )
+    )
+    text = generate_latest(registry).decode()
+    assert 'meshgate_requests_total{method="GET",route="routes[0]",status_class="1xx"} 1.0' in text
+    assert "meshgate_websocket_tunnels_total 1.0" in text
+    assert "meshgate_websocket_tunnels_open 0.0" in text
+    assert f'meshgate_websocket_bytes_total{{direction="to_client"}} {line["bytes_out"]:.1f}' in (
+        text
+    )
 
 
 async def test_wss_through_the_tls_listener(

@@ -53,6 +53,7 @@ from meshgate.io.timers import Deadline
 from meshgate.io.tls import ServerTls, tls_info
 from meshgate.io.tunnel import Tunnel, UpgradeResponse
 from meshgate.observability.accesslog import AccessEntry, AccessLog, LoggingApp
+from meshgate.observability.metrics import TunnelStats
 
 log = logging.getLogger("meshgate.server")
 
@@ -816,6 +817,9 @@ class HttpServerProtocol(asyncio.Protocol):
             resp.idle_timeout_s,
             on_upstream_lost=upstream.connection_lost,
         )
+        stats = self.server.tunnels
+        stats.open += 1
+        stats.total += 1
         transport.write(head)
         early, self._tunnel_early = self._tunnel_early, b""
         tunnel.start(
@@ -828,11 +832,14 @@ class HttpServerProtocol(asyncio.Protocol):
             await tunnel.closed
         finally:
             tunnel.abort()  # (no-op when both sides are gone; cancelled: drop them)
+            stats.open -= 1
+            stats.bytes_to_client += tunnel.to_client
+            stats.bytes_from_client += tunnel.from_client
             self.closed = True
             self._deadline.cancel()
             self.server.connections.discard(self)
             self.server.connection_closed()
-        return tunnel.to_client + len(head), tunnel.from_client
+        return tunnel.to_client, tunnel.from_client
 
     # --- draining ----------------------------------------------------------
     def start_drain(self) -> None:
@@ -870,6 +877,7 @@ class HttpServer:
         self.reuse_port = reuse_port
         self.loop = asyncio.get_running_loop()
         self.connections: set[HttpServerProtocol] = set()
+        self.tunnels = TunnelStats()
         self._server: asyncio.base_events.Server | None = None
         self._all_closed: asyncio.Event | None = None
         self.port = 0
