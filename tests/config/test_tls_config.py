@@ -155,3 +155,14 @@ def test_meshgate_validate_reports_the_mismatch(
     assert f"{path}:6: listener.tls.certificates[0].key_file: {b.key_file} is not the key" in (
         proc.stderr
     )
+
+
+def test_websocket_routes_are_not_cached_or_redirects() -> None:
+    head = "upstreams: [{name: u, instances: [{host: 127.0.0.1, port: 9}]}]\nroutes:\n"
+    assert problems(head + "  - {path: /ws, upstream: u, websocket: {}, cache: {}}\n") == [
+        "gw.yaml:3: routes[0]: a websocket route is not cached: remove cache (or split the route)"
+    ]
+    out = problems(head + "  - {path: /ws, redirect: {path: /x}, websocket: {}}\n")
+    assert out == [
+        "gw.yaml:3: routes[0]: a redirect route answers without forwarding: remove websocket"
+    ]

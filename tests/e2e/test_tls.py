@@ -290,3 +290,43 @@ async def test_certificate_reload_without_restart(
         assert await serves(renewed)
         r = await old_client.get(f"https://127.0.0.1:{gw.port}/headers")
         assert r.status_code == 200
+
+
+async def test_middlewares_work_unchanged_over_https(
+    gateway_factory: GatewayFactory, upstream: TestUpstream, pki: Pki
+) -> None:
+    cfg = make_config(
+        upstream.port,
+        listener=tls_listener(pki),
+        routes=[
+            {"path": "/limited", "upstream": "main", "rate_limits": [{"limit": 1, "window_s": 60}]},
+            {"path": "/old", "redirect": {"path": "/new"}},
+            {"path": "/cached", "upstream": "main", "cache": {"ttl_s": 60}},
+            {
+                "path": "/*",
+                "upstream": "main",
+                "compress": {"min_size_bytes": 100},
+                "cors": {"allow_origins": ["https://app.example"]},
+                "ip_rules": {"deny": ["10.0.0.0/8"]},
+                "response_headers": {"set": {"x-scheme": "${scheme}"}},
+            },
+        ],
+    )
+    gw = await gateway_factory(cfg)
+    base = f"https://127.0.0.1:{gw.port}"
+    async with httpx.AsyncClient(verify=client_ssl(pki)) as client:
+        assert (await client.get(f"{base}/limited")).status_code == 200
+        assert (await client.get(f"{base}/limited")).status_code == 429
+        r = await client.get(f"{base}/old")
+        assert r.status_code == 302
+        assert r.headers["location"] == f"https://127.0.0.1:{gw.port}/new"
+        first = await client.get(f"{base}/cached")
+        again = await client.get(f"{base}/cached")
+        assert (first.headers["x-cache"], again.headers["x-cache"]) == ("MISS", "HIT")
+        r = await client.get(
+            f"{base}/headers?pad={'p' * 300}",
+            headers={"accept-encoding": "gzip", "origin": "https://app.example"},
+        )
+        assert r.headers["content-encoding"] == "gzip" and r.json()["method"] == "GET"
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        assert r.headers["x-scheme"] == "https"

@@ -450,3 +450,31 @@ async def test_uvloop_gateway_process_wss_and_bounded_memory(
             assert len(message) == MiB
             received += 1
     assert received == 64
+
+
+async def test_route_stages_apply_to_the_upgrade(
+    gateway_factory: GatewayFactory, ws_upstream: WsUpstream, upstream: TestUpstream
+) -> None:
+    cfg = ws_config(
+        ws_upstream.port,
+        upstream.port,
+        compress=True,
+        request_headers={"set": {"x-from-gateway": "yes"}},
+        response_headers={"set": {"x-route": "ws"}},
+        rewrite={"strip_prefix": "/api"},
+        path_prefix="/api/ws",
+        ip_rules={"allow": ["127.0.0.0/8"]},
+    )
+    gw = await gateway_factory(cfg)
+    async with client(gw, "/api/ws/headers") as ws:
+        headers = {k.lower(): v for k, v in json.loads(await ws.recv()).items()}
+        assert ws.response is not None
+        assert ws.response.headers["x-route"] == "ws"  # on the 101
+    assert headers["x-from-gateway"] == "yes"  # the rewritten path reached /ws/headers
+    cfg["routes"][0]["ip_rules"] = {"deny": ["127.0.0.0/8"]}
+    gw = await gateway_factory(cfg)
+    with pytest.raises(InvalidStatus) as info:
+        async with client(gw, "/api/ws/echo"):
+            pass
+    assert info.value.response.status_code == 403
+    assert ws_upstream.handshakes == 1

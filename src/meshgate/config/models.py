@@ -584,7 +584,7 @@ class RouteConfig(_Model):
         if self.redirect is not None:
             extra = [
                 f
-                for f in ("mirror", "rewrite", "request_headers", "sticky", "cache")
+                for f in ("mirror", "rewrite", "request_headers", "sticky", "cache", "websocket")
                 if getattr(self, f) is not None
             ]
             if extra:
@@ -593,6 +593,8 @@ class RouteConfig(_Model):
                 )
         if self.sticky is not None and self.split is None:
             raise ValueError("sticky needs 'split'")
+        if self.websocket is not None and self.cache is not None:
+            raise ValueError("a websocket route is not cached: remove cache (or split the route)")
         self._check_params()
         return self
 
