@@ -478,3 +478,23 @@ async def test_route_stages_apply_to_the_upgrade(
             pass
     assert info.value.response.status_code == 403
     assert ws_upstream.handshakes == 1
+
+
+async def test_frames_sent_right_behind_the_handshake_are_not_lost(ws_gateway: Gateway) -> None:
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(b"early"))
+    frame = b"\x81\x85" + mask + masked  # FIN, text, masked, 5 bytes
+    handshake = (
+        b"GET /ws/echo HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", ws_gateway.port)
+    try:
+        writer.write(handshake + frame)  # one write: the frame arrives with the request
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 ")
+            assert b"sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
+            assert await reader.readexactly(7) == b"\x81\x05early"
+    finally:
+        writer.transport.abort()

@@ -295,7 +295,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 last = self.queue[-1]
                 last.keep_alive = False
                 if last.request is not None and last.request.upgrade is not None:
-                    self._tunnel_early = data[int(exc.args[0]) :]
+                    self._tunnel_early += data[int(exc.args[0]) :]
             self._stop_reading()
         except httptools.HttpParserError as exc:
             reject = self._reject or _Reject(400, f"malformed request: {exc}")

@@ -135,7 +135,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             if self.upgraded:  # the rest is tunnel data: held until the tunnel takes over
-                self._early = data[int(exc.args[0]) :]
+                self._early += data[int(exc.args[0]) :]
                 if self.transport is not None:
                     self.transport.pause_reading()
                 return
