@@ -103,7 +103,7 @@ async def test_sni_selects_exact_wildcard_and_default_certificates(
         assert cert.serial_number == want.serial, name
 
 
-async def test_alpn_answers_http11_and_versions_12_13_are_accepted(
+async def test_alpn_versions_and_sni_with_python_ssl_and_openssl_s_client(
     gateway_factory: GatewayFactory, upstream: TestUpstream, pki: Pki
 ) -> None:
     gw = await gateway_factory(https_config(upstream, pki))
@@ -121,6 +121,14 @@ async def test_alpn_answers_http11_and_versions_12_13_are_accepted(
         assert "Verify return code: 0 (ok)" in out
         assert "ALPN protocol: http/1.1" in out
         assert "CN = api.example.com" in out
+    for sni, subject in (
+        (["-servername", "chat.example.org"], "CN = *.example.org"),
+        (["-servername", "nobody.test"], "CN = default.test"),
+        (["-noservername"], "CN = default.test"),
+    ):
+        code, out, err = await s_client(gw.port, pki.ca.cert_file, *sni)
+        assert code == 0, err
+        assert f"0 s:{subject}" in out, out
 
 
 async def s_client(port: int, ca_file: str, *args: str) -> tuple[int, str, str]:
