@@ -49,7 +49,6 @@ class ServerTls:
         self._doc = doc
         self._stamps = _stamps(config.files())
         self._contexts = self._build()
-        self.reloads = 0  # certificate sets swapped in after the first
         self.context = self._new_context()  # the front: options shared by every handshake
         default = config.certificates[0]
         self.context.load_cert_chain(default.cert_file, default.key_file)
@@ -158,7 +157,6 @@ class ServerTls:
             return False
         self._stamps = stamps
         self._contexts = contexts
-        self.reloads += 1
         log.info("TLS certificates reloaded (%d)", len(self.config.certificates))
         return True
 

@@ -26,14 +26,12 @@ log = logging.getLogger("meshgate.tunnel")
 class _End(asyncio.Protocol):
     """One side of the tunnel: what it reads goes to the other side's transport."""
 
-    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport, name: str) -> None:
+    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport) -> None:
         self.tunnel = tunnel
         self.transport = transport
-        self.name = name
         self.peer: _End
         self.received = 0  # bytes read from this side
         self.lost = False
-        self.write_paused = False
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
@@ -46,12 +44,10 @@ class _End(asyncio.Protocol):
         return False  # close this side; connection_lost passes the close on
 
     def pause_writing(self) -> None:
-        self.write_paused = True
         if not self.peer.lost:
             self.peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
         if not self.peer.lost:
             self.peer.transport.resume_reading()
 
@@ -73,13 +69,12 @@ class Tunnel:
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.idle_timeout_s = idle_timeout_s
-        self.client = _End(self, client, "client")
-        self.upstream = _End(self, upstream, "upstream")
+        self.client = _End(self, client)
+        self.upstream = _End(self, upstream)
         self.client.peer = self.upstream
         self.upstream.peer = self.client
         self._on_upstream_lost = on_upstream_lost
         self.closed: asyncio.Future[None] = self.loop.create_future()
-        self.idled_out = False
         self._idle = Deadline(self.loop, self._idle_timed_out)
 
     @property
@@ -103,8 +98,6 @@ class Tunnel:
         above its high-water mark now; ``*_early``: bytes that side already sent
         after the HTTP exchange (read together with it)."""
         client, upstream = self.client, self.upstream
-        client.write_paused = client_paused
-        upstream.write_paused = upstream_paused
         client.transport.set_protocol(client)
         upstream.transport.set_protocol(upstream)
         self._idle.set(self.idle_timeout_s)
@@ -122,7 +115,6 @@ class Tunnel:
         self._idle.set(self.idle_timeout_s)
 
     def _idle_timed_out(self) -> None:
-        self.idled_out = True
         log.info("tunnel idle for %g s: closing both sides", self.idle_timeout_s)
         self.abort()
 
