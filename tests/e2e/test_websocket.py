@@ -36,7 +36,7 @@ from tests.e2e.conftest import (
     make_config,
     raw_exchange,
 )
-from tests.e2e.tls_helpers import CA
+from tests.e2e.tls_helpers import CA, TlsFront
 
 MiB = 1024 * 1024
 KEY = "mg_wsapp_0123456789abcdefghijklmnopqrstuvwxyzAB"
@@ -498,3 +498,28 @@ async def test_frames_sent_right_behind_the_handshake_are_not_lost(ws_gateway: G
             assert await reader.readexactly(7) == b"\x81\x05early"
     finally:
         writer.transport.abort()
+
+
+async def test_tunnel_to_a_tls_upstream(
+    gateway_factory: GatewayFactory,
+    ws_upstream: WsUpstream,
+    upstream: TestUpstream,
+    tmp_path: Path,
+) -> None:
+    ca = CA(tmp_path)
+    front = await TlsFront(ca.issue("up", ("ws.internal",)), ws_upstream.port).start()
+    try:
+        cfg = ws_config(front.port, upstream.port)
+        cfg["upstreams"][0]["tls"] = {"ca_file": ca.cert_file, "server_name": "ws.internal"}
+        gw = await gateway_factory(cfg)
+        payload = b"t" * (2 * MiB)
+        async with client(gw, "/ws/echo") as ws:
+            await ws.send(payload)
+            assert await asyncio.wait_for(ws.recv(), 20) == payload
+            await ws.send("small")
+            assert await ws.recv() == "small"
+        assert front.server_names == ["ws.internal"]
+        pool = gw.runtime.clusters["ws"].hosts[0].pool
+        await eventually(lambda: pool.open == 0)
+    finally:
+        await front.stop()
