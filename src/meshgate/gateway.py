@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from meshgate.config.loader import LocatedDocument, config_warnings, load_config
 from meshgate.config.models import GatewayConfig, ListenerConfig
 from meshgate.io.server import HttpServer
+from meshgate.io.tls import ServerTls
+from meshgate.observability.metrics import TunnelStats
 from meshgate.pipeline.app import GatewayApp
 from meshgate.pipeline.runtime import Runtime, build_runtime
 
@@ -87,6 +89,10 @@ class Gateway:
         """The admin listener's port, None when it does not run."""
         return self._admin.port if self._admin is not None else None
 
+    def tunnel_stats(self) -> TunnelStats | None:
+        """WebSocket tunnels of the data listener (None before it starts)."""
+        return self._server.tunnels if self._server is not None else None
+
     def client_connections(self) -> int:
         """Open client connections on the data listener."""
         return len(self._server.connections) if self._server is not None else 0
@@ -119,12 +125,19 @@ class Gateway:
         except BaseException:
             await self._runtime.aclose()
             raise
+        tls_config = self.config.listener.tls
+        try:
+            tls = ServerTls(tls_config, self._doc) if tls_config is not None else None
+        except BaseException:
+            await self._runtime.aclose()
+            raise
         self._app = GatewayApp(self._runtime)
         self._server = HttpServer(
             self._app,
             self.config.listener,
             self.config.max_request_body_bytes,
             reuse_port=self._reuse_port,
+            tls=tls,
         )
         try:
             await self._server.start()
@@ -132,9 +145,10 @@ class Gateway:
             await self._runtime.aclose()
             raise
         log.info(
-            "gateway listening on %s:%d (%d routes)",
+            "gateway listening on %s:%d (%s, %d routes)",
             self.config.listener.host,
             self.port,
+            "https" if tls is not None else "http",
             len(self.config.routes),
         )
         if self.fleet is not None and self.config.admin.enabled:

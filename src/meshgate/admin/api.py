@@ -92,6 +92,7 @@ class AdminApp:
                 lambda: gateway.app.stats if gateway.app is not None else None,
                 lambda: gateway.current_runtime,
                 gateway.client_connections,
+                gateway.tunnel_stats,
             )
         )
         self._routes: dict[str, dict[str, Handler]] = {

@@ -34,6 +34,7 @@ from meshgate.config.security import (
     IpRulesConfig,
     RouteAuthConfig,
 )
+from meshgate.config.tls import ListenerTlsConfig, UpstreamTlsConfig, WebSocketConfig, tls_errors
 from meshgate.config.tracing import TracingConfig
 from meshgate.core.balancer import BALANCERS
 from meshgate.core.clientip import parse_networks
@@ -100,6 +101,9 @@ class ListenerConfig(_Model):
     max_pipelined_requests: int = Field(
         16, ge=1, description="Requests parsed ahead of the one being answered."
     )
+    tls: ListenerTlsConfig | None = Field(
+        None, description="Terminate TLS (HTTPS) on this listener; see docs/tls.md."
+    )
 
 
 class PoolConfig(_Model):
@@ -139,6 +143,9 @@ class UpstreamConfig(_Model):
         "proxy_read_timeout); the client's response is then aborted.",
     )
     pool: PoolConfig = PoolConfig()
+    tls: UpstreamTlsConfig | None = Field(
+        None, description="Connect to the instances with TLS (HTTPS); see docs/tls.md."
+    )
     limits: UpstreamLimitsConfig = UpstreamLimitsConfig()
     retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     circuit_breaker: CircuitBreakerConfig | None = Field(
@@ -530,6 +537,9 @@ class RouteConfig(_Model):
     preserve_host: bool = Field(
         True, description="Send the client's Host upstream (false: the instance's host:port)."
     )
+    websocket: WebSocketConfig | None = Field(
+        None, description="Tunnel WebSocket upgrades to the upstream; see docs/websocket.md."
+    )
     remove_request_headers: list[str] = Field(
         default_factory=list,
         description="Headers stripped before forwarding, e.g. [cookie] as in the seed.",
@@ -574,7 +584,7 @@ class RouteConfig(_Model):
         if self.redirect is not None:
             extra = [
                 f
-                for f in ("mirror", "rewrite", "request_headers", "sticky", "cache")
+                for f in ("mirror", "rewrite", "request_headers", "sticky", "cache", "websocket")
                 if getattr(self, f) is not None
             ]
             if extra:
@@ -583,6 +593,8 @@ class RouteConfig(_Model):
                 )
         if self.sticky is not None and self.split is None:
             raise ValueError("sticky needs 'split'")
+        if self.websocket is not None and self.cache is not None:
+            raise ValueError("a websocket route is not cached: remove cache (or split the route)")
         self._check_params()
         return self
 
@@ -867,6 +879,7 @@ def reference_errors(config: GatewayConfig) -> list[tuple[tuple[str | int, ...],
 
     errors += _rate_limit_errors(config)
     errors += _auth_errors(config)
+    errors += tls_errors(config.listener.tls, list(enumerate(u.tls for u in config.upstreams)))
     route_names: dict[str, int] = {}
     for i, route in enumerate(config.routes):
         if route.name is not None:

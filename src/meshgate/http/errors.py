@@ -54,6 +54,14 @@ class UpstreamConnectTimeout(UpstreamConnectError):
     reason = "upstream connect timeout"
 
 
+class UpstreamTlsError(UpstreamConnectError):
+    """The TLS handshake failed (certificate not verified, name mismatch, no shared
+    version): the upstream is there but not usable, hence 502 rather than 503."""
+
+    status = 502
+    reason = "upstream TLS handshake failed"
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     reason = "upstream response timeout"

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator
 from random import getrandbits
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from meshgate.http.errors import BodyTooLarge
+
+if TYPE_CHECKING:
+    from meshgate.http.tls import TlsInfo
 
 
 class Headers:
@@ -228,6 +231,8 @@ class Request:
         "query_string",
         "scheme",
         "target",
+        "tls",
+        "upgrade",
     )
 
     def __init__(
@@ -252,6 +257,11 @@ class Request:
         self.http_version = http_version
         self.scheme = scheme
         self.host = (headers.get("host") if host is None else host) or ""
+        # The TLS session of an HTTPS request (client certificate, version; see
+        # docs/tls.md); None over plain HTTP.
+        self.tls: TlsInfo | None = None
+        # "websocket" when the client asked to upgrade (see docs/websocket.md).
+        self.upgrade: str | None = None
 
     def set_target(self, target: str) -> None:
         """Change what is forwarded: path plus query (``path`` and ``query_string`` follow)."""

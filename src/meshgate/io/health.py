@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection
 
@@ -21,16 +22,23 @@ Probe = Callable[[str, int], Awaitable[bool]]
 
 
 def http_probe(
-    path: str, host_header: str | None, expected: Collection[int], timeout_s: float
+    path: str,
+    host_header: str | None,
+    expected: Collection[int],
+    timeout_s: float,
+    *,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
 ) -> Probe:
-    """A probe sending ``GET path`` and expecting one of ``expected`` as the status."""
+    """A probe sending ``GET path`` and expecting one of ``expected`` as the status
+    (over TLS with ``tls``: the handshake and verification are part of the check)."""
     statuses = frozenset(expected)
 
     async def probe(host: str, port: int) -> bool:
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await _open(host, port, tls, server_name)
                 authority = host_header or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
                 writer.write(
                     f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n"
@@ -50,13 +58,24 @@ def http_probe(
     return probe
 
 
-def tcp_probe(timeout_s: float) -> Probe:
-    """A probe that only opens (and closes) a TCP connection."""
+def _open(
+    host: str, port: int, tls: ssl.SSLContext | None, server_name: str | None
+) -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    if tls is None:
+        return asyncio.open_connection(host, port)
+    return asyncio.open_connection(host, port, ssl=tls, server_hostname=server_name or host)
+
+
+def tcp_probe(
+    timeout_s: float, *, tls: ssl.SSLContext | None = None, server_name: str | None = None
+) -> Probe:
+    """A probe that only opens (and closes) a TCP connection (with ``tls``: and
+    completes a verified TLS handshake)."""
 
     async def probe(host: str, port: int) -> bool:
         try:
             async with asyncio.timeout(timeout_s):
-                _, writer = await asyncio.open_connection(host, port)
+                _, writer = await _open(host, port, tls, server_name)
         except (OSError, TimeoutError):
             return False
         writer.close()

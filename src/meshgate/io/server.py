@@ -47,8 +47,12 @@ from meshgate.http.messages import (
 )
 from meshgate.http.paths import normalize_target
 from meshgate.http.stream import StreamBody
+from meshgate.http.tls import TlsInfo
 from meshgate.io.timers import Deadline
+from meshgate.io.tls import ServerTls, tls_info
+from meshgate.io.tunnel import Tunnel, UpgradeResponse
 from meshgate.observability.accesslog import AccessEntry, AccessLog, LoggingApp
+from meshgate.observability.metrics import TunnelStats
 
 log = logging.getLogger("meshgate.server")
 
@@ -141,6 +145,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.draining = False
+        self.tls: TlsInfo | None = None  # the TLS session, on an HTTPS listener
+        self._tunnel_early = b""  # bytes read after a WebSocket upgrade request
         # parsing state of the request being received
         self._url = b""
         self._headers: list[tuple[str, str]] = []
@@ -168,6 +174,10 @@ class HttpServerProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip, self.client_port = peer[0], peer[1]
+        if self.server.tls is not None:  # (the handshake is done by now)
+            sslobj = transport.get_extra_info("ssl_object")
+            if sslobj is not None:
+                self.tls = tls_info(sslobj)
         self.server.connections.add(self)
         self._set_timer(self.cfg.header_timeout_s, self._on_idle_timeout)
 
@@ -278,11 +288,15 @@ class HttpServerProtocol(asyncio.Protocol):
                     self._protocol_error(_Reject(431, "request header fields too large"))
             elif chunked_body is not None and chunked_body is self._current_body:
                 self._check_chunk_overhead(chunked_body, len(data))
-        except httptools.HttpParserUpgrade:
-            # Upgrade (WebSocket, h2c) is not served by the HTTP/1.1 engine: the
-            # request is answered normally and the connection closed after it.
+        except httptools.HttpParserUpgrade as exc:
+            # No more HTTP/1.1 on this connection after an upgrade request: a
+            # WebSocket one may become a tunnel (the bytes after it are its first
+            # data); any other is answered normally and the connection closed.
             if self.queue:
-                self.queue[-1].keep_alive = False
+                last = self.queue[-1]
+                last.keep_alive = False
+                if last.request is not None and last.request.upgrade is not None:
+                    self._tunnel_early += data[int(exc.args[0]) :]
             self._stop_reading()
         except httptools.HttpParserError as exc:
             reject = self._reject or _Reject(400, f"malformed request: {exc}")
@@ -303,7 +317,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._stopped = True
         if not self.queue and self.transport is not None:
             self.transport.close()
-        return True  # keep the write side open to answer what is queued
+        # Keep the write side open to answer what is queued (TLS in asyncio cannot
+        # half-close: the transport closes after an EOF whatever is answered).
+        return self.server.tls is None or None
 
     def _check_chunk_overhead(self, body: StreamBody, read: int) -> None:
         """Chunk framing and trailers are not body: bound them (an endless trailer
@@ -397,10 +413,13 @@ class HttpServerProtocol(asyncio.Protocol):
             self._set_timer(self.cfg.body_timeout_s, self._on_body_timeout)
         else:
             body = BytesBody(b"")
+        upgrade: str | None = None
         if connection is not None:
             # Fields named by Connection are hop-by-hop: they end here, before any
             # middleware, so they can never remove what the gateway adds later.
             named = connection_tokens(connection) - _NEVER_HOP
+            if "upgrade" in named:
+                upgrade = self._upgrade_asked(headers, content_length, te)
             if any(name in named for name, _ in headers):
                 headers[:] = [(n, v) for n, v in headers if n not in named]
         method = parser.get_method().decode("ascii")
@@ -423,6 +442,11 @@ class HttpServerProtocol(asyncio.Protocol):
             http_version=version,
             host=host,
         )
+        if self.tls is not None:
+            request.scheme = "https"
+            request.tls = self.tls
+        if upgrade is not None:
+            request.upgrade = upgrade
         # HTTP/1.0 with Transfer-Encoding: framing is suspect (RFC 9112 6.1), close after.
         keep_alive = parser.should_keep_alive() and not (te is not None and version == "1.0")
         pending = _Pending(request, keep_alive)
@@ -431,6 +455,26 @@ class HttpServerProtocol(asyncio.Protocol):
         self._current = pending
         self.queue.append(pending)
         self._headers = []  # the request owns the list now
+
+    def _upgrade_asked(
+        self, headers: list[tuple[str, str]], content_length: int | None, te: str | None
+    ) -> str | None:
+        """What a request naming ``upgrade`` in Connection upgrades to: "websocket",
+        or None (no Upgrade field, or a protocol the gateway does not tunnel: the
+        field is dropped with the other Connection-named ones). ``h2c`` is refused
+        (400): forwarded, it would let a client speak HTTP/2 to the upstream past
+        the route's rules (h2c smuggling)."""
+        value = ",".join(v for n, v in headers if n == "upgrade")
+        if not value:
+            return None
+        protocols = [p.strip().lower() for p in value.split(",")]
+        if any(p.startswith("h2c") for p in protocols):
+            self._raise(400, "Upgrade: h2c is not supported")
+        if "websocket" not in protocols:
+            return None
+        if self.parser.get_method() != b"GET" or te is not None or content_length:
+            self._raise(400, "a WebSocket upgrade is a GET request without a body")
+        return "websocket"
 
     def _origin_form(self, target: str, headers: list[tuple[str, str]]) -> tuple[str, str]:
         """Absolute-form target: route on its path; its authority replaces Host (RFC 9112 3.2.2).
@@ -538,6 +582,19 @@ class HttpServerProtocol(asyncio.Protocol):
                     await resp.body.aclose()
                     self._close()
                     return  # (logged as aborted below)
+                if resp.status == 101:
+                    if isinstance(resp, UpgradeResponse) and request.upgrade is not None:
+                        to_client, from_client = await self._tunnel(pending, resp)
+                        if entry is not None and alog is not None:
+                            entry.status = 101
+                            entry.bytes_out = to_client
+                            entry.body = Body(from_client)  # bytes_in: what the client sent
+                            alog.emit(entry)
+                            entry = None
+                        return
+                    log.error("a middleware answered 101 without an upstream upgrade: 502")
+                    await resp.body.aclose()
+                    resp = error_response(502, "invalid protocol switch", new_request_id())
                 ok, keep = await self._write_response(pending, resp, self._keep(pending, False))
                 if entry is not None and alog is not None:
                     entry.status = pending.status
@@ -726,6 +783,65 @@ class HttpServerProtocol(asyncio.Protocol):
             return False
         return True
 
+    # --- upgrade: WebSocket tunnel -----------------------------------------
+    async def _tunnel(self, pending: _Pending, resp: UpgradeResponse) -> tuple[int, int]:
+        """Answer the 101 and tunnel bytes between the client and the upstream
+        connection until either closes; return (bytes to the client, bytes from it).
+        This connection serves no more requests."""
+        transport = self.transport
+        upstream = resp.upstream
+        assert transport is not None and pending.request is not None
+        pending.response_started = True
+        pending.status = 101
+        fields = [f"{n}: {v}\r\n" for n, v in resp.headers.raw() if n not in _FRAMING]
+        block = "".join(fields)
+        if block.count("\n") != len(fields) or block.count("\r") != len(fields):
+            log.error("a 101 response header has a line break; closing")
+            await resp.body.aclose()
+            self._close()
+            return 0, 0
+        head = (
+            f"{status_line(101)}{block}connection: upgrade\r\n"
+            f"upgrade: {pending.request.upgrade}\r\n\r\n"
+        ).encode("latin-1", "replace")
+        upstream_transport = upstream.transport
+        if self.closed or upstream.closed or upstream_transport is None:
+            await resp.body.aclose()
+            self._close()
+            return 0, 0
+        resp.take()
+        self._cancel_timer()
+        self._stopped = True
+        tunnel = Tunnel(
+            transport,
+            upstream_transport,
+            resp.idle_timeout_s,
+            on_upstream_lost=upstream.connection_lost,
+        )
+        stats = self.server.tunnels
+        stats.open += 1
+        stats.total += 1
+        transport.write(head)
+        early, self._tunnel_early = self._tunnel_early, b""
+        tunnel.start(
+            client_paused=self._write_paused,
+            upstream_paused=upstream.write_paused,
+            client_early=early,
+            upstream_early=upstream.detach(),
+        )
+        try:
+            await tunnel.closed
+        finally:
+            tunnel.abort()  # (no-op when both sides are gone; cancelled: drop them)
+            stats.open -= 1
+            stats.bytes_to_client += tunnel.to_client
+            stats.bytes_from_client += tunnel.from_client
+            self.closed = True
+            self._deadline.cancel()
+            self.server.connections.discard(self)
+            self.server.connection_closed()
+        return tunnel.to_client, tunnel.from_client
+
     # --- draining ----------------------------------------------------------
     def start_drain(self) -> None:
         """Finish what is in flight, then close; close now when idle."""
@@ -745,10 +861,13 @@ class HttpServer:
         *,
         reuse_port: bool = False,
         unix_path: str | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         """``unix_path``: listen on this Unix socket instead of ``listener``'s host and
-        port (a stale socket file there is replaced)."""
+        port (a stale socket file there is replaced). ``tls``: terminate TLS with it
+        (its certificate reload runs from `start` to `shutdown`)."""
         self.app = app
+        self.tls = tls
         self.unix_path = unix_path
         # The app's access log is fed by this server (GatewayApp; not the admin app).
         self.logging_app: LoggingApp | None = (
@@ -759,6 +878,7 @@ class HttpServer:
         self.reuse_port = reuse_port
         self.loop = asyncio.get_running_loop()
         self.connections: set[HttpServerProtocol] = set()
+        self.tunnels = TunnelStats()
         self._server: asyncio.base_events.Server | None = None
         self._all_closed: asyncio.Event | None = None
         self.port = 0
@@ -772,10 +892,17 @@ class HttpServer:
             )
             return
         sock = bind_socket(self.listener.host, self.listener.port, reuse_port=self.reuse_port)
+        tls = self.tls
         self._server = await self.loop.create_server(
-            lambda: HttpServerProtocol(self), sock=sock, backlog=self.listener.backlog
+            lambda: HttpServerProtocol(self),
+            sock=sock,
+            backlog=self.listener.backlog,
+            ssl=tls.context if tls is not None else None,
+            ssl_handshake_timeout=tls.config.handshake_timeout_s if tls is not None else None,
         )
         self.port = sock.getsockname()[1]
+        if tls is not None:
+            tls.start()
 
     @property
     def access_log(self) -> AccessLog | None:
@@ -790,6 +917,8 @@ class HttpServer:
         """Stop accepting, let in-flight requests finish (bounded), then close."""
         if self._server is not None:
             self._server.close()
+        if self.tls is not None:
+            await self.tls.aclose()
         self._all_closed = asyncio.Event()
         for conn in list(self.connections):
             conn.start_drain()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -23,6 +24,7 @@ from meshgate.http.errors import (
     UpstreamConnectTimeout,
     UpstreamReset,
     UpstreamTimeout,
+    UpstreamTlsError,
 )
 from meshgate.http.framing import connection_tokens, framing_too_large
 from meshgate.http.messages import HOP_BY_HOP, BytesBody
@@ -91,6 +93,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._error: Exception | None = None
+        # WebSocket: this exchange asked to upgrade; the upstream answered 101 (the
+        # connection then belongs to a tunnel, never to the pool); bytes it sent
+        # after the 101 head.
+        self._upgrade = False
+        self.upgraded = False
+        self._early = b""
 
     # --- events from the transport ---------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,7 +140,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._read_deadline.set(self.pool.read_timeout_s)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
+            if self.upgraded:  # the rest is tunnel data: held until the tunnel takes over
+                self._early += data[int(exc.args[0]) :]
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                return
             self._error = UpstreamBadResponse("upstream switched protocols without being asked")
             self.abort()
         except httptools.HttpParserError as exc:
@@ -200,6 +213,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         status = self.parser.get_status_code()
+        if status == 101 and self._upgrade:
+            self._switched()
+            return
         if 100 <= status < 200:
             self._headers = []  # interim response (100 Continue, 103): not forwarded
             return
@@ -245,6 +261,29 @@ class UpstreamConnection(asyncio.Protocol):
             self._read_deadline.set(self.pool.read_timeout_s)
         self._deliver(ResponseHead(status, headers, body))
 
+    def _switched(self) -> None:
+        """The upstream accepted the upgrade: deliver the 101 head; the exchange never
+        finishes (nothing releases the connection to the pool)."""
+        self.upgraded = True
+        self._keep_alive = False
+        self._read_deadline.clear()
+        headers = [
+            (n, v) for n, v in self._headers if n not in HOP_BY_HOP and not n.startswith("proxy-")
+        ]
+        self._headers = []
+        body = StreamBody(0)
+        body.feed_eof()
+        self._deliver(ResponseHead(101, headers, body))
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    def detach(self) -> bytes:
+        """A tunnel takes the connection over: the bytes the upstream sent after its 101."""
+        early, self._early = self._early, b""
+        return early
+
     def on_body(self, data: bytes) -> None:
         if self._held is not None:
             self._held_data.append(data)
@@ -288,9 +327,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
 
     # --- used by the proxy ---------------------------------------------------
-    def start(self, head: bytes, *, head_request: bool, body_follows: bool) -> None:
-        """Begin an exchange by writing the request head."""
+    def start(
+        self, head: bytes, *, head_request: bool, body_follows: bool, upgrade: bool = False
+    ) -> None:
+        """Begin an exchange by writing the request head (``upgrade``: it asks for a
+        WebSocket upgrade, a 101 answer is expected)."""
         assert self.transport is not None
+        self._upgrade = upgrade
         self.requests += 1
         self.got_bytes = False
         self._head_timeout_s = None
@@ -407,8 +450,15 @@ class Pool:
         connect_timeout_s: float,
         read_timeout_s: float = 60.0,
         clock: Callable[[], float] | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
+        """``tls``: connect with TLS, sending ``server_name`` (default ``host``) as SNI
+        and verifying the certificate for it; the handshake is part of the connect
+        (``connect_timeout_s``)."""
         self.host = host
+        self.tls = tls
+        self.server_name = (server_name or host) if tls is not None else None
         self.port = port
         self.max_idle = max_idle
         self.idle_timeout_s = idle_timeout_s
@@ -439,11 +489,22 @@ class Pool:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port
+                    lambda: UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.server_name,
+                    ssl_handshake_timeout=self.connect_timeout_s if self.tls else None,
                 )
         except TimeoutError:
             raise UpstreamConnectTimeout(
                 f"connect to {self.host}:{self.port} timed out after {self.connect_timeout_s:g} s"
+            ) from None
+        except ssl.SSLError as exc:
+            detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            raise UpstreamTlsError(
+                f"TLS handshake with {self.host}:{self.port} (server name {self.server_name}) "
+                f"failed: {detail}"
             ) from None
         except OSError as exc:
             raise UpstreamConnectError(

@@ -72,6 +72,19 @@ class RequestStats:
         hist[-1] += seconds
 
 
+class TunnelStats:
+    """WebSocket tunnels of a listener (kept by the server): open now, opened, and
+    their bytes each way (added when a tunnel closes)."""
+
+    __slots__ = ("bytes_from_client", "bytes_to_client", "open", "total")
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.total = 0
+        self.bytes_to_client = 0
+        self.bytes_from_client = 0
+
+
 def _histogram() -> list[float]:
     """Per-bucket counts (not cumulative), one for +Inf, then the sum."""
     return [0] * (len(DURATION_BUCKETS) + 2)
@@ -106,10 +119,12 @@ class GatewayCollector(Collector):
         stats: Callable[[], RequestStats | None],
         runtime: Callable[[], Runtime | None],
         connections: Callable[[], int],
+        tunnels: Callable[[], TunnelStats | None] | None = None,
     ) -> None:
         self._stats = stats
         self._runtime = runtime
         self._connections = connections
+        self._tunnels = tunnels
 
     def describe(self) -> Iterable[Metric]:
         return ()  # nothing to check at registration; families come from collect()
@@ -123,11 +138,33 @@ class GatewayCollector(Collector):
         )
         conns.add_metric([], self._connections())
         yield conns
+        tunnels = self._tunnels() if self._tunnels is not None else None
+        if tunnels is not None:
+            yield from _tunnel_families(tunnels)
         runtime = self._runtime()
         if runtime is not None:
             yield from _upstream_families(runtime)
             yield _ratelimit_family(runtime)
             yield from _cache_families(runtime)
+
+
+def _tunnel_families(tunnels: TunnelStats) -> Iterator[Metric]:
+    open_ = GaugeMetricFamily("meshgate_websocket_tunnels_open", "WebSocket tunnels open now.")
+    open_.add_metric([], tunnels.open)
+    yield open_
+    total = CounterMetricFamily(
+        "meshgate_websocket_tunnels", "WebSocket tunnels opened (upgrades answered 101)."
+    )
+    total.add_metric([], tunnels.total)
+    yield total
+    moved = CounterMetricFamily(
+        "meshgate_websocket_bytes",
+        "Bytes through closed WebSocket tunnels, by direction (to or from the client).",
+        labels=["direction"],
+    )
+    moved.add_metric(["to_client"], tunnels.bytes_to_client)
+    moved.add_metric(["from_client"], tunnels.bytes_from_client)
+    yield moved
 
 
 def _request_families(stats: RequestStats) -> Iterator[Metric]:

@@ -25,6 +25,7 @@ from meshgate.http.errors import (
 )
 from meshgate.http.framing import LAST_CHUNK, frame_chunk
 from meshgate.http.messages import HOP_BY_HOP, Body, BytesBody, Headers, Response
+from meshgate.io.tunnel import UpgradeResponse
 from meshgate.io.upstream import ResponseHead, UpstreamConnection
 from meshgate.pipeline.context import Next, RequestContext
 from meshgate.upstream.cluster import Cluster, UpstreamHost
@@ -100,6 +101,9 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
         parts.append(f"traceparent: {trace.upstream_traceparent}\r\n")
         if trace.tracestate is not None:
             parts.append(f"tracestate: {trace.tracestate}\r\n")
+    if req.upgrade is not None and route.websocket is not None:
+        parts.append("connection: upgrade\r\n")
+        parts.append(f"upgrade: {req.upgrade}\r\n")
     body = req.body
     length = body.length
     has_body = length != 0
@@ -156,7 +160,9 @@ async def _exchange(
     timeout_s: float,
 ) -> ResponseHead:
     req = ctx.request
-    conn.start(head, head_request=req.method == "HEAD", body_follows=has_body)
+    # (build_request_head asked for the upgrade when the route tunnels WebSockets)
+    upgrade = req.upgrade is not None and ctx.route is not None and ctx.route.websocket is not None
+    conn.start(head, head_request=req.method == "HEAD", body_follows=has_body, upgrade=upgrade)
     if has_body:
         body = req.body
         if body.is_complete():
@@ -219,7 +225,12 @@ async def _attempt(
                 raise
             conn = await _connect(cluster, host)
             result = await _exchange(conn, ctx, head, has_body, chunked, timeout_s)
-        ctx.response = response_from(result)
+        if result.status == 101 and route.websocket is not None:
+            # The connection is the tunnel's now (never pooled): see io/tunnel.py.
+            headers = Headers.from_lower(result.headers)
+            ctx.response = UpgradeResponse(headers, conn, route.websocket.idle_timeout_s)
+        else:
+            ctx.response = response_from(result)
         ctx.upstream_error = None
         return None
     except Overflow as exc:

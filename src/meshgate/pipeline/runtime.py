@@ -107,6 +107,7 @@ class CompiledRoute:
         "subset",
         "timeout_s",
         "times_response",
+        "websocket",
     )
 
     def __init__(
@@ -136,6 +137,7 @@ class CompiledRoute:
         self.path = config.path or config.path_prefix or config.path_regex or ""
         self.timeout_s = timeout_s
         self.remove_request_headers = frozenset(config.remove_request_headers)
+        self.websocket = config.websocket  # None: upgrades are forwarded as plain requests
         self.guard = _guard(config)
         r = config.retry
         self.retry = r.build(random) if r.max_retries > 0 else None

@@ -24,6 +24,7 @@ from meshgate.core.retry import Failure, RetryBudget, WindowedRetryBudget
 from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Request, cookie_value
 from meshgate.io.health import HealthChecker, http_probe, tcp_probe
+from meshgate.io.tls import client_context
 from meshgate.io.upstream import Pool
 from meshgate.observability.metrics import UpstreamStats
 from meshgate.upstream.discovery import DiscoveryError, FileSource
@@ -104,6 +105,10 @@ class Cluster:
     ) -> None:
         self.name = config.name
         self.config = config
+        tls = config.tls
+        # Built once: every pool (and health probe) of the upstream shares it.
+        self.tls_context = client_context(tls) if tls is not None and tls.enabled else None
+        self._server_name = tls.server_name if tls is not None else None
         self._rng = rng or random.Random()
         self.hosts: list[UpstreamHost] = []  # filled from the registry (end of __init__)
         self.epoch = 0  # moves when membership, health or an ejection changes
@@ -173,6 +178,8 @@ class Cluster:
             idle_timeout_s=config.pool.idle_timeout_s,
             connect_timeout_s=config.connect_timeout_s,
             read_timeout_s=config.read_timeout_s,
+            tls=self.tls_context,
+            server_name=self._server_name,
         )
 
     async def start(self) -> None:
@@ -189,9 +196,16 @@ class Cluster:
         hc = self.config.health_check
         if hc is not None and self.health is not None:
             probe = (
-                http_probe(hc.path, hc.host, hc.expected_statuses, hc.timeout_s)
+                http_probe(
+                    hc.path,
+                    hc.host,
+                    hc.expected_statuses,
+                    hc.timeout_s,
+                    tls=self.tls_context,
+                    server_name=self._server_name,
+                )
                 if hc.type == "http"
-                else tcp_probe(hc.timeout_s)
+                else tcp_probe(hc.timeout_s, tls=self.tls_context, server_name=self._server_name)
             )
             self.checker = HealthChecker(
                 self.name,

@@ -1,0 +1,206 @@
+"""TLS contexts: the listener's (certificates chosen by SNI, reloaded when their
+files change) and the upstreams' (verification, SNI, client certificates).
+
+The listener hands one *front* context to the server; its ``sni_callback``
+switches each handshake to the context of the certificate the client's SNI
+names (exact name, then a wildcard one label deep, else the first certificate).
+A reload builds a new set of contexts aside (in a thread: file reads and key
+parsing stay off the event loop) and swaps the lookup tables in one
+assignment, so new handshakes get the new certificate while open connections
+keep the session they have.
+
+ALPN advertises ``http/1.1`` only; HTTP/2 will add ``h2`` to `ALPN` and read
+``TlsInfo.alpn`` to pick the protocol per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+
+from meshgate.config.loader import ConfigError, ConfigProblem, LocatedDocument, key_path
+from meshgate.config.tls import ListenerTlsConfig, UpstreamTlsConfig, check_ca, check_pair
+from meshgate.http.tls import ClientCertificate, TlsInfo
+
+log = logging.getLogger("meshgate.tls")
+
+ALPN = ("http/1.1",)
+VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+
+@dataclass(frozen=True, slots=True)
+class _Contexts:
+    default: ssl.SSLContext
+    exact: dict[str, ssl.SSLContext]
+    wildcard: dict[str, ssl.SSLContext]  # "example.com" for "*.example.com"
+
+
+class ServerTls:
+    """The listener's TLS: the front context for the server, and its reload."""
+
+    def __init__(self, config: ListenerTlsConfig, doc: LocatedDocument | None = None) -> None:
+        """Load every certificate now; raise `ConfigError` (located in ``doc``, the
+        config file) when one does not."""
+        self.config = config
+        self._doc = doc
+        self._stamps = _stamps(config.files())
+        self._contexts = self._build()
+        self.context = self._new_context()  # the front: options shared by every handshake
+        default = config.certificates[0]
+        self.context.load_cert_chain(default.cert_file, default.key_file)
+        self.context.sni_callback = self._select
+        self._watcher: asyncio.Task[None] | None = None
+
+    def _new_context(self) -> ssl.SSLContext:
+        cfg = self.config
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = VERSIONS[cfg.min_version]
+        ctx.set_ciphers(cfg.ciphers)
+        ctx.set_alpn_protocols(list(ALPN))
+        if cfg.client_ca_file is not None:
+            ctx.load_verify_locations(cafile=cfg.client_ca_file)
+            ctx.verify_mode = (
+                ssl.CERT_REQUIRED if cfg.client_auth == "require" else ssl.CERT_OPTIONAL
+            )
+        return ctx
+
+    def _build(self) -> _Contexts:
+        """A context per certificate plus the SNI lookup tables (blocking file reads)."""
+        problems: list[ConfigProblem] = []
+        loc: tuple[str | int, ...] = ("listener", "tls")
+        built: list[tuple[tuple[str, ...], ssl.SSLContext]] = []
+        if self.config.client_ca_file is not None:
+            problem = check_ca(self.config.client_ca_file)
+            if problem is not None:
+                problems.append(self._locate((*loc, "client_ca_file"), problem))
+        for i, pair in enumerate(self.config.certificates):
+            result = check_pair(pair.cert_file, pair.key_file)
+            if isinstance(result, list):
+                problems += [
+                    self._locate((*loc, "certificates", i, field), msg) for field, msg in result
+                ]
+                continue
+            if problems:
+                continue
+            try:
+                ctx = self._new_context()
+                ctx.load_cert_chain(pair.cert_file, pair.key_file)
+            except (OSError, ssl.SSLError) as exc:  # changed between the check and the load
+                problems.append(self._locate((*loc, "certificates", i), str(exc)))
+                continue
+            built.append((result.names, ctx))
+        if problems:
+            raise ConfigError(problems)
+        exact: dict[str, ssl.SSLContext] = {}
+        wildcard: dict[str, ssl.SSLContext] = {}
+        for names, ctx in built:  # earlier certificates win a name both have
+            for name in names:
+                if name.startswith("*."):
+                    wildcard.setdefault(name[2:], ctx)
+                else:
+                    exact.setdefault(name, ctx)
+        return _Contexts(built[0][1], exact, wildcard)
+
+    def _locate(self, loc: tuple[str | int, ...], message: str) -> ConfigProblem:
+        if self._doc is not None:
+            return self._doc.problem(loc, message)
+        return ConfigProblem("<config>", 0, key_path(loc), message)
+
+    def _select(
+        self,
+        sslobj: ssl.SSLObject | ssl.SSLSocket,
+        server_name: str | None,
+        _initial: ssl.SSLContext,
+    ) -> None:
+        """sni_callback: switch the handshake to the certificate for ``server_name``."""
+        contexts = self._contexts
+        ctx = contexts.default
+        if server_name:
+            name = server_name.lower().rstrip(".")
+            found = contexts.exact.get(name)
+            if found is None:
+                _, dot, parent = name.partition(".")
+                found = contexts.wildcard.get(parent) if dot else None
+            if found is not None:
+                ctx = found
+        sslobj.context = ctx
+
+    # --- reload --------------------------------------------------------------
+    def start(self) -> None:
+        """Watch the files (``reload_check_s``) until `aclose`."""
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_check_s)
+            try:
+                await self.check_reload()
+            except Exception:  # never let the watcher die: the old certificates serve on
+                log.exception("TLS certificate reload check failed")
+
+    async def check_reload(self) -> bool:
+        """Reload when a file changed since the last load; True when new ones serve."""
+        stamps = await asyncio.to_thread(_stamps, self.config.files())
+        if stamps == self._stamps:
+            return False
+        try:
+            contexts = await asyncio.to_thread(self._build)
+        except ConfigError as exc:
+            self._stamps = stamps  # one report per change, not one per check
+            for problem in exc.problems:
+                log.error("TLS reload refused: %s; the previous certificates keep serving", problem)
+            return False
+        self._stamps = stamps
+        self._contexts = contexts
+        log.info("TLS certificates reloaded (%d)", len(self.config.certificates))
+        return True
+
+    async def aclose(self) -> None:
+        task, self._watcher = self._watcher, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _stamps(paths: list[str]) -> tuple[tuple[int, int, int], ...]:
+    """(mtime ns, size, inode) of each file; zeros for a missing one."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append((0, 0, 0))
+        else:
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+def tls_info(sslobj: ssl.SSLObject | ssl.SSLSocket) -> TlsInfo:
+    """What a finished server-side handshake negotiated, with the client's certificate."""
+    cipher = sslobj.cipher()
+    peer = sslobj.getpeercert()
+    return TlsInfo(
+        version=sslobj.version() or "",
+        cipher=cipher[0] if cipher else "",
+        alpn=sslobj.selected_alpn_protocol(),
+        client_certificate=ClientCertificate.from_peercert(dict(peer)) if peer else None,
+    )
+
+
+def client_context(config: UpstreamTlsConfig) -> ssl.SSLContext:
+    """The context of an upstream's TLS connections (system CAs unless ``ca_file``)."""
+    ctx = ssl.create_default_context(cafile=config.ca_file)
+    ctx.minimum_version = VERSIONS[config.min_version]
+    if not config.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if config.cert_file is not None and config.key_file is not None:
+        ctx.load_cert_chain(config.cert_file, config.key_file)
+    ctx.set_alpn_protocols(list(ALPN))
+    return ctx
