@@ -12,12 +12,12 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:  # cryptography (about 9 MB) loads only when a TLS file is checked
+    from cryptography import x509
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
@@ -153,6 +153,9 @@ def _read(path: str) -> bytes | str:
 
 def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
     """DNS names of the certificate's subjectAltName (its CN when it has none), lower-case."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         names = san.value.get_values_for_type(x509.DNSName)
@@ -163,6 +166,9 @@ def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
 
 def check_pair(cert_file: str, key_file: str) -> LoadedPair | list[tuple[str, str]]:
     """Load a certificate/key pair: the names it serves, or (field, problem) pairs."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     problems: list[tuple[str, str]] = []
     cert: x509.Certificate | None = None
     key = None
@@ -196,6 +202,8 @@ def check_pair(cert_file: str, key_file: str) -> LoadedPair | list[tuple[str, st
 
 def check_ca(path: str) -> str | None:
     """A problem with a PEM CA bundle, or None."""
+    from cryptography import x509
+
     data = _read(path)
     if isinstance(data, str):
         return data
