@@ -128,9 +128,7 @@ def _csr_with_key(key: object, sid: str = ORDERS.uri) -> str:
         (ec.generate_private_key(ec.SECP384R1()), "curve secp384r1 is not accepted"),
     ],
 )
-def test_weak_or_wrong_keys_are_rejected(
-    ca: CertificateAuthority, key: object, error: str
-) -> None:
+def test_weak_or_wrong_keys_are_rejected(ca: CertificateAuthority, key: object, error: str) -> None:
     with pytest.raises(CSRRejected, match=error):
         ca.sign_csr(_csr_with_key(key), ORDERS)
 
@@ -191,9 +189,7 @@ def test_root_rotation_with_overlap(ca: CertificateAuthority, clock: FakeClock) 
     assert restored.signers[0].cert_pem == new_root
 
 
-def test_expired_peer_certificate_is_refused(
-    ca: CertificateAuthority, clock: FakeClock
-) -> None:
+def test_expired_peer_certificate_is_refused(ca: CertificateAuthority, clock: FakeClock) -> None:
     issued = ca.sign_csr(make_csr(new_key(), ORDERS.uri), ORDERS)
     clock.advance(24 * 3600 + 1)
     with pytest.raises(ValueError, match="outside its validity"):
@@ -243,10 +239,22 @@ def test_intermediate_signed_by_external_root(clock: FakeClock, tmp_path: Path) 
     (tmp_path / "inter.pem").write_text(inter_pem)
     (tmp_path / "leaf.pem").write_text(issued.cert_pem)
     out = subprocess.run(
-        ["openssl", "verify", "-attime", str(int(NOW)), "-CAfile", "root.pem",
-         "-untrusted", "inter.pem", "leaf.pem"],  # fmt: skip
-        cwd=tmp_path, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            "openssl",
+            "verify",
+            "-attime",
+            str(int(NOW)),
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "inter.pem",
+            "leaf.pem",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     with pytest.raises(CAError, match="not self-signed"):
         load_signer(inter_pem, inter_key)
@@ -259,8 +267,20 @@ def test_openssl_verifies_workload_certificate(ca: CertificateAuthority, tmp_pat
     (tmp_path / "bundle.pem").write_text(ca.bundle_pem())
     (tmp_path / "leaf.pem").write_text(issued.cert_pem)
     out = subprocess.run(
-        ["openssl", "verify", "-attime", str(int(NOW)), "-purpose", "sslclient",
-         "-CAfile", "bundle.pem", "leaf.pem"],  # fmt: skip
-        cwd=tmp_path, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            "openssl",
+            "verify",
+            "-attime",
+            str(int(NOW)),
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            "bundle.pem",
+            "leaf.pem",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
