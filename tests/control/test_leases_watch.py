@@ -61,7 +61,7 @@ def test_keepalive_at_the_deadline_is_too_late() -> None:
     start=st.integers(0, 50),
     steps=st.lists(
         st.tuples(st.integers(1, 3), st.sampled_from("abcde"), st.booleans()), max_size=60
-    ),  # fmt: skip
+    ),
     capacity=st.integers(1, 20),
     since_offset=st.integers(-5, 70),
 )
