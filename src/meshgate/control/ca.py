@@ -46,6 +46,10 @@ class CSRRejected(ValueError):
     """A certificate signing request is refused; the message says why."""
 
 
+class IdentityRejected(CSRRejected):
+    """The CSR asks for an identity the caller is not entitled to."""
+
+
 def check_name(value: str, what: str) -> str:
     """``value`` when it is a valid namespace or service name; else ValueError."""
     if not isinstance(value, str) or not _NAME.match(value):
@@ -346,12 +350,14 @@ def check_csr(csr: x509.CertificateSigningRequest, entitled: SpiffeId) -> None:
     except ValueError as exc:
         raise CSRRejected(str(exc)) from None
     if asked.trust_domain != entitled.trust_domain:
-        raise CSRRejected(
+        raise IdentityRejected(
             f"CSR asks for trust domain {asked.trust_domain!r}; this CA serves "
             f"{entitled.trust_domain!r}"
         )
     if asked != entitled:
-        raise CSRRejected(f"CSR asks for {asked.uri}; the caller is entitled to {entitled.uri}")
+        raise IdentityRejected(
+            f"CSR asks for {asked.uri}; the caller is entitled to {entitled.uri}"
+        )
 
 
 class CertificateAuthority:
@@ -406,13 +412,20 @@ class CertificateAuthority:
         check_csr(csr, entitled)
         return self._issue(csr.public_key(), entitled, ttl_s)
 
-    def _issue(self, public_key: object, sid: SpiffeId, ttl_s: float | None) -> Issued:
+    def _issue(
+        self,
+        public_key: object,
+        sid: SpiffeId,
+        ttl_s: float | None,
+        signer: Signer | None = None,
+        extra_names: Sequence[x509.GeneralName] = (),
+    ) -> Issued:
         ttl = self.workload_ttl_s if ttl_s is None else min(ttl_s, self.workload_ttl_s)
         if ttl < 60:
             raise CSRRejected("certificate lifetime must be at least 60 s")
         assert isinstance(public_key, ec.EllipticCurvePublicKey)
         now = self.clock()
-        signer = self.active
+        signer = self.active if signer is None else signer
         not_before = now - self.backdate_s
         not_after = min(now + ttl, signer.not_after)
         if not_after <= now:
@@ -458,7 +471,9 @@ class CertificateAuthority:
             .add_extension(ski, critical=False)
             .add_extension(aki, critical=False)
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(sid.uri)]),
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(sid.uri), *extra_names]
+                ),
                 critical=True,
             )
         )
@@ -481,32 +496,22 @@ class CertificateAuthority:
         ttl_s: float | None = None,
     ) -> Issued:
         """The control plane's own serving certificate: its SPIFFE ID plus the DNS names
-        and IP addresses clients dial (``hosts``)."""
-        issued = self._issue(public_key, sid, ttl_s)
-        cert = x509.load_pem_x509_certificate(issued.cert_pem.encode())
-        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(sid.uri)]
+        and IP addresses clients dial (``hosts``). Signed by the oldest signer still
+        trusted, so that during a rotation overlap clients that only know the old root
+        can still reach the control plane (and learn the new bundle)."""
+        now = self.clock()
+        signer = next(
+            s
+            for s in self.state.signers
+            if s is self.active or not s.retire_at or s.retire_at > now
+        )
+        names: list[x509.GeneralName] = []
         for host in hosts:
             try:
                 names.append(x509.IPAddress(ipaddress.ip_address(host)))
             except ValueError:
                 names.append(x509.DNSName(host))
-        signer = self.active
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(cert.subject)
-            .issuer_name(cert.issuer)
-            .public_key(public_key)
-            .serial_number(cert.serial_number)
-            .not_valid_before(cert.not_valid_before_utc)
-            .not_valid_after(cert.not_valid_after_utc)
-        )
-        for ext in cert.extensions:
-            if isinstance(ext.value, x509.SubjectAlternativeName):
-                builder = builder.add_extension(x509.SubjectAlternativeName(names), False)
-            else:
-                builder = builder.add_extension(ext.value, ext.critical)
-        leaf = _pem(builder.sign(signer.key, hashes.SHA256()))
-        return replace(issued, cert_pem=leaf, chain_pem=leaf + "".join(signer.chain_pem))
+        return self._issue(public_key, sid, ttl_s, signer, names)
 
     def verify_peer(self, cert_der: bytes) -> SpiffeId:
         """The SPIFFE ID of a client certificate that chains to a signer still trusted

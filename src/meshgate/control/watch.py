@@ -1,6 +1,7 @@
 """Watch revisions (sans-IO): the recent changes of the store, by global revision.
 
-Every change to the store gets the next revision. `WatchLog` keeps the last
+Every change to the store gets the next revision (one etcd transaction may make
+several changes of one revision). `WatchLog` keeps the last
 ``capacity`` changes; a watcher that last saw revision ``r`` gets every change after
 ``r`` while they are all still kept, and is told to start over from a full snapshot
 when some were compacted away (``r`` older than the oldest kept change allows).
@@ -38,14 +39,15 @@ class WatchLog:
         self.capacity = capacity
 
     def append(self, event: Event) -> None:
-        if event.revision <= self.revision:
-            raise ValueError(
-                f"event revision {event.revision} is not after the log's {self.revision}"
-            )
+        if event.revision < self.revision or (event.revision == self.revision and not self._events):
+            raise ValueError(f"event revision {event.revision} is before the log's {self.revision}")
         self._events.append(event)
         self.revision = event.revision
         while len(self._events) > self.capacity:
+            # Events of one revision (one etcd transaction) go together.
             self._floor = self._events.popleft().revision
+            while self._events and self._events[0].revision == self._floor:
+                self._events.popleft()
 
     def advance(self, revision: int) -> None:
         """The store moved to ``revision`` with no event this log shows (a change to

@@ -225,6 +225,7 @@ class Request:
         "http_version",
         "method",
         "path",
+        "peer_cert",
         "query_string",
         "scheme",
         "target",
@@ -242,6 +243,7 @@ class Request:
         http_version: str = "1.1",
         scheme: str = "http",
         host: str | None = None,
+        peer_cert: bytes | None = None,
     ) -> None:
         self.method = method
         self.set_target(target)
@@ -252,6 +254,8 @@ class Request:
         self.http_version = http_version
         self.scheme = scheme
         self.host = (headers.get("host") if host is None else host) or ""
+        # DER of the client's TLS certificate, verified by the listener's TLS context.
+        self.peer_cert = peer_cert
 
     def set_target(self, target: str) -> None:
         """Change what is forwarded: path plus query (``path`` and ``query_string`` follow)."""

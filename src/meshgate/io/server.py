@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -136,6 +137,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.client_port = 0
+        self.scheme = "http"
+        self.peer_cert: bytes | None = None
         self.queue: deque[_Pending] = deque()
         self.task: asyncio.Task[None] | None = None
         self.closed = False
@@ -167,6 +170,10 @@ class HttpServerProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip, self.client_port = peer[0], peer[1]
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None:
+            self.scheme = "https"
+            self.peer_cert = tls.getpeercert(binary_form=True)
         self.server.connections.add(self)
         self._set_timer(self.cfg.header_timeout_s, self._on_idle_timeout)
 
@@ -302,7 +309,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._stopped = True
         if not self.queue and self.transport is not None:
             self.transport.close()
-        return True  # keep the write side open to answer what is queued
+        # Keep the write side open to answer what is queued (TLS cannot half-close:
+        # asyncio's SSL transport ignores the answer and warns about it).
+        return None if self.scheme == "https" else True
 
     def _check_chunk_overhead(self, body: StreamBody, read: int) -> None:
         """Chunk framing and trailers are not body: bound them (an endless trailer
@@ -420,7 +429,9 @@ class HttpServerProtocol(asyncio.Protocol):
             client_ip=self.client_ip,
             client_port=self.client_port,
             http_version=version,
+            scheme=self.scheme,
             host=host,
+            peer_cert=self.peer_cert,
         )
         # HTTP/1.0 with Transfer-Encoding: framing is suspect (RFC 9112 6.1), close after.
         keep_alive = parser.should_keep_alive() and not (te is not None and version == "1.0")
@@ -744,9 +755,12 @@ class HttpServer:
         *,
         reuse_port: bool = False,
         unix_path: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``unix_path``: listen on this Unix socket instead of ``listener``'s host and
-        port (a stale socket file there is replaced)."""
+        port (a stale socket file there is replaced). ``ssl_context``: serve TLS (the
+        client's certificate, if any, reaches the app as ``Request.peer_cert``)."""
+        self.ssl_context = ssl_context
         self.app = app
         self.unix_path = unix_path
         # The app's access log is fed by this server (GatewayApp; not the admin app).
@@ -772,7 +786,11 @@ class HttpServer:
             return
         sock = bind_socket(self.listener.host, self.listener.port, reuse_port=self.reuse_port)
         self._server = await self.loop.create_server(
-            lambda: HttpServerProtocol(self), sock=sock, backlog=self.listener.backlog
+            lambda: HttpServerProtocol(self),
+            sock=sock,
+            backlog=self.listener.backlog,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.listener.header_timeout_s if self.ssl_context else None,
         )
         self.port = sock.getsockname()[1]
 
