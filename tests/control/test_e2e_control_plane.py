@@ -9,6 +9,7 @@ handshake between two workloads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -269,16 +270,28 @@ async def test_two_control_planes_share_etcd(
         reg2 = await via_b_orders.register("127.0.0.1", 7002, ttl_s=5)
         listed = await admin_b.request("GET", "/v1/instances", params={"service": "orders"})
         assert {i["id"] for i in listed["instances"]} >= {reg.id, reg2.id}
-        # leases are etcd leases: without heartbeats the instance goes, whoever granted it
+
+        # leases are etcd leases: without heartbeats the instance goes, whoever granted it;
+        # with heartbeats (through B) it stays
+        async def beat() -> None:
+            while True:
+                await via_b_orders.heartbeat(reg2)
+                await asyncio.sleep(1)
+
+        beating = asyncio.create_task(beat())
         rev = (await admin_b.watch()).revision
         deleted: set[str] = set()
-        async with asyncio.timeout(15):
-            while not {"instances/default/orders/127.0.0.1-7001"} <= deleted:
-                res = await admin_b.watch(rev, timeout_s=5)
-                deleted |= {e["key"] for e in res.events if e["type"] == "delete"}
-                rev = res.revision
-                if "instances/default/orders/127.0.0.1-7002" not in deleted:
-                    await via_b_orders.heartbeat(reg2)
+        try:
+            async with asyncio.timeout(15):
+                while "instances/default/orders/127.0.0.1-7001" not in deleted:
+                    res = await admin_b.watch(rev, timeout_s=5)
+                    deleted |= {e["key"] for e in res.events if e["type"] == "delete"}
+                    rev = res.revision
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating  # a failed heartbeat surfaces here
+        assert "instances/default/orders/127.0.0.1-7002" not in deleted
         with pytest.raises(ControlPlaneError, match="not registered"):
             await via_b_orders.heartbeat(reg)
         await via_b_orders.aclose()
