@@ -126,6 +126,13 @@ class ControlPlaneClient:
             cert.not_valid_after_utc.timestamp(),
         )
 
+    async def set_bundle(self, roots: list[str]) -> None:
+        """Trust these roots from now on (a ``bundle`` watch event after a rotation)."""
+        self.bundle_pem = "".join(roots)
+        if self.identity_dir is not None and self.identity_dir.exists():
+            _write_private(self.identity_dir / "bundle.pem", self.bundle_pem)
+        await self._reset()
+
     def needs_renewal(self) -> bool:
         return self.identity is None or self.clock() >= self.identity.renew_at()
 

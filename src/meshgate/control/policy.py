@@ -132,7 +132,9 @@ class UpstreamPolicy(_Model):
     timeout_s: float = Field(15.0, gt=0, le=3600)
     retries: int = Field(1, ge=0, le=10)
     balancer: Literal["round_robin", "least_request", "random", "consistent_hash"] = "least_request"
-    connect_timeout_s: float = Field(5.0, gt=0, le=600)
+    connect_timeout_s: float | None = Field(
+        None, gt=0, le=600, description="Default: 5 s, or timeout_s when shorter."
+    )
 
     @field_validator("name")
     @classmethod
@@ -146,7 +148,7 @@ class UpstreamPolicy(_Model):
 
     @model_validator(mode="after")
     def _timeouts(self) -> UpstreamPolicy:
-        if self.connect_timeout_s > self.timeout_s:
+        if self.connect_timeout_s is not None and self.connect_timeout_s > self.timeout_s:
             raise ValueError("connect_timeout_s is above timeout_s")
         return self
 

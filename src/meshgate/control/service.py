@@ -177,7 +177,13 @@ class ControlPlane:
             callback()
 
     def _on_store_event(self, event: Event) -> None:
-        """Another control plane changed the CA: sign with what it wrote."""
+        """Another control plane changed the CA: sign with what it wrote (and keep
+        ``bundle_file`` current)."""
+        if event.key == BUNDLE_KEY and event.value is not None and self.config.bundle_file:
+            roots = json.loads(event.value)["roots"]
+            task = asyncio.create_task(self._write_bundle_file(roots), name="bundle-file")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if event.key == CA_KEY and event.value is not None:
             try:
                 state = CAState.from_json(json.loads(event.value))
@@ -194,14 +200,21 @@ class ControlPlane:
         return self.ca
 
     async def _publish_bundle(self) -> None:
-        bundle = {"trust_domain": self.authority.trust_domain, "roots": self.authority.bundle()}
-        text = json.dumps(bundle)
+        roots = self.authority.bundle()
+        text = json.dumps({"trust_domain": self.authority.trust_domain, "roots": roots})
         current = await self.store.get(BUNDLE_KEY)
         if current is None or current.value != text:
             await self.store.put(BUNDLE_KEY, text)
-        if self.config.bundle_file:
-            path = Path(self.config.bundle_file)
-            await asyncio.to_thread(path.write_text, "".join(bundle["roots"]), "ascii")
+        await self._write_bundle_file(roots)
+
+    async def _write_bundle_file(self, roots: list[str]) -> None:
+        if not self.config.bundle_file:
+            return
+        path = Path(self.config.bundle_file)
+        try:
+            await asyncio.to_thread(path.write_text, "".join(roots), "ascii")
+        except OSError as exc:
+            log.error("cannot write bundle_file %s: %s", path, exc.strerror)
 
     async def _prune_loop(self) -> None:
         while True:
