@@ -26,6 +26,7 @@ from meshgate.http.messages import Request, cookie_value
 from meshgate.io.health import HealthChecker, http_probe, tcp_probe
 from meshgate.io.upstream import Pool
 from meshgate.observability.metrics import UpstreamStats
+from meshgate.upstream.control_plane import ControlPlaneSource
 from meshgate.upstream.discovery import DiscoveryError, DnsSource, FileSource
 
 log = logging.getLogger("meshgate.cluster")
@@ -129,10 +130,12 @@ class Cluster:
                 on_change=self.changed,
             )
             self.panic_threshold_percent = hc.panic_threshold_percent
-        self.source: FileSource | DnsSource | None = None
+        self.source: FileSource | DnsSource | ControlPlaneSource | None = None
         discovery = config.discovery
         if discovery is not None and discovery.type == "dns":
             self.source = DnsSource(discovery, self.set_instances)
+        elif discovery is not None and discovery.type == "control_plane":
+            self.source = ControlPlaneSource(discovery, self.set_instances)
         elif discovery is not None and discovery.path is not None:
             self.source = FileSource(discovery.path, self.set_instances)
 
@@ -174,7 +177,7 @@ class Cluster:
         """Start health checks and the discovery source (its first list read now)."""
         if self.source is not None:
             try:
-                if isinstance(self.source, DnsSource):
+                if isinstance(self.source, DnsSource | ControlPlaneSource):
                     self.set_instances(await self.source.load())
                 else:
                     self.set_instances(self.source.load())
