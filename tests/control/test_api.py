@@ -272,3 +272,38 @@ def test_config_errors_are_located() -> None:
         p.startswith("cp.yaml:2: admin_token_hash: admin_token_hash must be") for p in problems
     )
     assert any(p.startswith("cp.yaml:4: storage.type:") for p in problems)
+
+
+async def test_bad_requests_get_clear_errors(server: ControlPlaneServer, tmp_path: Path) -> None:
+    orders = await workload(server, tmp_path, "orders")
+    adm = admin(server, tmp_path)
+    try:
+        cases = [
+            (orders, "GET", "/v1/watch", None, {"since": "nan"}, 400, "since must be a number"),
+            (orders, "GET", "/v1/watch", None, {"since": "x"}, 400, "since must be a number"),
+            (orders, "POST", "/v1/instances", {"address": "127.0.0.1", "port": "80"}, None,
+             400, "port must be an integer"),
+            (orders, "POST", "/v1/instances", {"address": "127.0.0.1", "port": 80, "id": "a/b"},
+             None, 400, "id must be"),
+            (orders, "POST", "/v1/instances", {"address": "127.0.0.1", "port": 80, "ttl_s": 0},
+             None, 400, "ttl_s must be"),
+            (orders, "POST", "/v1/renew", {"csr": 5}, None, 400, "csr (PEM text) is required"),
+            (orders, "POST", "/v1/renew", {"csr": "x"}, None, 400, "not a PEM certificate"),
+            (adm, "PUT", "/v1/policies/routes", {}, None, 404, "unknown policy kind 'routes'"),
+            (adm, "POST", "/v1/ca/rotate", {"overlap_s": "1h"}, None, 400, "overlap_s must be"),
+            (adm, "DELETE", "/v1/tokens/nope", None, None, 404, "no token with id"),
+            (adm, "GET", "/v1/nothing", None, None, 404, "no such endpoint"),
+            (adm, "PATCH", "/v1/tokens", None, None, 405, "method PATCH not allowed"),
+        ]  # fmt: skip
+        for client, method, path, body, params, status, error in cases:
+            with pytest.raises(ControlPlaneError) as exc:
+                await client.request(method, path, body, params=params)
+            assert (exc.value.status, error in exc.value.message) == (status, True), (
+                path,
+                exc.value,
+            )
+        # the server is still fine
+        assert (await adm.request("GET", "/healthz"))["status"] == "ok"
+    finally:
+        await orders.aclose()
+        await adm.aclose()

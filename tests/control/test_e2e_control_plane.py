@@ -299,3 +299,36 @@ async def test_two_control_planes_share_etcd(
         await via_a.aclose()
         await via_b.aclose()
         await admin_b.aclose()
+
+
+def _run_control_plane(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshgate", "control-plane", "-c", str(config)],
+        capture_output=True, text=True, env=_env(), timeout=30, check=False,
+    )  # fmt: skip
+
+
+def test_bad_config_and_unusable_storage_fail_clearly(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trust_domain: Mesh_Test\nadmin_token_hash: sha256:00\nlisten: {port: 99999}\n")
+    out = _run_control_plane(bad)
+    assert out.returncode == 1
+    assert f"{bad}:1: trust_domain: trust domain 'Mesh_Test' must be" in out.stderr
+    assert f"{bad}:2: admin_token_hash: admin_token_hash must be sha256:" in out.stderr
+    assert f"{bad}:3: listen.port:" in out.stderr
+    assert "Traceback" not in out.stderr
+    base = {"admin_token_hash": "sha256:" + token_hash(ADMIN), "listen": {"port": _free_port()}}
+    no_etcd = tmp_path / "etcd.yaml"
+    no_etcd.write_text(yaml.safe_dump({**base, "storage": {
+        "type": "etcd", "endpoints": [f"127.0.0.1:{_free_port()}"], "timeout_s": 1}}))  # fmt: skip
+    out = _run_control_plane(no_etcd)
+    assert out.returncode == 1 and "no etcd endpoint answers" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    no_dir = tmp_path / "sqlite.yaml"
+    (tmp_path / "file").write_text("")
+    no_dir.write_text(
+        yaml.safe_dump({**base, "storage": {"path": str(tmp_path / "file" / "x.db")}})
+    )
+    out = _run_control_plane(no_dir)
+    assert out.returncode == 1 and "cannot start: sqlite" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,9 +74,12 @@ def _number(query: dict[str, str], name: str, default: float | None) -> float | 
     if text is None or text == "":
         return default
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise Refused(400, f"query parameter {name} must be a number, got {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise Refused(400, f"query parameter {name} must be a number, got {text!r}")
+    return value
 
 
 class ControlPlaneApp:

@@ -198,7 +198,10 @@ class SQLiteStore(Store):
 
     # -- interface --------------------------------------------------------------
     async def open(self) -> None:
-        await asyncio.to_thread(self._open_sync)
+        try:
+            await asyncio.to_thread(self._open_sync)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
         self.log = WatchLog(self._rev, self.history)
         self._sweeper = asyncio.create_task(self._sweep(), name="sqlite-lease-sweeper")
 
