@@ -251,7 +251,12 @@ async def test_rotation_keeps_old_workloads_until_overlap_ends(
         assert server.cp.authority.verify_peer(new_leaf) == renewed.spiffe_id
         assert orders.bundle_pem == "".join(roots)  # the renewal brought the new bundle
         # the bundle file follows
-        assert (tmp_path / "bundle.pem").read_text() == "".join(roots)
+        assert _read(str(tmp_path / "bundle.pem")) == "".join(roots)
+        # a watcher that saw the bundle change trusts both roots from then on
+        adm_roots = (await adm.watch(prefixes=("bundle",))).events  # snapshot
+        await adm.set_bundle(adm_roots[0]["value"]["roots"])
+        assert adm.bundle_pem == "".join(roots)
+        assert (await adm.request("GET", "/v1/ca"))["trust_domain"] == "mesh.test"
         # after the overlap the old root leaves the bundle
         real = server.cp.clock
         server.cp.clock = lambda: real() + 3601

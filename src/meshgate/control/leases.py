@@ -32,14 +32,8 @@ class LeaseTable:
         self._leases: dict[int, Lease] = {}
         self._heap: list[tuple[float, int]] = []  # (deadline, id); stale entries skipped
 
-    def __len__(self) -> int:
-        return len(self._leases)
-
     def __contains__(self, lease_id: object) -> bool:
         return lease_id in self._leases
-
-    def get(self, lease_id: int) -> Lease | None:
-        return self._leases.get(lease_id)
 
     def grant(self, lease_id: int, ttl_s: float, now: float) -> Lease:
         """A new lease expiring ``ttl_s`` after ``now``."""

@@ -21,10 +21,6 @@ class Event:
     key: str
     value: str | None
 
-    def to_json(self) -> dict[str, object]:
-        kind = "delete" if self.value is None else "put"
-        return {"revision": self.revision, "type": kind, "key": self.key, "value": self.value}
-
 
 class WatchLog:
     """The last ``capacity`` events after ``start_revision`` (the store's revision when
