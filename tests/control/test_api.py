@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from meshgate.config.loader import ConfigError
 from meshgate.control.client import ControlPlaneClient, ControlPlaneError
 from meshgate.control.config import ControlPlaneConfig, parse_control_config
-from meshgate.control.csr import make_csr, new_key
+from meshgate.control.csr import key_pem, make_csr, new_key
 from meshgate.control.server import ControlPlaneServer
 from meshgate.control.service import token_hash
 
@@ -309,6 +315,71 @@ async def test_bad_requests_get_clear_errors(server: ControlPlaneServer, tmp_pat
             )
         # the server is still fine
         assert (await adm.request("GET", "/healthz"))["status"] == "ok"
+    finally:
+        await orders.aclose()
+        await adm.aclose()
+
+
+def _external_intermediate() -> tuple[str, str, str]:
+    """A corporate root and an intermediate it signed, valid now (PEM cert, key, root)."""
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corp root")])
+    root = (
+        x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
+        .public_key(root_key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .sign(root_key, hashes.SHA256())
+    )  # fmt: skip
+    key = new_key()
+    inter = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mesh intermediate")]))
+        .issuer_name(root_name).public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(root_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    return inter.public_bytes(pem).decode(), key_pem(key), root.public_bytes(pem).decode()
+
+
+def _openssl_verify_chain(tmp_path: Path, bundle: str, chain_file: str) -> str:
+    chain = _read(chain_file)
+    end = "-----END CERTIFICATE-----\n"
+    leaf, rest = chain[: chain.index(end) + len(end)], chain[chain.index(end) + len(end) :]
+    for name, text in (("b.pem", bundle), ("leaf.pem", leaf), ("rest.pem", rest)):
+        (tmp_path / name).write_text(text)
+    out = subprocess.run(
+        ["openssl", "verify", "-CAfile", "b.pem", "-untrusted", "rest.pem", "leaf.pem"],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return out.stdout + out.stderr
+
+
+async def test_rotation_to_an_external_intermediate(
+    server: ControlPlaneServer, tmp_path: Path
+) -> None:
+    orders = await workload(server, tmp_path, "orders")
+    adm = admin(server, tmp_path)
+    try:
+        inter, key, root = _external_intermediate()
+        with pytest.raises(ControlPlaneError, match="does not match") as exc:
+            await adm.request(
+                "POST", "/v1/ca/rotate",
+                {"cert_pem": inter, "key_pem": key_pem(new_key()), "chain_pem": root},
+            )  # fmt: skip
+        assert exc.value.status == 400
+        await adm.request(
+            "POST", "/v1/ca/rotate", {"cert_pem": inter, "key_pem": key, "chain_pem": root}
+        )
+        bundle = (await adm.request("GET", "/v1/bundle"))["roots"]
+        assert bundle[0] == root and len(bundle) == 2
+        renewed = await orders.renew()  # old root's certificate, mTLS; new one from the corp CA
+        assert "OK" in _openssl_verify_chain(tmp_path, root, renewed.cert_file)
+        again = await orders.renew()  # the intermediate-issued certificate authenticates too
+        assert again.spiffe_id == renewed.spiffe_id
     finally:
         await orders.aclose()
         await adm.aclose()

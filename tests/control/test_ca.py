@@ -233,10 +233,10 @@ def test_intermediate_signed_by_external_root(clock: FakeClock, tmp_path: Path) 
     ca = CertificateAuthority(CAState(TD, (signer,)), clock)
     assert ca.bundle() == [root_pem]
     issued = ca.sign_csr(make_csr(new_key(), ORDERS.uri), ORDERS)
-    assert issued.chain_pem == issued.cert_pem  # the intermediate goes with the leaf
-    # openssl agrees: leaf -> intermediate -> external root
+    assert issued.chain_pem == issued.cert_pem + inter_pem  # the intermediate goes along
+    # openssl agrees: leaf -> intermediate (from the chain sent) -> external root
     (tmp_path / "root.pem").write_text(root_pem)
-    (tmp_path / "inter.pem").write_text(inter_pem)
+    (tmp_path / "inter.pem").write_text(issued.chain_pem.removeprefix(issued.cert_pem))
     (tmp_path / "leaf.pem").write_text(issued.cert_pem)
     out = subprocess.run(
         [

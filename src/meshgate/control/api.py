@@ -250,4 +250,10 @@ class ControlPlaneApp:
             isinstance(overlap, bool) or not isinstance(overlap, int | float)
         ):
             raise Refused(400, "overlap_s must be a number")
-        return await self.cp.rotate_root(overlap)
+        provided = None
+        if "cert_pem" in body or "key_pem" in body:
+            parts = [body.get(k, "") for k in ("cert_pem", "key_pem", "chain_pem")]
+            if not all(isinstance(p, str) for p in parts) or not parts[0] or not parts[1]:
+                raise Refused(400, "cert_pem and key_pem (PEM text) are both required")
+            provided = (parts[0], parts[1], parts[2])
+        return await self.cp.rotate_root(overlap, provided)

@@ -157,6 +157,13 @@ class Signer:
     def not_after(self) -> float:
         return _ts(self.cert.not_valid_after_utc)
 
+    def presented_chain(self) -> tuple[str, ...]:
+        """What goes after a leaf it signs: itself when it is not the anchor (an
+        intermediate), then the certificates between it and the anchor."""
+        if self.cert_pem == self.anchor_pem:
+            return ()
+        return (self.cert_pem, *self.chain_pem)
+
     def to_json(self) -> dict[str, object]:
         return {
             "cert_pem": self.cert_pem,
@@ -482,7 +489,7 @@ class CertificateAuthority:
         return Issued(
             spiffe_id=sid,
             cert_pem=leaf,
-            chain_pem=leaf + "".join(signer.chain_pem),
+            chain_pem=leaf + "".join(signer.presented_chain()),
             serial=cert.serial_number,
             not_before=_ts(cert.not_valid_before_utc),
             not_after=_ts(cert.not_valid_after_utc),

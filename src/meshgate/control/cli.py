@@ -201,7 +201,11 @@ async def _ctl_call(client: Any, args: argparse.Namespace) -> int:
         print(f"policies/{args.kind}/{args.name} deleted")
     elif cmd == "ca":
         if args.ca_cmd == "rotate":
-            body = {} if args.overlap is None else {"overlap_s": args.overlap}
+            try:
+                body = _rotation_body(args)
+            except ValueError as exc:
+                print(f"ctl: {exc}", file=sys.stderr)
+                return 2
             info = await client.request("POST", "/v1/ca/rotate", body)
         else:
             info = await client.request("GET", "/v1/ca")
@@ -213,6 +217,20 @@ async def _ctl_call(client: Any, args: argparse.Namespace) -> int:
     elif cmd == "bundle":
         sys.stdout.write("".join((await client.request("GET", "/v1/bundle"))["roots"]))
     return 0
+
+
+def _rotation_body(args: argparse.Namespace) -> dict[str, Any]:
+    """``ca rotate``'s request: the overlap and, with --cert/--key, the new CA."""
+    body: dict[str, Any] = {} if args.overlap is None else {"overlap_s": args.overlap}
+    if (args.cert is None) != (args.key is None):
+        raise ValueError("give both --cert and --key, or neither")
+    for field, path in (("cert_pem", args.cert), ("key_pem", args.key), ("chain_pem", args.chain)):
+        if path is not None:
+            try:
+                body[field] = Path(path).read_text(encoding="ascii")
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    return body
 
 
 def _cert_show(path: str) -> int:
@@ -287,6 +305,9 @@ def add_parsers(sub: Any) -> None:
     cas.add_parser("show", help="signers and their expiry")
     cr = cas.add_parser("rotate", help="new root; old roots stay trusted for the overlap")
     cr.add_argument("--overlap", type=duration_s, help="default: ca.rotation_overlap_s")
+    cr.add_argument("--cert", help="issue with this CA certificate (default: a new root)")
+    cr.add_argument("--key", help="its private key (PEM, unencrypted)")
+    cr.add_argument("--chain", help="intermediate: the certificates above it, root last")
     cs.add_parser("bundle", help="print the trust bundle (PEM)")
     cert = cs.add_parser("cert", help="certificate files")
     certs = cert.add_subparsers(dest="cert_cmd", required=True)

@@ -239,17 +239,29 @@ class ControlPlane:
     def bundle(self) -> dict[str, Any]:
         return {"trust_domain": self.authority.trust_domain, "roots": self.authority.bundle()}
 
-    async def rotate_root(self, overlap_s: float | None) -> dict[str, Any]:
+    async def rotate_root(
+        self, overlap_s: float | None, provided: tuple[str, str, str] | None = None
+    ) -> dict[str, Any]:
+        """A new issuing CA: generated, or ``provided`` as PEM (certificate, key, chain
+        above it; e.g. a new intermediate of an external root)."""
         overlap = self.config.ca.rotation_overlap_s if overlap_s is None else overlap_s
         if overlap < 0:
             raise Refused(400, "overlap_s must be >= 0")
         ca = self.authority
-        new = generate_root(ca.trust_domain, self.clock(), self.config.ca.root_validity_s)
+        if provided is not None:
+            try:
+                new = load_signer(*provided)
+            except (CAError, ValueError) as exc:
+                raise Refused(400, f"the new CA is unusable: {exc}") from None
+            if new.not_after <= self.clock():
+                raise Refused(400, "the new CA certificate has expired")
+        else:
+            new = generate_root(ca.trust_domain, self.clock(), self.config.ca.root_validity_s)
         state = rotate(ca.state, new, self.clock(), overlap)
         await self.store.put(CA_KEY, json.dumps(state.to_json()))
         self._set_ca(state)
         await self._publish_bundle()
-        log.info("root rotated; old roots trusted for %g s more", overlap)
+        log.info("CA rotated; the previous ones stay trusted for %g s", overlap)
         return self.ca_info()
 
     def ca_info(self) -> dict[str, Any]:
