@@ -9,6 +9,7 @@ Workload flow::
     if client.needs_renewal():             # at 50 % of the lifetime
         await client.renew()               # authenticated by the current certificate
     result = await client.watch(since)     # long-poll: events or a snapshot
+    await client.set_bundle(roots)         # on a ``bundle`` event (root rotation)
     await client.deregister(reg)
 
 The private key never leaves the workload: it is written (mode 0600) next to the
