@@ -332,3 +332,13 @@ def test_bad_config_and_unusable_storage_fail_clearly(tmp_path: Path) -> None:
     out = _run_control_plane(no_dir)
     assert out.returncode == 1 and "cannot start: sqlite" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+    taken = tmp_path / "taken.yaml"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken.write_text(yaml.safe_dump({**base, "listen": {"port": port},
+                                         "storage": {"path": str(tmp_path / "t.db")}}))  # fmt: skip
+        out = _run_control_plane(taken)
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr

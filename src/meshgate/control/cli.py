@@ -59,8 +59,17 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             await server.start()
-        except (CAError, StoreUnavailable, OSError) as exc:
+        except (CAError, StoreUnavailable) as exc:
             log.error("control plane cannot start: %s", exc)
+            await server.close()
+            return 1
+        except OSError as exc:
+            log.error(
+                "control plane cannot listen on %s:%d: %s",
+                config.listen.host,
+                config.listen.port,
+                exc.strerror or exc,
+            )
             await server.close()
             return 1
         await stop.wait()

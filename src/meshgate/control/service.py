@@ -421,7 +421,10 @@ class ControlPlane:
             "lease": lease,
             "ttl_s": float(ttl),
         }
-        revision = await self.store.put(key, json.dumps(value), lease=lease)
+        try:
+            revision = await self.store.put(key, json.dumps(value), lease=lease)
+        except KeyError:  # the lease expired between grant and put (a very short ttl_s)
+            raise Refused(503, "the new lease expired before use: register again") from None
         if old is not None and old.lease is not None and old.lease != lease:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.revoke(old.lease)
