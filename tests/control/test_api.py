@@ -383,3 +383,29 @@ async def test_rotation_to_an_external_intermediate(
     finally:
         await orders.aclose()
         await adm.aclose()
+
+
+async def test_watcher_too_far_behind_gets_a_snapshot(tmp_path: Path) -> None:
+    srv = ControlPlaneServer(make_config(tmp_path, watch={"history": 2}))
+    await srv.start()
+    adm = admin(srv, tmp_path)
+    try:
+        start = (await adm.watch()).revision
+        for name in ("a", "b", "c"):
+            await adm.request("PUT", "/v1/policies/defaults", {"service": name})
+        behind = await adm.watch(start, timeout_s=1)  # 3 changes, 2 kept
+        assert behind.snapshot and behind.revision == start + 3
+        keys = [i["key"] for i in behind.events]
+        assert [k for k in keys if k.startswith("policies/")] == [
+            "policies/defaults/a",
+            "policies/defaults/b",
+            "policies/defaults/c",
+        ]
+        recent = await adm.watch(start + 1, timeout_s=1)  # within the history: changes only
+        assert not recent.snapshot
+        assert [e["key"] for e in recent.events] == ["policies/defaults/b", "policies/defaults/c"]
+        future = await adm.watch(start + 1000, timeout_s=1)  # a revision this store never had
+        assert future.snapshot and future.revision == start + 3
+    finally:
+        await adm.aclose()
+        await srv.close()
