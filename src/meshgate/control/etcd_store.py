@@ -75,8 +75,13 @@ class EtcdStore(Store):
         rev = await self.revision()
         self._reset_log(rev)
         self._watcher = asyncio.create_task(self._watch(rev), name="etcd-watch")
-        async with asyncio.timeout(self.timeout_s):
-            await self._watch_started.wait()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._watch_started.wait()
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"etcd watch on {self.prefix} did not start within {self.timeout_s:g} s"
+            ) from None
 
     async def close(self) -> None:
         if self._watcher is not None:
