@@ -26,7 +26,12 @@ import yaml
 
 from meshgate.control.client import ControlPlaneClient, ControlPlaneError
 from meshgate.control.service import token_hash
-from tests.etcd_server import EtcdServer, etcd_server  # noqa: F401 (fixture)
+from tests.etcd_server import (  # noqa: F401 (fixtures)
+    EtcdCluster,
+    EtcdServer,
+    etcd_cluster,
+    etcd_server,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "e2e-admin-token"
@@ -342,3 +347,35 @@ def test_bad_config_and_unusable_storage_fail_clearly(tmp_path: Path) -> None:
         out = _run_control_plane(taken)
     assert out.returncode == 1, out.stderr
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+
+
+async def test_etcd_member_failover(
+    tmp_path: Path,
+    processes: list[ControlPlaneProcess],
+    etcd_cluster: EtcdCluster,  # noqa: F811
+) -> None:
+    """The member the control plane talks to dies: it moves to the next endpoint;
+    requests and watches go on."""
+    storage = {"type": "etcd", "endpoints": etcd_cluster.endpoints, "timeout_s": 2}
+    cp = ControlPlaneProcess(tmp_path, "cp", storage)
+    processes.append(cp.start())
+    orders = cp.client("orders")
+    admin = ControlPlaneClient(cp.url, cp.bundle_file.read_text(), admin_token=ADMIN)
+    try:
+        await orders.join(_token(cp, "orders"), service="orders")
+        start = (await admin.watch()).revision
+        etcd_cluster.kill(0)  # the first endpoint: the one in use
+        reg = None
+        async with asyncio.timeout(20):
+            while reg is None:
+                try:
+                    reg = await orders.register("127.0.0.1", 7100)
+                except ControlPlaneError as exc:
+                    assert exc.status == 503, exc  # storage unavailable while moving over
+                    await asyncio.sleep(0.2)
+        await _eventually_registered(admin, start, "instances/default/orders/127.0.0.1-7100")
+        await orders.heartbeat(reg)
+        assert "unreachable; trying the others" in cp.log.read_text()
+    finally:
+        await orders.aclose()
+        await admin.aclose()

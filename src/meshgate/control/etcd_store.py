@@ -5,7 +5,8 @@ deletes the keys when one expires, whichever control plane granted it); each
 process follows every change with one etcd watch on the prefix, feeding its own
 watch log, so a registration through one control plane reaches watchers of all.
 When the watch falls behind etcd's compaction, the log starts over and watchers
-get a snapshot.
+get a snapshot. When the member in use stops answering, the next configured
+endpoint that answers takes over (requests and the watch).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aetcd
 import aetcd.exceptions
@@ -24,6 +27,7 @@ from meshgate.control.watch import Event
 log = logging.getLogger("meshgate.control.etcd")
 
 RECONNECT_DELAY_S = 0.5
+T = TypeVar("T")
 
 
 class EtcdStore(Store):
@@ -40,6 +44,8 @@ class EtcdStore(Store):
         self.prefix = prefix
         self.timeout_s = timeout_s
         self._client: aetcd.Client | None = None
+        self._endpoint = 0  # index of the member the client talks to
+        self._reconnecting = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
         self._watch_started = asyncio.Event()
 
@@ -55,9 +61,13 @@ class EtcdStore(Store):
             raise StoreUnavailable("etcd store is not open")
         return self._client
 
-    async def _connect(self) -> aetcd.Client:
+    async def _connect(self, first: int = 0) -> aetcd.Client:
+        """A client of the first member that answers, trying them in order from ``first``."""
         problems = []
-        for host, port in self.endpoints:
+        n = len(self.endpoints)
+        for i in range(n):
+            index = (first + i) % n
+            host, port = self.endpoints[index]
             client = aetcd.Client(host=host, port=port, timeout=int(max(1, self.timeout_s)))
             try:
                 async with asyncio.timeout(self.timeout_s):
@@ -67,8 +77,34 @@ class EtcdStore(Store):
                 problems.append(f"{host}:{port}: {exc or type(exc).__name__}")
                 await client.close()
                 continue
+            self._endpoint = index
             return client
         raise StoreUnavailable("no etcd endpoint answers: " + "; ".join(problems))
+
+    async def _reconnect(self, failed: aetcd.Client) -> None:
+        """``failed`` lost its member: talk to the next one that answers (once, however
+        many callers noticed)."""
+        async with self._reconnecting:
+            if id(self._client) != id(failed):
+                return  # another caller already moved on
+            host, port = self.endpoints[self._endpoint]
+            log.warning("etcd member %s:%d unreachable; trying the others", host, port)
+            self._client = await self._connect(self._endpoint + 1)
+            with contextlib.suppress(Exception):
+                await failed.close()
+
+    async def _call(self, op: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+        """``op`` on the current client; on a connection failure, once more on the
+        next member that answers."""
+        client = self.client
+        try:
+            return await op(client)
+        except (
+            aetcd.exceptions.ConnectionFailedError,
+            aetcd.exceptions.ConnectionTimeoutError,
+        ):
+            await self._reconnect(client)
+            return await op(self.client)
 
     async def open(self) -> None:
         self._client = await self._connect()
@@ -96,14 +132,14 @@ class EtcdStore(Store):
     async def revision(self) -> int:
         # A range over a key that never exists answers with the current revision.
         try:
-            probe = await self.client.get_prefix(self._k("\x00revision-probe"))
+            probe = await self._call(lambda c: c.get_prefix(self._k("\x00revision-probe")))
         except aetcd.exceptions.ClientError as exc:
             raise StoreUnavailable(f"etcd: {exc}") from None
         return int(probe.header.revision)
 
     async def get(self, key: str) -> Entry | None:
         try:
-            got = await self.client.get(self._k(key))
+            got = await self._call(lambda c: c.get(self._k(key)))
         except aetcd.exceptions.ClientError as exc:
             raise StoreUnavailable(f"etcd: {exc}") from None
         if got is None:
@@ -112,7 +148,7 @@ class EtcdStore(Store):
 
     async def list(self, prefix: str) -> tuple[list[Entry], int]:
         try:
-            got = await self.client.get_prefix(self._k(prefix))
+            got = await self._call(lambda c: c.get_prefix(self._k(prefix)))
         except aetcd.exceptions.ClientError as exc:
             raise StoreUnavailable(f"etcd: {exc}") from None
         entries = [
@@ -123,7 +159,7 @@ class EtcdStore(Store):
 
     async def put(self, key: str, value: str, lease: int | None = None) -> int:
         try:
-            got = await self.client.put(self._k(key), value.encode(), lease=lease)
+            got = await self._call(lambda c: c.put(self._k(key), value.encode(), lease=lease))
         except aetcd.exceptions.ClientError as exc:
             if "lease not found" in str(exc):
                 raise KeyError(f"lease {lease} does not exist") from None
@@ -131,13 +167,14 @@ class EtcdStore(Store):
         return int(got.header.revision)
 
     async def create(self, key: str, value: str) -> bool:
-        c = self.client
         k = self._k(key)
         try:
-            ok, _ = await c.transaction(
-                compare=[c.transactions.version(k) == 0],
-                success=[c.transactions.put(k, value.encode())],
-                failure=[],
+            ok, _ = await self._call(
+                lambda c: c.transaction(
+                    compare=[c.transactions.version(k) == 0],
+                    success=[c.transactions.put(k, value.encode())],
+                    failure=[],
+                )
             )
         except aetcd.exceptions.ClientError as exc:
             raise StoreUnavailable(f"etcd: {exc}") from None
@@ -145,28 +182,28 @@ class EtcdStore(Store):
 
     async def delete(self, key: str) -> bool:
         try:
-            got = await self.client.delete(self._k(key))
+            got = await self._call(lambda c: c.delete(self._k(key)))
         except aetcd.exceptions.ClientError as exc:
             raise StoreUnavailable(f"etcd: {exc}") from None
         return got is not None and bool(got.deleted)
 
     async def grant(self, ttl_s: float) -> int:
         try:
-            lease = await self.client.lease(max(1, round(ttl_s)))
+            lease = await self._call(lambda c: c.lease(max(1, round(ttl_s))))
         except aetcd.exceptions.ClientError as exc:
             raise StoreUnavailable(f"etcd: {exc}") from None
         return int(lease.id)
 
     async def keepalive(self, lease: int) -> bool:
         try:
-            reply = await self.client.refresh_lease(lease)
+            reply = await self._call(lambda c: c.refresh_lease(lease))
         except aetcd.exceptions.ClientError as exc:
             raise StoreUnavailable(f"etcd: {exc}") from None
         return reply is not None and int(reply.TTL) > 0
 
     async def revoke(self, lease: int) -> None:
         try:
-            await self.client.revoke_lease(lease)
+            await self._call(lambda c: c.revoke_lease(lease))
         except aetcd.exceptions.ClientError as exc:
             if "lease not found" in str(exc):
                 return
@@ -177,10 +214,9 @@ class EtcdStore(Store):
         start the log over when etcd compacted what was missed."""
         after = start
         while True:
+            client = self.client
             try:
-                stream = await self.client.watch_prefix(
-                    self.prefix.encode(), start_revision=after + 1
-                )
+                stream = await client.watch_prefix(self.prefix.encode(), start_revision=after + 1)
                 self._watch_started.set()
                 try:
                     async for ev in stream:
@@ -202,4 +238,8 @@ class EtcdStore(Store):
                 self._reset_log(after)
             except Exception as exc:
                 log.warning("etcd watch failed (%s); reconnecting", exc)
+                try:
+                    await self._reconnect(client)
+                except StoreUnavailable as down:
+                    log.warning("%s", down)
                 await asyncio.sleep(RECONNECT_DELAY_S)
