@@ -22,6 +22,7 @@ from meshgate.control.config import ControlPlaneConfig, parse_control_config
 from meshgate.control.csr import key_pem, make_csr, new_key
 from meshgate.control.server import ControlPlaneServer
 from meshgate.control.service import token_hash
+from meshgate.testing import FakeClock
 
 ADMIN = "admin-secret-token"
 ADMIN_HASH = "sha256:" + token_hash(ADMIN)
@@ -154,7 +155,11 @@ async def test_token_for_a_cannot_get_identity_of_b(
 
 async def test_expired_token_and_auth_errors(server: ControlPlaneServer, tmp_path: Path) -> None:
     adm = admin(server, tmp_path)
-    anon = ControlPlaneClient(url(server), (tmp_path / "bundle.pem").read_text())
+    anon = ControlPlaneClient(url(server), _read(str(tmp_path / "bundle.pem")))
+    joiner = ControlPlaneClient(
+        url(server), _read(str(tmp_path / "bundle.pem")), identity_dir=str(tmp_path / "x")
+    )
+    raw = httpx.AsyncClient(verify=adm.ssl_context())
     try:
         with pytest.raises(ControlPlaneError, match="admin token") as exc:
             await anon.request("POST", "/v1/tokens", {"service": "orders"})
@@ -163,27 +168,26 @@ async def test_expired_token_and_auth_errors(server: ControlPlaneServer, tmp_pat
             await adm.request("POST", "/v1/instances", {"address": "127.0.0.1", "port": 1})
         with pytest.raises(ControlPlaneError, match="service 'Bad_Name'"):
             await adm.request("POST", "/v1/tokens", {"service": "Bad_Name"})
-        with pytest.raises(ControlPlaneError, match="body is not JSON"):
-            http = await adm._client()
-            resp = await http.post("/v1/tokens", content=b"{nope")
-            raise ControlPlaneError(resp.status_code, resp.json()["error"])
+        resp = await raw.post(
+            f"{url(server)}/v1/tokens",
+            content=b"{nope",
+            headers={"authorization": f"Bearer {ADMIN}"},
+        )
+        assert resp.status_code == 400 and "body is not JSON" in resp.json()["error"]
+        # a token past its expiry is refused: the control plane's clock moves 2 h on
+        clock = FakeClock(server.cp.clock())
+        server.cp.clock = clock
+        token = await adm.request("POST", "/v1/tokens", {"service": "orders", "ttl_s": 3600})
+        clock.advance(7200)
+        with pytest.raises(ControlPlaneError, match=f"join token {token['id']} expired") as exc:
+            await joiner.join(token["token"], service="orders")
+        assert exc.value.status == 401
+        assert (await adm.request("GET", "/v1/tokens"))["tokens"][0]["expired"] is True
     finally:
+        await raw.aclose()
+        await joiner.aclose()
         await anon.aclose()
         await adm.aclose()
-    # a token past its expiry is refused (clock moved on)
-    server.cp.clock = lambda: 4_000_000_000.0
-    with pytest.raises(ControlPlaneError, match="expired"):
-        fresh = admin(server, tmp_path)
-        token = (await fresh.request("POST", "/v1/tokens", {"service": "orders"}))["token"]
-        server.cp.clock = lambda: 4_000_000_000.0 + 7200
-        c = ControlPlaneClient(
-            url(server), (tmp_path / "bundle.pem").read_text(), identity_dir=str(tmp_path / "x")
-        )
-        try:
-            await c.join(token, service="orders")
-        finally:
-            await c.aclose()
-            await fresh.aclose()
 
 
 async def test_lease_expires_without_heartbeat(tmp_path: Path) -> None:
