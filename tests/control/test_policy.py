@@ -78,5 +78,14 @@ def test_keys_and_other_kinds() -> None:
         parse_policy(
             "upstream", {"name": "o", "service": "orders", "timeout_s": 1, "connect_timeout_s": 2}
         )
+    route = parse_policy(
+        "route", {"name": "api", "path": "/api/", "host": "API.example", "service": "orders",
+                  "methods": ["get", "post"]},
+    )  # fmt: skip
+    assert policy_key(route) == "policies/route/api"
+    assert route.model_dump()["host"] == "api.example"
+    assert route.model_dump()["methods"] == ["GET", "POST"]
+    with pytest.raises(ValidationError, match="must start with '/'"):
+        parse_policy("route", {"name": "x", "path": "api", "service": "orders"})
     with pytest.raises(ValueError, match="unknown policy kind 'routes'"):
         parse_policy("routes", {})

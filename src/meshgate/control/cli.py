@@ -18,6 +18,7 @@ from cryptography import x509
 from pydantic import ValidationError
 
 from meshgate.config.loader import ConfigError, LocatedDocument
+from meshgate.control.policy import KINDS
 
 log = logging.getLogger("meshgate.control")
 
@@ -110,10 +111,10 @@ def _when(ts: float | None) -> str:
 
 
 def _load_policies(path: str) -> list[tuple[str, dict[str, Any]]]:
-    """``[{kind: authz|defaults|upstream, ...fields}]`` from YAML, checked locally so
+    """``[{kind: authz|defaults|upstream|route, ...fields}]`` from YAML, checked locally so
     mistakes are reported as ``file:line: key: problem``."""
     from meshgate.config.loader import ConfigProblem
-    from meshgate.control.policy import KINDS, parse_policy
+    from meshgate.control.policy import parse_policy
 
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -300,13 +301,13 @@ def add_parsers(sub: Any) -> None:
     i = cs.add_parser("instances", help="registered instances")
     i.add_argument("--service")
     p = cs.add_parser("policies", help="stored policies")
-    p.add_argument("--kind", choices=("authz", "defaults", "upstream"))
+    p.add_argument("--kind", choices=KINDS)
     pol = cs.add_parser("policy", help="change policies")
     ps = pol.add_subparsers(dest="policy_cmd", required=True)
     pa = ps.add_parser("apply", help="store the policies of a YAML file")
     pa.add_argument("-f", "--file", required=True)
     pd = ps.add_parser("delete", help="delete one policy")
-    pd.add_argument("kind", choices=("authz", "defaults", "upstream"))
+    pd.add_argument("kind", choices=KINDS)
     pd.add_argument("name")
 
     ca = cs.add_parser("ca", help="the mesh CA")

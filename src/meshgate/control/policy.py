@@ -2,8 +2,9 @@
 per-service default actions and upstream (route) policies; plus `decide`, the
 authorization check a sidecar runs on each inbound request.
 
-Stored under ``policies/authz/<name>``, ``policies/defaults/<service>`` and
-``policies/upstream/<name>``; every change is a store change with its own revision.
+Stored under ``policies/authz/<name>``, ``policies/defaults/<service>``,
+``policies/upstream/<name>`` and ``policies/route/<name>``; every change is a store
+change with its own revision.
 
 Evaluation (`decide`), as in Istio: a matching ``deny`` policy wins; then a matching
 ``allow`` policy allows; when the service has allow policies and none matched, the
@@ -23,7 +24,7 @@ from meshgate.control.ca import SpiffeId, check_name
 _POLICY_NAME = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,61}[a-z0-9])?$")
 _METHOD = re.compile(r"^[A-Z]+$")
 
-KINDS = ("authz", "defaults", "upstream")
+KINDS = ("authz", "defaults", "upstream", "route")
 
 
 class _Model(BaseModel):
@@ -34,6 +35,16 @@ def _policy_name(value: str) -> str:
     if not _POLICY_NAME.match(value):
         raise ValueError(f"name {value!r} must be 1-63 lower-case letters, digits, '.' or '-'")
     return value
+
+
+def _check_methods(v: object) -> object:
+    """Method names upper-cased; ValueError for one that is not an HTTP token."""
+    if isinstance(v, list):
+        v = [m.upper() if isinstance(m, str) else m for m in v]
+        for m in v:
+            if not isinstance(m, str) or (m != "*" and not _METHOD.match(m)):
+                raise ValueError(f"method {m!r} is not an HTTP method")
+    return v
 
 
 def _source(value: str) -> str:
@@ -97,12 +108,7 @@ class AuthzPolicy(_Model):
     @field_validator("methods", mode="before")
     @classmethod
     def _methods(cls, v: object) -> object:
-        if isinstance(v, list):
-            v = [m.upper() if isinstance(m, str) else m for m in v]
-            for m in v:
-                if not isinstance(m, str) or (m != "*" and not _METHOD.match(m)):
-                    raise ValueError(f"method {m!r} is not an HTTP method")
-        return v
+        return _check_methods(v)
 
     def matches(self, source: SpiffeId | None, path: str, method: str) -> bool:
         return (
@@ -153,7 +159,54 @@ class UpstreamPolicy(_Model):
         return self
 
 
-Policy = AuthzPolicy | ServiceDefaults | UpstreamPolicy
+class RoutePolicy(_Model):
+    """Requests for ``host`` (any when None) under ``path`` go to ``service``: what a
+    gateway or an outbound sidecar routes."""
+
+    name: str
+    path: str = Field("/", description="A path prefix ('/api/'); '/' is every path.")
+    host: str | None = Field(None, description="Host header to match (None: any).")
+    methods: list[str] = Field(default_factory=lambda: ["*"], description="'*' is any method.")
+    service: str
+    namespace: str = "default"
+    timeout_s: float | None = Field(None, gt=0, le=3600)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _policy_name(v)
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, v: str) -> str:
+        return check_name(v, "service")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        return check_name(v, "namespace")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c.isspace() for c in v):
+            raise ValueError(f"path {v!r} must start with '/' and have no spaces")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c.isspace() or c in "/@" for c in v)):
+            raise ValueError(f"host {v!r} must be a host name, without spaces, '/' or '@'")
+        return v.lower() if v else v
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, v: object) -> object:
+        return _check_methods(v)
+
+
+Policy = AuthzPolicy | ServiceDefaults | UpstreamPolicy | RoutePolicy
 
 
 def parse_policy(kind: str, data: object) -> Policy:
@@ -164,6 +217,8 @@ def parse_policy(kind: str, data: object) -> Policy:
         return ServiceDefaults.model_validate(data)
     if kind == "upstream":
         return UpstreamPolicy.model_validate(data)
+    if kind == "route":
+        return RoutePolicy.model_validate(data)
     raise ValueError(f"unknown policy kind {kind!r}: one of {', '.join(KINDS)}")
 
 
@@ -172,6 +227,8 @@ def policy_key(policy: Policy) -> str:
         return f"policies/authz/{policy.name}"
     if isinstance(policy, ServiceDefaults):
         return f"policies/defaults/{policy.service}"
+    if isinstance(policy, RoutePolicy):
+        return f"policies/route/{policy.name}"
     return f"policies/upstream/{policy.name}"
 
 
