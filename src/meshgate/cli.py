@@ -1,4 +1,4 @@
-"""Command line: ``meshgate gateway|validate|explain|hash-key|schema|demo``."""
+"""Command line: ``meshgate gateway|validate|explain|hash-key|schema|demo|control-plane|ctl``."""
 
 from __future__ import annotations
 
@@ -247,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="gateway on 127.0.0.1:8080 in front of demo services")
     p.add_argument("--print-config", action="store_true", help="print the demo config and exit")
     p.set_defaults(func=cmd_demo)
+
+    from meshgate.control.cli import add_parsers as add_control_parsers
+
+    add_control_parsers(sub)  # control-plane, ctl
     return parser
 
 

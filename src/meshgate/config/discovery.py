@@ -75,6 +75,14 @@ _DNS_KEYS = (
     "min_interval_s",
     "timeout_s",
 )
+_CONTROL_PLANE_KEYS = (
+    "url",
+    "ca_bundle_file",
+    "admin_token_file",
+    "identity_dir",
+    "service",
+    "namespace",
+)
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -104,10 +112,11 @@ def parse_nameserver(text: str) -> tuple[str, int]:
 class DiscoveryConfig(_Model):
     """Where an upstream's instances come from besides its static list."""
 
-    type: Literal["file", "dns"] = Field(
+    type: Literal["file", "dns", "control_plane"] = Field(
         "file",
         description="file: a YAML/JSON list of instances, reloaded when it changes; "
-        "dns: A/AAAA or SRV records, re-resolved on their TTL.",
+        "dns: A/AAAA or SRV records, re-resolved on their TTL; "
+        "control_plane: the instances registered with meshgate's control plane (watched).",
     )
     path: str | None = Field(
         None, description="file: the instances file: [{host, port, weight?, metadata?}]."
@@ -141,6 +150,24 @@ class DiscoveryConfig(_Model):
     timeout_s: float = Field(
         2.0, gt=0, allow_inf_nan=False, description="dns: one resolution's time limit."
     )
+    url: str | None = Field(
+        None, description="control_plane: its URL, e.g. https://127.0.0.1:15012."
+    )
+    ca_bundle_file: str | None = Field(
+        None, description="control_plane: the trust bundle (PEM) to verify it with."
+    )
+    admin_token_file: str | None = Field(
+        None,
+        description="control_plane: file with the operators' token (read access); "
+        "or give identity_dir.",
+    )
+    identity_dir: str | None = Field(
+        None,
+        description="control_plane: a workload identity (cert.pem, key.pem) to "
+        "authenticate with instead of the admin token.",
+    )
+    service: str | None = Field(None, description="control_plane: the service's name there.")
+    namespace: str = Field("default", description="control_plane: the service's namespace.")
 
     @field_validator("record", mode="before")
     @classmethod
@@ -150,16 +177,31 @@ class DiscoveryConfig(_Model):
     @field_validator("path")
     @classmethod
     def _path_is_file(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is not None and info.data.get("type") == "dns":
+        kind = info.data.get("type")
+        if v is not None and kind == "dns":
             raise ValueError("path is for type: file; type: dns resolves name")
+        if v is not None and kind == "control_plane":
+            raise ValueError("path is for type: file; type: control_plane watches service")
         return v
 
     @field_validator(*_DNS_KEYS)
     @classmethod
     def _dns_only(cls, v: object, info: ValidationInfo) -> object:
         assert info.field_name is not None
-        if info.data.get("type") == "file" and v != cls.model_fields[info.field_name].default:
-            raise ValueError(f"{info.field_name} is for type: dns (this discovery is type: file)")
+        kind = info.data.get("type")
+        if kind != "dns" and v != cls.model_fields[info.field_name].default:
+            raise ValueError(f"{info.field_name} is for type: dns (this discovery is type: {kind})")
+        return v
+
+    @field_validator(*_CONTROL_PLANE_KEYS)
+    @classmethod
+    def _control_plane_only(cls, v: object, info: ValidationInfo) -> object:
+        assert info.field_name is not None
+        kind = info.data.get("type")
+        if kind != "control_plane" and v != cls.model_fields[info.field_name].default:
+            raise ValueError(
+                f"{info.field_name} is for type: control_plane (this discovery is type: {kind})"
+            )
         return v
 
     @field_validator("name")
@@ -199,6 +241,17 @@ class DiscoveryConfig(_Model):
 
     @model_validator(mode="after")
     def _complete(self) -> DiscoveryConfig:
+        if self.type == "control_plane":
+            missing = [k for k in ("url", "ca_bundle_file", "service") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"discovery type control_plane needs {', '.join(missing)}")
+            if (self.admin_token_file is None) == (self.identity_dir is None):
+                raise ValueError(
+                    "discovery type control_plane needs one of admin_token_file, identity_dir"
+                )
+            if not self.url or not self.url.startswith("https://"):
+                raise ValueError(f"url {self.url!r} must start with https://")
+            return self
         if self.type == "file":
             if self.path is None:
                 raise ValueError("discovery type file needs path")

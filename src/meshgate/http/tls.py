@@ -21,6 +21,7 @@ class ClientCertificate:
     san: tuple[tuple[str, str], ...]
     serial_number: str
     not_after: str  # as OpenSSL prints it: "Jun  1 12:00:00 2030 GMT"
+    der: bytes = b""  # the whole certificate (DER), e.g. for a SPIFFE identity check
 
     @property
     def common_name(self) -> str | None:
@@ -30,8 +31,8 @@ class ClientCertificate:
         return None
 
     @classmethod
-    def from_peercert(cls, cert: dict[str, Any]) -> ClientCertificate:
-        """From ``SSLObject.getpeercert()`` (a verified certificate)."""
+    def from_peercert(cls, cert: dict[str, Any], der: bytes = b"") -> ClientCertificate:
+        """From ``SSLObject.getpeercert()`` (a verified certificate) and its DER."""
 
         def flat(rdns: Any) -> tuple[tuple[str, str], ...]:
             return tuple((str(k), str(v)) for rdn in rdns for k, v in rdn)
@@ -42,6 +43,7 @@ class ClientCertificate:
             san=tuple((str(k), str(v)) for k, v in cert.get("subjectAltName", ())),
             serial_number=str(cert.get("serialNumber", "")),
             not_after=str(cert.get("notAfter", "")),
+            der=der,
         )
 
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -174,10 +175,9 @@ class HttpServerProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip, self.client_port = peer[0], peer[1]
-        if self.server.tls is not None:  # (the handshake is done by now)
-            sslobj = transport.get_extra_info("ssl_object")
-            if sslobj is not None:
-                self.tls = tls_info(sslobj)
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:  # (the handshake is done by now)
+            self.tls = tls_info(sslobj)
         self.server.connections.add(self)
         self._set_timer(self.cfg.header_timeout_s, self._on_idle_timeout)
 
@@ -319,7 +319,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self.transport.close()
         # Keep the write side open to answer what is queued (TLS in asyncio cannot
         # half-close: the transport closes after an EOF whatever is answered).
-        return self.server.tls is None or None
+        return self.tls is None or None
 
     def _check_chunk_overhead(self, body: StreamBody, read: int) -> None:
         """Chunk framing and trailers are not body: bound them (an endless trailer
@@ -862,10 +862,15 @@ class HttpServer:
         reuse_port: bool = False,
         unix_path: str | None = None,
         tls: ServerTls | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``unix_path``: listen on this Unix socket instead of ``listener``'s host and
         port (a stale socket file there is replaced). ``tls``: terminate TLS with it
-        (its certificate reload runs from `start` to `shutdown`)."""
+        (its certificate reload runs from `start` to `shutdown`); ``ssl_context``: or
+        with this fixed context (an internal listener, e.g. the control plane's). The
+        client's certificate, if any, reaches the app in ``Request.tls``."""
+        assert tls is None or ssl_context is None, "give tls or ssl_context, not both"
+        self.ssl_context = ssl_context
         self.app = app
         self.tls = tls
         self.unix_path = unix_path
@@ -897,8 +902,14 @@ class HttpServer:
             lambda: HttpServerProtocol(self),
             sock=sock,
             backlog=self.listener.backlog,
-            ssl=tls.context if tls is not None else None,
-            ssl_handshake_timeout=tls.config.handshake_timeout_s if tls is not None else None,
+            ssl=tls.context if tls is not None else self.ssl_context,
+            ssl_handshake_timeout=(
+                tls.config.handshake_timeout_s
+                if tls is not None
+                else self.listener.header_timeout_s
+                if self.ssl_context is not None
+                else None
+            ),
         )
         self.port = sock.getsockname()[1]
         if tls is not None:

@@ -185,11 +185,15 @@ def tls_info(sslobj: ssl.SSLObject | ssl.SSLSocket) -> TlsInfo:
     """What a finished server-side handshake negotiated, with the client's certificate."""
     cipher = sslobj.cipher()
     peer = sslobj.getpeercert()
+    certificate = None
+    if peer:
+        der = sslobj.getpeercert(binary_form=True) or b""
+        certificate = ClientCertificate.from_peercert(dict(peer), der)
     return TlsInfo(
         version=sslobj.version() or "",
         cipher=cipher[0] if cipher else "",
         alpn=sslobj.selected_alpn_protocol(),
-        client_certificate=ClientCertificate.from_peercert(dict(peer)) if peer else None,
+        client_certificate=certificate,
     )
 
 

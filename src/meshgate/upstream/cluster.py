@@ -30,6 +30,7 @@ from meshgate.observability.metrics import UpstreamStats
 from meshgate.upstream.discovery import DiscoveryError, FileSource
 
 if TYPE_CHECKING:
+    from meshgate.upstream.control_plane import ControlPlaneSource
     from meshgate.upstream.dnssource import DnsSource
 
 log = logging.getLogger("meshgate.cluster")
@@ -137,12 +138,16 @@ class Cluster:
                 on_change=self.changed,
             )
             self.panic_threshold_percent = hc.panic_threshold_percent
-        self.source: FileSource | DnsSource | None = None
+        self.source: FileSource | DnsSource | ControlPlaneSource | None = None
         discovery = config.discovery
         if discovery is not None and discovery.type == "dns":
             from meshgate.upstream.dnssource import DnsSource  # dnspython: only for DNS
 
             self.source = DnsSource(discovery, self.set_instances)
+        elif discovery is not None and discovery.type == "control_plane":
+            from meshgate.upstream.control_plane import ControlPlaneSource
+
+            self.source = ControlPlaneSource(discovery, self.set_instances)
         elif discovery is not None and discovery.path is not None:
             self.source = FileSource(discovery.path, self.set_instances)
 

@@ -1,0 +1,1 @@
+"""The mesh control plane: CA, admission, registry with leases, policies, watch."""
