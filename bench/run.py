@@ -609,7 +609,7 @@ class Context:
 
 def start_nginx(ctx: Context, name: str, conf: str, pin: list[str]) -> Proc:
     prefix = ctx.tmp / name
-    prefix.mkdir()
+    prefix.mkdir(exist_ok=True)  # again in later --rounds
     conf_path = prefix / "nginx.conf"
     conf_path.write_text(conf)
     nginx = ctx.info["nginx"]
