@@ -10,7 +10,6 @@ a non-empty one: discovery never empties an upstream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from meshgate.config.discovery import DiscoveryConfig
 from meshgate.config.models import InstanceConfig
 from meshgate.control.client import ControlPlaneClient, ControlPlaneError
-from meshgate.upstream.discovery import DiscoveryError, Instances
+from meshgate.upstream.discovery import DiscoveryError, Instances, Source
 
 log = logging.getLogger("meshgate.discovery")
 
@@ -35,18 +34,17 @@ def _read(path: str, what: str) -> str:
         raise DiscoveryError(f"control_plane {what} {path}: {exc.strerror or exc}") from None
 
 
-class ControlPlaneSource:
+class ControlPlaneSource(Source):
     def __init__(self, config: DiscoveryConfig, on_change: Callable[[Instances], None]) -> None:
+        super().__init__(on_change)
         assert config.type == "control_plane" and config.url and config.service
         assert config.ca_bundle_file is not None
         self.config = config
-        self.on_change = on_change
         self.prefix = f"instances/{config.namespace}/{config.service}/"
         self.state: dict[str, dict[str, Any]] = {}
         self.revision: int | None = None
         self.last: Instances | None = None
         self._client: ControlPlaneClient | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"ControlPlaneSource({self.config.url} {self.prefix})"
@@ -132,17 +130,10 @@ class ControlPlaneSource:
             if instances == self.last:
                 continue
             self.last = instances
-            try:
-                self.on_change(instances)
-            except Exception:
-                log.exception("%r: applying %d instances failed", self, len(instances))
+            self._apply(instances)
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stop_task()
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()

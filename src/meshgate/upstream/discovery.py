@@ -54,15 +54,38 @@ def read_instances(path: Path) -> Instances:
         raise DiscoveryError(f"{path}: [{where}]: {first['msg']}") from None
 
 
-class FileSource:
+class Source:
+    """What every discovery source shares: the callback that gets each new list,
+    and the background task that watches or re-resolves."""
+
+    def __init__(self, on_change: Callable[[Instances], None]) -> None:
+        self.on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+
+    def _apply(self, instances: Instances) -> None:
+        """Hand ``instances`` to the cluster; a failure there is logged, not raised
+        into the watch loop."""
+        try:
+            self.on_change(instances)
+        except Exception:
+            log.exception("%r: applying %d instances failed", self, len(instances))
+
+    async def _stop_task(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class FileSource(Source):
     """Instances from a file, re-read whenever it changes (its folder is watched,
     so editors that replace the file are seen too)."""
 
     def __init__(self, path: str | Path, on_change: Callable[[Instances], None]) -> None:
+        super().__init__(on_change)
         self.path = Path(path).resolve()
-        self.on_change = on_change
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def load(self) -> Instances:
         return read_instances(self.path)
@@ -84,12 +107,8 @@ class FileSource:
             except DiscoveryError as exc:
                 log.error("%s; keeping the previous instances", exc)
                 continue
-            self.on_change(instances)
+            self._apply(instances)
 
     async def aclose(self) -> None:
         self._stop.set()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stop_task()

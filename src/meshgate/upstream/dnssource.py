@@ -9,7 +9,6 @@ upstreams with ``discovery: {type: dns}`` (dnspython costs about 2 MB of RSS).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
@@ -24,7 +23,7 @@ import dns.resolver
 
 from meshgate.config.discovery import DiscoveryConfig
 from meshgate.config.models import InstanceConfig
-from meshgate.upstream.discovery import DiscoveryError, Instances
+from meshgate.upstream.discovery import DiscoveryError, Instances, Source
 
 log = logging.getLogger("meshgate.discovery")
 
@@ -61,7 +60,7 @@ def srv_weights(weights: list[int]) -> list[int]:
     return [max(1, round(w * MAX_WEIGHT / top)) for w in weights]
 
 
-class DnsSource:
+class DnsSource(Source):
     """Instances from DNS records, re-resolved when their TTL runs out.
 
     ``A``/``AAAA``/``A+AAAA``: one instance per address, on the configured port.
@@ -76,15 +75,14 @@ class DnsSource:
     """
 
     def __init__(self, config: DiscoveryConfig, on_change: Callable[[Instances], None]) -> None:
+        super().__init__(on_change)
         assert config.type == "dns" and config.name is not None
         self.config = config
         self.name = dns.name.from_text(config.name)
-        self.on_change = on_change
         self.last: Instances | None = None  # the last good list
         self.next_delay_s = config.min_interval_s  # until the next resolution
         self._failures = 0
         self._resolver: dns.asyncresolver.Resolver | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"DnsSource({self.config.name} {self.config.record})"
@@ -226,17 +224,10 @@ class DnsSource:
                 continue
             if instances == previous:
                 continue
-            try:
-                self.on_change(instances)
-            except Exception:
-                log.exception("%r: applying %d instances failed", self, len(instances))
+            self._apply(instances)
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stop_task()
 
 
 def _glue(response: dns.message.Message) -> dict[dns.name.Name, tuple[list[str], float]]:
