@@ -45,7 +45,7 @@ from meshgate.core.cache import (
     stored_headers,
     vary_key,
 )
-from meshgate.http.messages import Body, BytesBody, Headers, Request, Response
+from meshgate.http.messages import Body, BytesBody, Headers, Response
 from meshgate.pipeline.compose import Handler
 from meshgate.pipeline.context import Next, RequestContext
 from meshgate.pipeline.ratelimit import WarningClock
@@ -498,26 +498,7 @@ class CacheStage:
             return
         req = ctx.request
         headers = Headers.from_lower([kv for kv in req.headers.raw() if kv[0] not in _CONDITIONAL])
-        copy = Request(
-            "GET",
-            req.target,
-            headers,
-            BytesBody(),
-            client_ip=req.client_ip,
-            client_port=req.client_port,
-            http_version=req.http_version,
-            scheme=req.scheme,
-            host=req.host,
-        )
-        start = time.monotonic()
-        bctx = RequestContext(
-            copy,
-            ctx.route,
-            ctx.params,
-            ctx.request_id,
-            start_time=start,
-            deadline=start + self.timeout_s,
-        )
+        bctx = ctx.spin_off("GET", headers, BytesBody(), self.timeout_s)
         bctx.state.update(ctx.state)
         task = asyncio.get_running_loop().create_task(
             self._refresh(bctx, inner, key, entry, headers.copy(), release)

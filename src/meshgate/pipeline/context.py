@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from meshgate.http.messages import Request, Response, error_response
+from meshgate.http.messages import Body, Headers, Request, Response, error_response
 
 if TYPE_CHECKING:
     from meshgate.observability.tracing import RequestTrace, UnsampledTrace
@@ -76,6 +76,34 @@ class RequestContext:
         self.upstream_s: float | None = None
         # The request's spans and upstream trace headers; None unless tracing is on.
         self.trace: RequestTrace | UnsampledTrace | None = None
+
+    def spin_off(
+        self, method: str, headers: Headers, body: Body, timeout_s: float
+    ) -> RequestContext:
+        """A context for work of its own on this request's behalf (a mirrored copy, a
+        background cache refresh): same route, params, id, target and client, the
+        given method, headers and body, its own clock and ``timeout_s`` deadline."""
+        req = self.request
+        copy = Request(
+            method,
+            req.target,
+            headers,
+            body,
+            client_ip=req.client_ip,
+            client_port=req.client_port,
+            http_version=req.http_version,
+            scheme=req.scheme,
+            host=req.host,
+        )
+        start = time.monotonic()
+        return RequestContext(
+            copy,
+            self.route,
+            self.params,
+            self.request_id,
+            start_time=start,
+            deadline=start + timeout_s,
+        )
 
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         """Build (and set) a JSON error response carrying the request id."""

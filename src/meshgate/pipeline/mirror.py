@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 from meshgate.config.models import MirrorConfig
-from meshgate.http.messages import BytesBody, Request
+from meshgate.http.messages import BytesBody
 from meshgate.pipeline.context import Next, RequestContext
 from meshgate.pipeline.proxy import SHADOW, proxy, shadow_host
 from meshgate.upstream.cluster import Cluster
@@ -77,26 +76,7 @@ class Mirror:
         host = headers.get("host")
         if host is not None:
             headers.set("host", shadow_host(host))
-        copy = Request(
-            req.method,
-            req.target,
-            headers,
-            BytesBody(data),
-            client_ip=req.client_ip,
-            client_port=req.client_port,
-            http_version=req.http_version,
-            scheme=req.scheme,
-            host=req.host,
-        )
-        now = time.monotonic()
-        mctx = RequestContext(
-            copy,
-            ctx.route,
-            ctx.params,
-            ctx.request_id,
-            start_time=now,
-            deadline=now + self.timeout_s,
-        )
+        mctx = ctx.spin_off(req.method, headers, BytesBody(data), self.timeout_s)
         mctx.cluster = self.cluster
         mctx.state[SHADOW] = True
         self.in_flight += 1
