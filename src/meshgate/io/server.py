@@ -132,6 +132,41 @@ class _Pending:
 
 
 class HttpServerProtocol(asyncio.Protocol):
+    # Slots, not a __dict__: more than 30 attributes make CPython give every instance
+    # an unshared dict (~1.5 KB per idle connection).
+    __slots__ = (
+        "_chunked",
+        "_chunked_raw",
+        "_chunks",
+        "_current",
+        "_current_body",
+        "_deadline",
+        "_deadline_cb",
+        "_drain_waiter",
+        "_head_raw_bytes",
+        "_header_bytes",
+        "_headers",
+        "_in_head",
+        "_pause_flags",
+        "_reject",
+        "_stopped",
+        "_tunnel_early",
+        "_url",
+        "_write_paused",
+        "cfg",
+        "client_ip",
+        "client_port",
+        "closed",
+        "draining",
+        "loop",
+        "parser",
+        "queue",
+        "server",
+        "task",
+        "tls",
+        "transport",
+    )
+
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.cfg = server.listener
