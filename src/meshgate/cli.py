@@ -117,9 +117,8 @@ async def watch_file(target: str, reload: asyncio.Event, stop: asyncio.Event) ->
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from meshgate.admin.fleet import Fleet
     from meshgate.gateway import Gateway
-    from meshgate.io.workers import run_workers
+    from meshgate.io.workers import Fleet, run_workers
 
     try:
         config, doc = load_config(args.config)

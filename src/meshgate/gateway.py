@@ -19,7 +19,7 @@ from meshgate.pipeline.app import GatewayApp
 from meshgate.pipeline.runtime import Runtime, build_runtime
 
 if TYPE_CHECKING:
-    from meshgate.admin.fleet import Fleet
+    from meshgate.io.workers import Fleet
 
 log = logging.getLogger("meshgate.gateway")
 

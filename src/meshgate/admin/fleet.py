@@ -23,7 +23,6 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -34,6 +33,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from meshgate.admin.api import AdminApp
 from meshgate.http.messages import Request, Response
+from meshgate.io.workers import Fleet
 
 if TYPE_CHECKING:
     from meshgate.gateway import Gateway
@@ -42,19 +42,6 @@ log = logging.getLogger("meshgate.admin")
 
 WORKER_TIMEOUT_S = 5.0
 """How long the public admin listener waits for one worker's answer."""
-
-
-@dataclass(frozen=True)
-class Fleet:
-    """Where a worker stands among ``size`` workers sharing ``directory``."""
-
-    index: int
-    size: int
-    directory: Path
-
-    def socket(self, index: int) -> Path:
-        """The Unix socket of worker ``index``'s private admin listener."""
-        return self.directory / f"worker-{index}.sock"
 
 
 @dataclass

@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from pydantic import ValidationError
 
 from meshgate.config.loader import ConfigError, LocatedDocument
-from meshgate.control.policy import KINDS
+from meshgate.control.kinds import KINDS
 
 log = logging.getLogger("meshgate.control")
 
@@ -245,6 +244,8 @@ def _rotation_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cert_show(path: str) -> int:
     """SPIFFE ID and expiry of a certificate file (first certificate of a chain)."""
+    from cryptography import x509
+
     try:
         cert = x509.load_pem_x509_certificates(Path(path).read_bytes())[0]
     except (OSError, ValueError, IndexError) as exc:

@@ -20,11 +20,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meshgate.control.ca import SpiffeId, check_name
+from meshgate.control.kinds import KINDS
 
 _POLICY_NAME = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,61}[a-z0-9])?$")
 _METHOD = re.compile(r"^[A-Z]+$")
 
-KINDS = ("authz", "defaults", "upstream", "route")
 
 
 class _Model(BaseModel):

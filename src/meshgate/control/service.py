@@ -38,7 +38,8 @@ from meshgate.control.ca import (
     rotate,
 )
 from meshgate.control.config import ControlPlaneConfig
-from meshgate.control.policy import KINDS, parse_policy, policy_json, policy_key
+from meshgate.control.kinds import KINDS
+from meshgate.control.policy import parse_policy, policy_json, policy_key
 from meshgate.control.store import Entry, Store, StoreUnavailable, watched
 from meshgate.control.watch import Event
 from meshgate.core.registry import Instance, RegistryError

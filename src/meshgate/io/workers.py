@@ -18,6 +18,8 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import uvloop
 
@@ -29,6 +31,19 @@ reload; the int is the worker's index (0 .. workers - 1)."""
 
 RESTART_BACKOFF_S = 1.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Where a worker stands among ``size`` workers sharing ``directory``."""
+
+    index: int
+    size: int
+    directory: Path
+
+    def socket(self, index: int) -> Path:
+        """The Unix socket of worker ``index``'s private admin listener."""
+        return self.directory / f"worker-{index}.sock"
 
 
 def run_in_loop(serve: Serve, index: int = 0) -> int:
