@@ -360,13 +360,16 @@ async def test_etcd_member_failover(
     cp = ControlPlaneProcess(tmp_path, "cp", storage)
     processes.append(cp.start())
     orders = cp.client("orders")
+    # The control plane answers within its storage timeouts (503 while it moves over);
+    # on a loaded 2-core machine that can take longer than the client's default 10 s.
+    orders.timeout_s = 30.0
     admin = ControlPlaneClient(cp.url, cp.bundle_file.read_text(), admin_token=ADMIN)
     try:
         await orders.join(_token(cp, "orders"), service="orders")
         start = (await admin.watch()).revision
         etcd_cluster.kill(0)  # the first endpoint: the one in use
         reg = None
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(60):
             while reg is None:
                 try:
                     reg = await orders.register("127.0.0.1", 7100)
