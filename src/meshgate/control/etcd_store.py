@@ -90,7 +90,10 @@ class EtcdStore(Store):
             host, port = self.endpoints[self._endpoint]
             log.warning("etcd member %s:%d unreachable; trying the others", host, port)
             self._client = await self._connect(self._endpoint + 1)
-            with contextlib.suppress(Exception):
+        # Closing the channel of a dead member is bounded too (and outside the lock: the
+        # callers waiting for the reconnection must not wait for it).
+        with contextlib.suppress(Exception):  # TimeoutError included
+            async with asyncio.timeout(self.timeout_s):
                 await failed.close()
 
     async def _call(self, op: Callable[[aetcd.Client], Awaitable[T]]) -> T:

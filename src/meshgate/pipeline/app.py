@@ -211,7 +211,9 @@ class GatewayApp:
         if route.sets_request_id:
             request.headers.set(REQUEST_ID_HEADER, ctx.request_id)
         try:
-            await route.handler(ctx)
+            gate = route.gate
+            if gate is None or gate(ctx):
+                await route.handler(ctx)
         except HTTPError as exc:  # e.g. BodyTooLarge from body.read_all(limit) in a plugin
             if ctx.response is not None:
                 await ctx.response.body.aclose()
@@ -243,9 +245,11 @@ class GatewayApp:
                 fields.append((RESPONSE_TIME_HEADER, f"{(end - start) * 1000.0:.2f}ms"))
             if route.sets_request_id:
                 fields.append((REQUEST_ID_HEADER, ctx.request_id))
+            names = route.builtin_names
             if late is not None:
                 fields += late[1]
-            resp.headers.set_fields(fields)
+                names = names | late[0]
+            resp.headers.set_fields(fields, names)
         elif late is not None:
             resp.headers.set_fields(late[1], late[0])
         self.stats.record(route.name, request.method, resp.status, end - start)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from meshgate.config.loader import ConfigError, ConfigProblem, LocatedDocument, key_path
@@ -29,15 +29,17 @@ from meshgate.core.registry import Registry
 from meshgate.core.router import Router
 from meshgate.core.split import WeightedSplit
 from meshgate.pipeline import builtins
+from meshgate.pipeline.builtins import REQUEST_ID_HEADER, RESPONSE_TIME_HEADER
 from meshgate.pipeline.cache import CacheStage, CacheStore, MemoryCacheStore
 from meshgate.pipeline.compose import Handler, compose, terminal
 from meshgate.pipeline.compress import CompressStage
-from meshgate.pipeline.context import Middleware
+from meshgate.pipeline.context import Middleware, RequestContext
 from meshgate.pipeline.mirror import Mirror
 from meshgate.pipeline.plugins import PluginError, load_middleware
 from meshgate.pipeline.proxy import proxy
 from meshgate.pipeline.ratelimit import (
     Limit,
+    LocalRateLimitStage,
     RateLimitStage,
     RedisCheck,
     RedisFactory,
@@ -75,6 +77,7 @@ class CompiledRoute:
 
     __slots__ = (
         "attempts_header",
+        "builtin_names",
         "cache",
         "cluster",
         "compress",
@@ -83,6 +86,7 @@ class CompiledRoute:
         "fault",
         "front",
         "front_names",
+        "gate",
         "guard",
         "handler",
         "ip_guard",
@@ -184,6 +188,21 @@ class CompiledRoute:
                 break
             inner.pop(0)
         layers = [*self.front, *inner, *self.stages]
+        # A rate limit stage that decides without awaiting, first in the chain, is a
+        # gate the app checks before running the rest (no onion layer for it).
+        self.gate: Callable[[RequestContext], bool] | None = None
+        first = layers[0] if layers else None
+        if isinstance(first, LocalRateLimitStage):
+            self.gate = first.decide_local
+            layers.pop(0)
+        self.builtin_names = frozenset(
+            name
+            for name, on in (
+                (REQUEST_ID_HEADER, self.sets_request_id),
+                (RESPONSE_TIME_HEADER, self.times_response),
+            )
+            if on
+        )
         self.handler: Handler = terminal(proxy) if layers == [proxy] else compose(layers)
         if cache is not None:  # what a background refresh of the cache runs
             cache.inner = compose(self.stages[self.stages.index(cache) + 1 :])
