@@ -5,20 +5,15 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from meshgate.config.common import Model as _Model
 from meshgate.config.common import redis_url
 from meshgate.core.cache import CacheError, CachePolicy
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RouteCacheConfig(_Model):

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import re
 
+from pydantic import BaseModel, ConfigDict
+
+
+class Model(BaseModel):
+    """Base of every config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FiniteModel(Model):
+    """`Model` whose float fields refuse inf and nan."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
 # An HTTP token (RFC 9110 tchar): header names, and names used in keys.
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 

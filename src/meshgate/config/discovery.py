@@ -6,8 +6,6 @@ import ipaddress
 from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
@@ -15,13 +13,8 @@ from pydantic import (
 )
 
 from meshgate.config.common import TOKEN
+from meshgate.config.common import FiniteModel as _Model
 from meshgate.core.health import HealthPolicy
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
 
 
 class HealthCheckConfig(_Model):
@@ -75,6 +68,7 @@ _DNS_KEYS = (
     "min_interval_s",
     "timeout_s",
 )
+
 _CONTROL_PLANE_KEYS = (
     "url",
     "ca_bundle_file",

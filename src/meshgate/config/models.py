@@ -7,7 +7,6 @@ from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
@@ -16,6 +15,7 @@ from pydantic import (
 
 from meshgate.config.cache import CacheConfig, RouteCacheConfig
 from meshgate.config.common import TOKEN, token
+from meshgate.config.common import Model as _Model
 from meshgate.config.compress import CompressConfig
 from meshgate.config.discovery import DiscoveryConfig, HashKeyConfig, HealthCheckConfig
 from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
@@ -68,10 +68,6 @@ AccessLogField = Literal[
 ]
 # Keys an access log line may have (access_log.fields), in the default order.
 ACCESS_LOG_FIELDS: tuple[AccessLogField, ...] = get_args(AccessLogField)
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ListenerConfig(_Model):

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from meshgate.config.common import TOKEN, redis_url
+from meshgate.config.common import Model as _Model
 
 # Key parts: a plain name, or "kind:name".
 KEY_PARTS = ("ip", "route", "method", "path", "consumer", "source")
 KEY_KINDS = ("header", "param", "query", "jwt", "cookie")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def check_key_part(part: str) -> str:

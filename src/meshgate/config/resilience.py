@@ -5,15 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from meshgate.config.common import FiniteModel as _Model
 from meshgate.core.breaker import BreakerState, CircuitBreaker
 from meshgate.core.outlier import OutlierDetector
 from meshgate.core.retry import RETRY_ON, RetryBudget, RetryPolicy, WindowedRetryBudget
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RetryConfig(_Model):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from meshgate.auth.apikeys import ApiKeyError, ApiKeys
+from meshgate.config.common import Model as _Model
 from meshgate.config.common import token
 from meshgate.core.cors import CorsError, CorsPolicy
 from meshgate.core.ipfilter import IpRules
@@ -29,11 +30,8 @@ ALGORITHMS = (
     "ES512",
     "EdDSA",
 )
+
 API_KEY_PROVIDER = "api_key"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class CredentialSource(_Model):

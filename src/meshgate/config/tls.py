@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from meshgate.config.common import Model as _Model
 
 if TYPE_CHECKING:  # cryptography (about 9 MB) loads only when a TLS file is checked
     from cryptography import x509
@@ -37,10 +39,6 @@ INTERMEDIATE_CIPHERS = ":".join(
         "DHE-RSA-CHACHA20-POLY1305",
     )
 )
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class CertificateConfig(_Model):

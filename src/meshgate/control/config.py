@@ -6,14 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from meshgate.config.common import FiniteModel as _Model
 from meshgate.config.loader import ConfigError, ConfigProblem, LocatedDocument
 from meshgate.control.ca import check_trust_domain
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ListenConfig(_Model):

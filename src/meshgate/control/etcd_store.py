@@ -97,17 +97,25 @@ class EtcdStore(Store):
                 await failed.close()
 
     async def _call(self, op: Callable[[aetcd.Client], Awaitable[T]]) -> T:
-        """``op`` on the current client; on a connection failure, once more on the
-        next member that answers."""
+        """``op`` on the current client, bounded by ``timeout_s`` (the client's own RPC
+        deadline is not always honoured while a member is going away); on a connection
+        failure or that timeout, once more on the next member that answers. Still no
+        answer: `StoreUnavailable` (the API says 503)."""
         client = self.client
         try:
-            return await op(client)
+            async with asyncio.timeout(self.timeout_s):
+                return await op(client)
         except (
             aetcd.exceptions.ConnectionFailedError,
             aetcd.exceptions.ConnectionTimeoutError,
+            TimeoutError,
         ):
             await self._reconnect(client)
-            return await op(self.client)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await op(self.client)
+        except TimeoutError:
+            raise StoreUnavailable(f"etcd: no answer within {self.timeout_s:g} s") from None
 
     async def open(self) -> None:
         self._client = await self._connect()

@@ -17,18 +17,14 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from meshgate.config.common import FiniteModel as _Model
 from meshgate.control.ca import SpiffeId, check_name
 from meshgate.control.kinds import KINDS
 
 _POLICY_NAME = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,61}[a-z0-9])?$")
 _METHOD = re.compile(r"^[A-Z]+$")
-
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _policy_name(value: str) -> str:
