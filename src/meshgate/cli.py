@@ -27,7 +27,7 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _report(exc: ConfigError) -> int:
+def report_config_error(exc: ConfigError) -> int:
     """Print each config problem as ``file:line: key.path: problem``; exit code 1."""
     for problem in exc.problems:
         print(problem, file=sys.stderr)
@@ -38,7 +38,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         config, doc = load_config(args.file)
     except ConfigError as exc:
-        return _report(exc)
+        return report_config_error(exc)
     # Plugins are resolved too, so a bad dotted path fails validation.
     from meshgate.pipeline.runtime import build_runtime
 
@@ -48,7 +48,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         asyncio.run(check())
     except ConfigError as exc:
-        return _report(exc)
+        return report_config_error(exc)
     warnings = config_warnings(config, doc)
     for warning in warnings:
         print(warning, file=sys.stderr)
@@ -66,7 +66,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         config, doc = load_config(args.config)
         lines = run_explain(config, doc, args.method, args.url, args.header or [])
     except ConfigError as exc:
-        return _report(exc)
+        return report_config_error(exc)
     except ExplainError as exc:
         print(f"explain: {exc}", file=sys.stderr)
         return 2
@@ -123,7 +123,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     try:
         config, doc = load_config(args.config)
     except ConfigError as exc:
-        return _report(exc)
+        return report_config_error(exc)
     workers = args.workers or os.cpu_count() or 1
     # With several workers each serves its admin API on a Unix socket in this private
     # directory and worker 0 answers the admin port for all (meshgate/admin/fleet.py).
@@ -148,7 +148,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         try:
             await gateway.start()
         except ConfigError as exc:
-            return _report(exc)
+            return report_config_error(exc)
         except OSError as exc:
             log.error(
                 "cannot listen on %s:%d: %s",

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from meshgate.cli import report_config_error
 from meshgate.config.loader import ConfigError, LocatedDocument
 from meshgate.control.kinds import KINDS
 
@@ -33,12 +34,6 @@ def duration_s(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def _report(exc: ConfigError) -> int:
-    for problem in exc.problems:
-        print(problem, file=sys.stderr)
-    return 1
-
-
 # -- meshgate control-plane ---------------------------------------------------------------
 def cmd_control_plane(args: argparse.Namespace) -> int:
     from meshgate.control.ca import CAError
@@ -49,7 +44,7 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
     try:
         config = load_control_config(args.config)
     except ConfigError as exc:
-        return _report(exc)
+        return report_config_error(exc)
 
     async def run() -> int:
         server = ControlPlaneServer(config)
@@ -201,7 +196,7 @@ async def _ctl_call(client: Any, args: argparse.Namespace) -> int:
         try:
             policies = _load_policies(args.file)
         except ConfigError as exc:
-            return _report(exc)
+            return report_config_error(exc)
         for kind, fields in policies:
             data = await client.request("PUT", f"/v1/policies/{kind}", fields)
             print(f"{data['key']}  revision {data['revision']}")
