@@ -9,8 +9,9 @@ is the parent-id of the ``traceparent`` sent upstream.
 
 Sampling is decided here, before the SDK is involved: a request whose caller sent a
 valid ``traceparent`` follows its ``sampled`` flag; a new trace is recorded with
-probability ``sample_rate`` (decided on its trace id's low 64 bits, as the SDK's
-``TraceIdRatioBased``). Requests not recorded get an `UnsampledTrace`: trace
+probability ``sample_rate`` (decided on a drawn trace id's low 64 bits, as the SDK's
+``TraceIdRatioBased``; a recorded trace then gets its ids from the SDK, an unrecorded
+one keeps the drawn id). Requests not recorded get an `UnsampledTrace`: trace
 and span ids and a valid ``traceparent`` (flags 00) are propagated with no
 OpenTelemetry object at all (the SDK's non-recording spans cost about 20 us per
 request). See docs/tracing.md.
