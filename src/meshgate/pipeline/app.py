@@ -237,7 +237,8 @@ class GatewayApp:
             return error_response(500, "no response produced", ctx.request_id)
         end = time.monotonic()
         late = ctx.late_headers
-        if route.sets_request_id or route.times_response:
+        names = route.builtin_names
+        if names:
             # What the built-ins would have set on the way out (response_time inner),
             # then the late headers.
             fields: list[tuple[str, str]] = []
@@ -245,7 +246,6 @@ class GatewayApp:
                 fields.append((RESPONSE_TIME_HEADER, f"{(end - start) * 1000.0:.2f}ms"))
             if route.sets_request_id:
                 fields.append((REQUEST_ID_HEADER, ctx.request_id))
-            names = route.builtin_names
             if late is not None:
                 fields += late[1]
                 names = names | late[0]
