@@ -17,6 +17,7 @@ from meshgate.config.loader import (
     parse_config,
 )
 from meshgate.config.models import GatewayConfig, MiddlewareRef, RouteConfig
+from tests.config.located import problems_of
 
 UPSTREAM = dedent(
     """\
@@ -26,12 +27,6 @@ UPSTREAM = dedent(
           - {host: 127.0.0.1, port: 9001}
     """
 )
-
-
-def problems_of(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "gw.yaml")
-    return [str(p) for p in info.value.problems]
 
 
 def one_problem(text: str) -> str:

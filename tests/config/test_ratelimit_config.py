@@ -10,31 +10,8 @@ from textwrap import dedent, indent
 
 import pytest
 
-from meshgate.config.loader import ConfigError, parse_config
-
-HEAD = dedent(
-    """\
-    upstreams:
-      - name: a
-        instances: [{host: 127.0.0.1, port: 9001}]
-    """
-)
-
-
-def doc(text: str) -> str:
-    return HEAD + dedent(text)
-
-
-def marked_line(text: str) -> int:
-    lines = [i for i, line in enumerate(text.splitlines(), 1) if line.rstrip().endswith("#<")]
-    assert len(lines) == 1, "mark exactly one line with #<"
-    return lines[0]
-
-
-def problems_of(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "gw.yaml")
-    return [str(p) for p in info.value.problems]
+from meshgate.config.loader import parse_config
+from tests.config.located import doc, marked_line, problems_of
 
 
 def route_with(limits: str) -> str:

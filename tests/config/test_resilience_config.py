@@ -19,6 +19,7 @@ import pytest
 from meshgate.cli import main as cli_main
 from meshgate.config.loader import ConfigError, parse_config
 from meshgate.pipeline.runtime import build_runtime
+from tests.config.located import problems_of
 
 HEAD = dedent(
     """\
@@ -38,12 +39,6 @@ def marked_lines(text: str) -> list[int]:
     lines = [i for i, line in enumerate(text.splitlines(), 1) if line.rstrip().endswith("#<")]
     assert lines, "mark the line(s) with #<"
     return lines
-
-
-def problems_of(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "gw.yaml")
-    return [str(p) for p in info.value.problems]
 
 
 def retry(body: str) -> str:

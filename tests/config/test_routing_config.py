@@ -15,7 +15,8 @@ from textwrap import dedent
 
 import pytest
 
-from meshgate.config.loader import ConfigError, config_warnings, parse_config
+from meshgate.config.loader import config_warnings, parse_config
+from tests.config.located import problems_of
 
 HEAD = dedent(
     """\
@@ -31,12 +32,6 @@ HEAD = dedent(
 
 def routes(text: str) -> str:
     return HEAD + dedent(text)
-
-
-def problems_of(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "gw.yaml")
-    return [str(p) for p in info.value.problems]
 
 
 def one_problem(text: str) -> str:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from meshgate.config.loader import ConfigError, parse_config
+from meshgate.config.loader import parse_config
+from tests.config.located import problems_of as problems
 from tests.e2e.conftest import subprocess_env
 from tests.e2e.tls_helpers import CA, Pair
 
@@ -31,12 +32,6 @@ def listener(cert: str, key: str, extra: str = "") -> str:
         f"      - cert_file: {cert}\n"
         f"        key_file: {key}\n" + extra
     )
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "gw.yaml")
-    return [str(p) for p in info.value.problems]
 
 
 def test_a_good_pair_loads(pairs: tuple[CA, Pair, Pair]) -> None:

@@ -7,14 +7,9 @@ from textwrap import dedent
 import pytest
 
 from meshgate.admin.api import REDACTED, redact_config
-from meshgate.config.loader import ConfigError, parse_config
+from meshgate.config.loader import parse_config
 from meshgate.config.tracing import TracingConfig
-
-
-def problems_of(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "gw.yaml")
-    return [str(p) for p in info.value.problems]
+from tests.config.located import problems_of
 
 
 def test_defaults() -> None:
