@@ -110,12 +110,35 @@ class UpstreamTlsConfig(_Model):
     cert_file: str | None = Field(None, description="Client certificate (PEM) to present.")
     key_file: str | None = Field(None, description="Its private key (PEM, unencrypted).")
     min_version: TlsVersion = Field("TLSv1.2", description="Oldest TLS version offered.")
+    spiffe_id: str | None = Field(
+        None,
+        description=(
+            "Verify that the upstream's certificate carries this SPIFFE ID as a URI SAN "
+            "(spiffe://<trust-domain>/...), instead of a DNS name (mesh mTLS)."
+        ),
+    )
+    reload_check_s: PositiveSeconds = Field(
+        5.0,
+        description=(
+            "How often (at most, on new connections) the ca/cert/key files are checked for "
+            "changes; changed files serve the next connections (rotated certificates)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _pair(self) -> UpstreamTlsConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together: give both or neither")
+        if self.spiffe_id is not None:
+            if not self.spiffe_id.startswith("spiffe://") or len(self.spiffe_id) <= 9:
+                raise ValueError(f"spiffe_id {self.spiffe_id!r} must start with spiffe://")
+            if not self.verify:
+                raise ValueError("spiffe_id needs verify: true (it is checked on a verified chain)")
         return self
+
+    def files(self) -> list[str]:
+        """Every file the upstream's TLS reads (checked for changes)."""
+        return [p for p in (self.ca_file, self.cert_file, self.key_file) if p is not None]
 
 
 class WebSocketConfig(_Model):

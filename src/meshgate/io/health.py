@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection
+from typing import TYPE_CHECKING
 
 from meshgate.core.health import HealthTable
+
+if TYPE_CHECKING:
+    from meshgate.io.tls import ClientTls
 
 log = logging.getLogger("meshgate.health")
 
@@ -27,8 +30,7 @@ def http_probe(
     expected: Collection[int],
     timeout_s: float,
     *,
-    tls: ssl.SSLContext | None = None,
-    server_name: str | None = None,
+    tls: ClientTls | None = None,
 ) -> Probe:
     """A probe sending ``GET path`` and expecting one of ``expected`` as the status
     (over TLS with ``tls``: the handshake and verification are part of the check)."""
@@ -38,7 +40,7 @@ def http_probe(
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                reader, writer = await _open(host, port, tls, server_name)
+                reader, writer = await _open(host, port, tls)
                 authority = host_header or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
                 writer.write(
                     f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n"
@@ -58,24 +60,31 @@ def http_probe(
     return probe
 
 
-def _open(
-    host: str, port: int, tls: ssl.SSLContext | None, server_name: str | None
-) -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+async def _open(
+    host: str, port: int, tls: ClientTls | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the instance; over TLS, the handshake verified (and the peer
+    being the SPIFFE ID wanted: OSError otherwise)."""
     if tls is None:
-        return asyncio.open_connection(host, port)
-    return asyncio.open_connection(host, port, ssl=tls, server_hostname=server_name or host)
+        return await asyncio.open_connection(host, port)
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=tls.context(), server_hostname=tls.server_name or host
+    )
+    problem = tls.peer_problem(writer.get_extra_info("ssl_object"))
+    if problem is not None:
+        writer.close()
+        raise OSError(problem)
+    return reader, writer
 
 
-def tcp_probe(
-    timeout_s: float, *, tls: ssl.SSLContext | None = None, server_name: str | None = None
-) -> Probe:
+def tcp_probe(timeout_s: float, *, tls: ClientTls | None = None) -> Probe:
     """A probe that only opens (and closes) a TCP connection (with ``tls``: and
     completes a verified TLS handshake)."""
 
     async def probe(host: str, port: int) -> bool:
         try:
             async with asyncio.timeout(timeout_s):
-                _, writer = await _open(host, port, tls, server_name)
+                _, writer = await _open(host, port, tls)
         except (OSError, TimeoutError):
             return False
         writer.close()

@@ -20,7 +20,10 @@ import contextlib
 import logging
 import os
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from meshgate.config.loader import ConfigError, ConfigProblem, LocatedDocument, key_path
 from meshgate.config.tls import ListenerTlsConfig, UpstreamTlsConfig, check_ca, check_pair
@@ -198,13 +201,69 @@ def tls_info(sslobj: ssl.SSLObject | ssl.SSLSocket) -> TlsInfo:
 
 
 def client_context(config: UpstreamTlsConfig) -> ssl.SSLContext:
-    """The context of an upstream's TLS connections (system CAs unless ``ca_file``)."""
+    """The context of an upstream's TLS connections (system CAs unless ``ca_file``).
+    With ``spiffe_id`` the chain is verified but the name checked is that URI SAN
+    (`ClientTls.peer_problem`), not a DNS name."""
     ctx = ssl.create_default_context(cafile=config.ca_file)
     ctx.minimum_version = VERSIONS[config.min_version]
     if not config.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    elif config.spiffe_id is not None:
+        ctx.check_hostname = False
     if config.cert_file is not None and config.key_file is not None:
         ctx.load_cert_chain(config.cert_file, config.key_file)
     ctx.set_alpn_protocols(list(ALPN))
     return ctx
+
+
+class ClientTls:
+    """An upstream's TLS: its context, rebuilt when its files change (looked at, at
+    most every ``reload_check_s``, when a connection is opened: a rotated client
+    certificate or CA bundle serves the next connections), its SNI, and the SPIFFE
+    ID the upstream must prove."""
+
+    def __init__(
+        self, config: UpstreamTlsConfig, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.config = config
+        self.server_name = config.server_name
+        self.spiffe_id = config.spiffe_id
+        self._clock = clock
+        self._files = config.files()
+        self._stamps = _stamps(self._files)
+        self._context = client_context(config)
+        self._checked_at = clock()
+
+    def context(self) -> ssl.SSLContext:
+        """The current context (rebuilt first when a file changed)."""
+        now = self._clock()
+        if self._files and now - self._checked_at >= self.config.reload_check_s:
+            self._checked_at = now
+            stamps = _stamps(self._files)
+            if stamps != self._stamps:
+                self._stamps = stamps
+                try:
+                    self._context = client_context(self.config)
+                except (OSError, ssl.SSLError, ValueError) as exc:
+                    log.error(
+                        "upstream TLS files %s changed but do not load (%s); the previous "
+                        "ones keep serving",
+                        ", ".join(self._files),
+                        exc,
+                    )
+                else:
+                    log.info("upstream TLS files reloaded: %s", ", ".join(self._files))
+        return self._context
+
+    def peer_problem(self, sslobj: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+        """Why the verified peer is not the upstream wanted (its SPIFFE ID), or None."""
+        if self.spiffe_id is None:
+            return None
+        cert = sslobj.getpeercert() if sslobj is not None else None
+        sans = cast("tuple[tuple[str, str], ...]", (cert or {}).get("subjectAltName", ()))
+        uris = [v for k, v in sans if k == "URI"]
+        if self.spiffe_id in uris:
+            return None
+        has = ", ".join(map(str, uris)) or "no SPIFFE ID"
+        return f"certificate is for {has}, not {self.spiffe_id}"

@@ -14,7 +14,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -30,6 +30,9 @@ from meshgate.http.framing import connection_tokens, framing_too_large
 from meshgate.http.messages import HOP_BY_HOP, BytesBody
 from meshgate.http.stream import StreamBody
 from meshgate.io.timers import Deadline
+
+if TYPE_CHECKING:
+    from meshgate.io.tls import ClientTls
 
 log = logging.getLogger("meshgate.upstream")
 
@@ -450,15 +453,14 @@ class Pool:
         connect_timeout_s: float,
         read_timeout_s: float = 60.0,
         clock: Callable[[], float] | None = None,
-        tls: ssl.SSLContext | None = None,
-        server_name: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
-        """``tls``: connect with TLS, sending ``server_name`` (default ``host``) as SNI
-        and verifying the certificate for it; the handshake is part of the connect
-        (``connect_timeout_s``)."""
+        """``tls``: connect with TLS, sending its ``server_name`` (default ``host``) as
+        SNI and verifying the certificate for it (or for its SPIFFE ID); the handshake
+        is part of the connect (``connect_timeout_s``)."""
         self.host = host
         self.tls = tls
-        self.server_name = (server_name or host) if tls is not None else None
+        self.server_name = (tls.server_name or host) if tls is not None else None
         self.port = port
         self.max_idle = max_idle
         self.idle_timeout_s = idle_timeout_s
@@ -486,15 +488,16 @@ class Pool:
         return None
 
     async def connect(self) -> UpstreamConnection:
+        tls = self.tls
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await self.loop.create_connection(
+                transport, conn = await self.loop.create_connection(
                     lambda: UpstreamConnection(self),
                     self.host,
                     self.port,
-                    ssl=self.tls,
+                    ssl=tls.context() if tls is not None else None,
                     server_hostname=self.server_name,
-                    ssl_handshake_timeout=self.connect_timeout_s if self.tls else None,
+                    ssl_handshake_timeout=self.connect_timeout_s if tls is not None else None,
                 )
         except TimeoutError:
             raise UpstreamConnectTimeout(
@@ -510,6 +513,13 @@ class Pool:
             raise UpstreamConnectError(
                 f"connect to {self.host}:{self.port} failed: {exc.strerror or exc}"
             ) from None
+        if tls is not None:
+            problem = tls.peer_problem(transport.get_extra_info("ssl_object"))
+            if problem is not None:
+                conn.abort()
+                raise UpstreamTlsError(
+                    f"TLS handshake with {self.host}:{self.port}: wrong peer: {problem}"
+                )
         self.connects += 1
         return conn
 

@@ -24,7 +24,7 @@ from meshgate.core.retry import Failure, RetryBudget, WindowedRetryBudget
 from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Request, cookie_value
 from meshgate.io.health import HealthChecker, http_probe, tcp_probe
-from meshgate.io.tls import client_context
+from meshgate.io.tls import ClientTls
 from meshgate.io.upstream import Pool
 from meshgate.observability.metrics import UpstreamStats
 from meshgate.upstream.discovery import DiscoveryError, FileSource
@@ -108,8 +108,7 @@ class Cluster:
         self.config = config
         tls = config.tls
         # Built once: every pool (and health probe) of the upstream shares it.
-        self.tls_context = client_context(tls) if tls is not None and tls.enabled else None
-        self._server_name = tls.server_name if tls is not None else None
+        self.tls = ClientTls(tls) if tls is not None and tls.enabled else None
         self._rng = rng or random.Random()
         self.hosts: list[UpstreamHost] = []  # filled from the registry (end of __init__)
         self.epoch = 0  # moves when membership, health or an ejection changes
@@ -183,8 +182,7 @@ class Cluster:
             idle_timeout_s=config.pool.idle_timeout_s,
             connect_timeout_s=config.connect_timeout_s,
             read_timeout_s=config.read_timeout_s,
-            tls=self.tls_context,
-            server_name=self._server_name,
+            tls=self.tls,
         )
 
     async def start(self) -> None:
@@ -206,11 +204,10 @@ class Cluster:
                     hc.host,
                     hc.expected_statuses,
                     hc.timeout_s,
-                    tls=self.tls_context,
-                    server_name=self._server_name,
+                    tls=self.tls,
                 )
                 if hc.type == "http"
-                else tcp_probe(hc.timeout_s, tls=self.tls_context, server_name=self._server_name)
+                else tcp_probe(hc.timeout_s, tls=self.tls)
             )
             self.checker = HealthChecker(
                 self.name,
