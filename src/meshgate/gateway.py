@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -16,6 +16,7 @@ from meshgate.io.server import HttpServer
 from meshgate.io.tls import ServerTls
 from meshgate.observability.metrics import TunnelStats
 from meshgate.pipeline.app import GatewayApp
+from meshgate.pipeline.context import Middleware
 from meshgate.pipeline.runtime import Runtime, build_runtime
 
 if TYPE_CHECKING:
@@ -41,12 +42,15 @@ class Gateway:
         config_path: str | Path | None = None,
         admin: bool = False,
         fleet: Fleet | None = None,
+        front: Sequence[tuple[str, Middleware]] = (),
     ) -> None:
         """``config_path``: the file ``config`` came from (``POST /reload`` re-reads it).
         ``admin``: also start the admin listener (``config.admin``, when enabled).
         ``fleet``: this gateway is one of several worker processes (see
         `meshgate.admin.fleet`): with the admin listener enabled it serves its own on a
-        Unix socket, and worker 0 serves the public one for all of them."""
+        Unix socket, and worker 0 serves the public one for all of them.
+        ``front``: stages put first in every route's chain (see `build_runtime`)."""
+        self._front = tuple(front)
         self.config = config
         self.config_path = Path(config_path) if config_path is not None else None
         self._rng = rng or random.Random()  # splits, mirroring, fault odds
@@ -93,6 +97,13 @@ class Gateway:
         """WebSocket tunnels of the data listener (None before it starts)."""
         return self._server.tunnels if self._server is not None else None
 
+    async def reload_tls(self) -> bool:
+        """Load the listener's certificate files now if they changed (rather than at
+        the next ``reload_check_s``); True when new ones serve."""
+        if self._server is None or self._server.tls is None:
+            return False
+        return await self._server.tls.check_reload()
+
     def client_connections(self) -> int:
         """Open client connections on the data listener."""
         return len(self._server.connections) if self._server is not None else 0
@@ -118,7 +129,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Build the runtime (raises `ConfigError`) and start listening."""
-        self._runtime = build_runtime(self.config, self._doc, rng=self._rng)
+        self._runtime = build_runtime(self.config, self._doc, rng=self._rng, front=self._front)
         _log_warnings(self.config, self._doc)
         try:
             await self._runtime.start()
@@ -200,7 +211,7 @@ class Gateway:
 
     async def _reload(self, config: GatewayConfig, doc: LocatedDocument | None) -> None:
         assert self._app is not None and self._runtime is not None
-        new = build_runtime(config, doc, rng=self._rng, previous=self._runtime)
+        new = build_runtime(config, doc, rng=self._rng, previous=self._runtime, front=self._front)
         _log_warnings(config, doc)
         try:
             await new.start()  # key sets fetched before the new table serves

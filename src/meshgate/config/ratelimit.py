@@ -59,6 +59,16 @@ class LimitConfig(_Model):
     backend: Literal["local", "redis"] = Field(
         "local", description="local: per worker process; redis: shared by every gateway."
     )
+    sources: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Mesh inbound (sidecar): only requests from these calling services, as "
+        "the sidecar verified them from the caller's certificate.",
+    )
+    except_sources: list[str] = Field(
+        default_factory=list,
+        description="Mesh inbound (sidecar): not requests from these calling services.",
+    )
 
     @field_validator("key")
     @classmethod
@@ -84,6 +94,8 @@ class LimitConfig(_Model):
         ]
         if extra:
             raise ValueError(f"{self.algorithm} does not use {', '.join(extra)}")
+        if self.sources is not None and set(self.sources) & set(self.except_sources):
+            raise ValueError("a service is in both sources and except_sources")
         if self.algorithm == "concurrency" and self.backend == "redis":
             raise ValueError("concurrency limits are local only (backend: local)")
         return self

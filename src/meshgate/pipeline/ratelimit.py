@@ -116,6 +116,7 @@ class Limit:
     __slots__ = (
         "_reset_at",
         "_reset_text",
+        "applies",
         "backend",
         "concurrency",
         "config",
@@ -144,6 +145,17 @@ class Limit:
         self.label = config.label
         trusted = parse_networks(trusted_proxies)
         self.parts = tuple(key_part(p, trusted) for p in config.key)
+        # A limit for some calling services only (mesh inbound): False skips it.
+        self.applies: Callable[[RequestContext], bool] | None = None
+        if config.sources is not None or config.except_sources:
+            only = frozenset(config.sources) if config.sources is not None else None
+            skip = frozenset(config.except_sources)
+
+            def applies(ctx: RequestContext) -> bool:
+                source = ctx.state.get("source_service")
+                return (only is None or source in only) and source not in skip
+
+            self.applies = applies
         self.local: LocalLimiter | None = None
         self.redis: RedisCheck | None = None
         self.concurrency: ConcurrencyLimiter | None = None
@@ -192,6 +204,9 @@ class Limit:
 
     def key(self, ctx: RequestContext) -> str | None:
         """The bucket this request counts in; None: skip this limit."""
+        applies = self.applies
+        if applies is not None and not applies(ctx):
+            return None
         parts = self.parts
         if len(parts) == 1:
             value = parts[0](ctx)

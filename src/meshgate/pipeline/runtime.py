@@ -391,6 +391,7 @@ def build_runtime(
     *,
     rng: random.Random | None = None,
     previous: Runtime | None = None,
+    front: Sequence[tuple[str, Middleware]] = (),
 ) -> Runtime:
     """Resolve plugins, compose chains and build the router; raise `ConfigError`.
 
@@ -400,6 +401,8 @@ def build_runtime(
     and an upstream whose config is unchanged keeps its `Cluster` (pools, health,
     breaker and outlier state, discovered instances); the new runtime owns it only
     after `Runtime.take_over` (done by the gateway at the swap).
+    ``front``: stages an embedding process puts first in every route's chain, before
+    ip_rules, cors and auth (the sidecar's identity and authorization check).
     """
     problems: list[ConfigProblem] = []
     default_chain = _chain(config.middleware, ("middleware",), doc, problems)
@@ -468,7 +471,7 @@ def build_runtime(
                 timeout_s,
                 rng.random,
                 rate_limit_stage(limits, settings.headers, warnings) if limits else None,
-                security.front(route),
+                [*front, *security.front(route)],
                 security.cors(route),
                 _compress(config, route),
                 cache,
