@@ -1,4 +1,5 @@
-"""Command line: ``meshgate gateway|validate|explain|hash-key|schema|demo|control-plane|ctl``."""
+"""Command line: ``meshgate gateway|validate|explain|hash-key|schema|demo|control-plane|ctl|
+sidecar|mesh-demo``."""
 
 from __future__ import annotations
 
@@ -250,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     from meshgate.control.cli import add_parsers as add_control_parsers
 
     add_control_parsers(sub)  # control-plane, ctl
+    from meshgate.mesh.cli import add_parsers as add_mesh_parsers
+
+    add_mesh_parsers(sub)  # sidecar, mesh-demo
     return parser
 
 

@@ -6,14 +6,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from meshgate.config.models import GatewayConfig, reference_errors, route_warnings
 
 Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,28 @@ def _pydantic_problems(doc: LocatedDocument, exc: ValidationError) -> list[Confi
             message = message[len("Value error, ") :]
         problems.append(doc.problem(loc, message))
     return problems
+
+
+def parse_model(model: type[M], text: str, filename: str) -> M:
+    """Validate YAML ``text`` as ``model``; raise `ConfigError` listing every problem
+    as ``file:line: key.path: problem`` (cp.yaml, sidecar.yaml)."""
+    doc = LocatedDocument(text, filename)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([doc.problem((), "the top level must be a mapping of keys")])
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(doc, exc)) from None
+
+
+def read_model(model: type[M], path: str | Path) -> M:
+    """`parse_model` of the file at ``path`` (an unreadable file is a `ConfigError`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(p), 0, "(file)", exc.strerror or str(exc))]) from None
+    return parse_model(model, text, str(p))
 
 
 def parse_config(text: str, filename: str = "<config>") -> tuple[GatewayConfig, LocatedDocument]:

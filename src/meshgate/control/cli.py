@@ -14,10 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from meshgate.cli import report_config_error
-from meshgate.config.loader import ConfigError, LocatedDocument
+from meshgate.config.loader import ConfigError
 from meshgate.control.kinds import KINDS
 
 log = logging.getLogger("meshgate.control")
@@ -104,43 +102,6 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _load_policies(path: str) -> list[tuple[str, dict[str, Any]]]:
-    """``[{kind: authz|defaults|upstream|route, ...fields}]`` from YAML, checked locally so
-    mistakes are reported as ``file:line: key: problem``."""
-    from meshgate.config.loader import ConfigProblem
-    from meshgate.control.policy import parse_policy
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(path, 0, "(file)", exc.strerror or str(exc))]) from None
-    doc = LocatedDocument(text, path)
-    data = doc.data
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise ConfigError([doc.problem((), "expected a policy or a list of policies")])
-    out, problems = [], []
-    for i, item in enumerate(data):
-        if not isinstance(item, dict) or item.get("kind") not in KINDS:
-            problems.append(doc.problem((i, "kind"), f"kind must be one of {', '.join(KINDS)}"))
-            continue
-        fields = {k: v for k, v in item.items() if k != "kind"}
-        try:
-            parse_policy(item["kind"], fields)
-        except ValidationError as exc:
-            for err in exc.errors(include_url=False):
-                msg = err["msg"].removeprefix("Value error, ")
-                if err["type"] == "extra_forbidden":
-                    msg = "unknown key"
-                problems.append(doc.problem((i, *err["loc"]), msg))
-            continue
-        out.append((item["kind"], fields))
-    if problems:
-        raise ConfigError(problems)
-    return out
-
-
 async def _ctl(args: argparse.Namespace) -> int:
     from meshgate.control.client import ControlPlaneError
 
@@ -194,7 +155,9 @@ async def _ctl_call(client: Any, args: argparse.Namespace) -> int:
             print(f"{p['key']}  rev {p['revision']}  {json.dumps(p['policy'])}")
     elif cmd == "policy" and args.policy_cmd == "apply":
         try:
-            policies = _load_policies(args.file)
+            from meshgate.control.policy import read_policy_file
+
+            policies = read_policy_file(args.file)
         except ConfigError as exc:
             return report_config_error(exc)
         for kind, fields in policies:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from meshgate.config.common import FiniteModel as _Model
-from meshgate.config.loader import ConfigError, ConfigProblem, LocatedDocument
+from meshgate.config.loader import parse_model, read_model
 from meshgate.control.ca import check_trust_domain
 
 
@@ -132,27 +132,8 @@ class ControlPlaneConfig(_Model):
 
 
 def parse_control_config(text: str, filename: str = "<cp.yaml>") -> ControlPlaneConfig:
-    doc = LocatedDocument(text, filename)
-    if not isinstance(doc.data, dict):
-        raise ConfigError([doc.problem((), "the top level must be a mapping of keys")])
-    try:
-        return ControlPlaneConfig.model_validate(doc.data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            message = err["msg"]
-            if err["type"] == "extra_forbidden":
-                message = "unknown key"
-            elif message.startswith("Value error, "):
-                message = message[len("Value error, ") :]
-            problems.append(doc.problem(tuple(err["loc"]), message))
-        raise ConfigError(problems) from None
+    return parse_model(ControlPlaneConfig, text, filename)
 
 
 def load_control_config(path: str | Path) -> ControlPlaneConfig:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(str(p), 0, "(file)", exc.strerror or str(exc))]) from None
-    return parse_control_config(text, str(p))
+    return read_model(ControlPlaneConfig, path)

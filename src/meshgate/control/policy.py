@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from meshgate.config.common import FiniteModel as _Model
+from meshgate.config.loader import ConfigError, ConfigProblem, LocatedDocument
 from meshgate.control.ca import SpiffeId, check_name
 from meshgate.control.kinds import KINDS
 
@@ -275,3 +277,37 @@ def decide(
     if allows:
         return "deny"
     return defaults.default_action if defaults is not None else "allow"
+
+
+def read_policy_file(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """``[{kind: authz|defaults|upstream|route, ...fields}]`` from YAML, checked locally so
+    mistakes are reported as ``file:line: key: problem``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(path, 0, "(file)", exc.strerror or str(exc))]) from None
+    doc = LocatedDocument(text, path)
+    data = doc.data
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise ConfigError([doc.problem((), "expected a policy or a list of policies")])
+    out, problems = [], []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or item.get("kind") not in KINDS:
+            problems.append(doc.problem((i, "kind"), f"kind must be one of {', '.join(KINDS)}"))
+            continue
+        fields = {k: v for k, v in item.items() if k != "kind"}
+        try:
+            parse_policy(item["kind"], fields)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "extra_forbidden":
+                    msg = "unknown key"
+                problems.append(doc.problem((i, *err["loc"]), msg))
+            continue
+        out.append((item["kind"], fields))
+    if problems:
+        raise ConfigError(problems)
+    return out

@@ -67,7 +67,7 @@ class RequestStats:
         counts[key] = counts.get(key, 0) + 1
         hist = self.durations.get(route)
         if hist is None:
-            hist = self.durations[route] = _histogram()
+            hist = self.durations[route] = new_histogram()
         hist[bisect_left(DURATION_BUCKETS, seconds)] += 1
         hist[-1] += seconds
 
@@ -85,7 +85,7 @@ class TunnelStats:
         self.bytes_from_client = 0
 
 
-def _histogram() -> list[float]:
+def new_histogram() -> list[float]:
     """Per-bucket counts (not cumulative), one for +Inf, then the sum."""
     return [0] * (len(DURATION_BUCKETS) + 2)
 
@@ -97,7 +97,7 @@ class UpstreamStats:
     __slots__ = ("durations", "errors", "retries")
 
     def __init__(self) -> None:
-        self.durations = _histogram()  # attempt: connection pick to response head (or failure)
+        self.durations = new_histogram()  # attempt: connection pick to response head (or failure)
         self.errors: dict[str, int] = {}  # kind: connect-failure, reset, timeout, 5xx
         self.retries = 0  # attempts after the first
 
@@ -186,11 +186,11 @@ def _request_families(stats: RequestStats) -> Iterator[Metric]:
         labels=["route"],
     )
     for route, values in sorted(stats.durations.items()):
-        _add_histogram(hist, [route], values)
+        add_histogram(hist, [route], values)
     yield hist
 
 
-def _add_histogram(family: HistogramMetricFamily, labels: list[str], values: list[float]) -> None:
+def add_histogram(family: HistogramMetricFamily, labels: list[str], values: list[float]) -> None:
     """Add one labelled histogram kept as per-bucket counts, +Inf, then the sum."""
     values = list(values)
     cumulative: list[tuple[str, float]] = []
@@ -290,7 +290,7 @@ def _upstream_families(runtime: Runtime) -> Iterator[Metric]:
         pool.add_metric([name, "active"], opened - idle)
         pool.add_metric([name, "idle"], idle)
         stats = cluster.stats
-        _add_histogram(durations, [name], stats.durations)
+        add_histogram(durations, [name], stats.durations)
         for kind, n in sorted(stats.errors.items()):
             errors.add_metric([name, kind], n)
         retries.add_metric([name], stats.retries)
