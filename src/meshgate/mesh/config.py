@@ -176,7 +176,11 @@ class SidecarConfig(_Model):
     trust_domain: str | None = Field(
         None, description="Static mode: the mesh's trust domain (default: the certificate's)."
     )
-    app: AppConfig
+    app: AppConfig | None = Field(
+        None,
+        description="The local app; none: an egress-only sidecar (e.g. beside a gateway) with "
+        "no inbound listener and no registration.",
+    )
     advertise_host: str = Field(
         "127.0.0.1", min_length=1, description="Address other sidecars reach the inbound port at."
     )

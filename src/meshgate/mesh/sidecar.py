@@ -67,7 +67,8 @@ class SidecarError(Exception):
 
 def inbound_config(config: SidecarConfig, identity: IdentityManager) -> GatewayConfig:
     """The inbound gateway: mTLS listener, per-source limits, one route to the app."""
-    inbound = config.inbound
+    inbound, app = config.inbound, config.app
+    assert app is not None, "an egress-only sidecar has no inbound listener"
     limits: list[dict[str, Any]] = []
     named = [r.source for r in inbound.rate_limits if r.source != "*"]
     for rule in inbound.rate_limits:
@@ -116,8 +117,8 @@ def inbound_config(config: SidecarConfig, identity: IdentityManager) -> GatewayC
             "upstreams": [
                 {
                     "name": LOCAL_APP,
-                    "instances": [{"host": config.app.host, "port": config.app.port}],
-                    "connect_timeout_s": config.app.connect_timeout_s,
+                    "instances": [{"host": app.host, "port": app.port}],
+                    "connect_timeout_s": app.connect_timeout_s,
                 }
             ],
             "routes": [{"name": "inbound", "path": "/*", "upstream": LOCAL_APP}],
@@ -252,6 +253,7 @@ class Sidecar:
         self._rendered: dict[ServiceKey, list[InstanceConfig]] = {}  # first list of each
         self._tasks: list[asyncio.Task[None]] = []
         self._rebuild_lock = asyncio.Lock()
+        self._routes_changed = asyncio.Event()  # set after each outbound rebuild
 
     # -- ports ---------------------------------------------------------------------
     @property
@@ -289,10 +291,11 @@ class Sidecar:
                 lambda: self.identity.spiffe_id.trust_domain,
                 self.identity.expired,
             )
-            self.inbound = Gateway(
-                inbound_config(self.config, self.identity), front=[("mesh_inbound", guard)]
-            )
-            await self.inbound.start()
+            if self.config.app is not None:
+                self.inbound = Gateway(
+                    inbound_config(self.config, self.identity), front=[("mesh_inbound", guard)]
+                )
+                await self.inbound.start()
             tag = OutboundTag(self.config.service, self.stats)
             self.outbound = Gateway(self._outbound_config(), front=[("mesh_outbound", tag)])
             await self.outbound.start()
@@ -306,14 +309,14 @@ class Sidecar:
             self._tasks.append(loop.create_task(self._watch(), name="mesh-watch"))
             link = self.config.control_plane
             assert link is not None
-            if link.register_instance:
+            if link.register_instance and self.inbound is not None:
                 self._tasks.append(loop.create_task(self._keep_registered(), name="mesh-register"))
         self.started = True
         log.info(
-            "sidecar %s (%s): inbound %d, outbound %d, admin %d",
+            "sidecar %s (%s): inbound %s, outbound %d, admin %d",
             self.config.service,
             self.identity.spiffe_id,
-            self.inbound_port,
+            self.inbound.port if self.inbound is not None else "none (egress only)",
             self.outbound_port,
             self.admin_port,
         )
@@ -464,7 +467,24 @@ class Sidecar:
                 return
             await self.outbound.reload(self._outbound_config())
             self._push_instances(set(self.state.services()))
+            self._routes_changed.set()
             log.info("outbound routes: %s", ", ".join(k.upstream for k in self.state.services()))
+
+    def routes_to(self) -> set[str]:
+        """Destination services (``service.namespace``) the outbound side routes now."""
+        runtime = self.outbound.current_runtime if self.outbound is not None else None
+        return set(runtime.clusters) if runtime is not None else set()
+
+    async def wait_for_services(self, names: set[str], timeout_s: float) -> None:
+        """Until the outbound side routes every one of ``names`` (``service`` in this
+        namespace, or ``service.namespace``); TimeoutError after ``timeout_s``."""
+        wanted = {n if "." in n else f"{n}.{self.config.namespace}" for n in names}
+        async with asyncio.timeout(timeout_s):
+            while True:
+                self._routes_changed.clear()
+                if wanted <= self.routes_to():
+                    return
+                await self._routes_changed.wait()
 
     async def _identity_changed(self) -> None:
         if self.inbound is not None:
