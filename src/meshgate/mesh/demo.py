@@ -17,6 +17,7 @@ import asyncio
 import logging
 import secrets
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,69 +113,55 @@ class OrdersApp:
         )
 
 
-class MeshDemo:
-    """Everything of the demo, started and stopped together (tests use it too)."""
+class LocalMesh:
+    """A control plane (SQLite, generated CA, in a temporary directory) and sidecars
+    joined to it, all on 127.0.0.1 in this process: the demo's and the benchmark's."""
 
-    def __init__(self, gateway_port: int = 8080, workdir: Path | None = None) -> None:
-        self.gateway_port = gateway_port
+    def __init__(self, workdir: Path | None = None, trust_domain: str = "mesh.demo") -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="meshgate-mesh-demo-")
+            self._tmp = tempfile.TemporaryDirectory(prefix="meshgate-mesh-")
             workdir = Path(self._tmp.name)
         self.dir = workdir
+        self.trust_domain = trust_domain
         self.cp: ControlPlaneServer | None = None
         self.admin: ControlPlaneClient | None = None
-        self.apps: dict[str, HttpServer] = {}
         self.sidecars: dict[str, Sidecar] = {}
-        self.gateway: Gateway | None = None
-        self.orders = OrdersApp()
 
-    async def start(self) -> None:
+    @property
+    def url(self) -> str:
+        assert self.cp is not None
+        return f"https://127.0.0.1:{self.cp.port}"
+
+    @property
+    def bundle_file(self) -> Path:
+        return self.dir / "bundle.pem"
+
+    async def start(self, policies: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
         admin_token = secrets.token_urlsafe(24)
-        bundle = self.dir / "bundle.pem"
         self.cp = ControlPlaneServer(
             ControlPlaneConfig.model_validate(
                 {
-                    "trust_domain": "mesh.demo",
+                    "trust_domain": self.trust_domain,
                     "listen": {"host": "127.0.0.1", "port": 0},
                     "admin_token_hash": "sha256:" + token_hash(admin_token),
-                    "bundle_file": str(bundle),
+                    "bundle_file": str(self.bundle_file),
                     "storage": {"type": "sqlite", "path": str(self.dir / "cp.db")},
                 }
             )
         )
         await self.cp.start()
-        url = f"https://127.0.0.1:{self.cp.port}"
         self.admin = ControlPlaneClient(
-            url, bundle.read_text(encoding="ascii"), admin_token=admin_token
+            self.url, self.bundle_file.read_text(encoding="ascii"), admin_token=admin_token
         )
-        for kind, body in POLICIES:
+        for kind, body in policies:
             await self.admin.request("PUT", f"/v1/policies/{kind}", body)
-        for name, app in (("users", users_app), ("cart", cart_app), ("orders", self.orders)):
-            server = HttpServer(app, ListenerConfig(host="127.0.0.1", port=0), 64 * 1024)
-            await server.start()
-            self.apps[name] = server
-            outbound: dict[str, Any] = {"port": 0}
-            if name == "orders":
-                outbound["ports"] = {"cart": 0}
-            await self._sidecar(name, url, bundle, outbound, server.port)
-        orders_car = self.sidecars["orders"]
-        self.orders.proxy_url = f"http://127.0.0.1:{orders_car.outbound_port}"
-        self.orders.cart_url = f"http://127.0.0.1:{orders_car.local_port('cart')}"
-        self.orders.start()
-        # The gateway's sidecar is egress only: nothing calls the gateway through the mesh.
-        gw_car = await self._sidecar("gateway", url, bundle, {"port": 0, "ports": {"orders": 0}})
-        await gw_car.wait_for_services({"orders"}, STATE_WAIT_S)
-        await orders_car.wait_for_services({"users", "cart"}, STATE_WAIT_S)
-        config, doc = parse_config(
-            _gateway_yaml(self.gateway_port, gw_car.local_port("orders")), "mesh-demo gateway"
-        )
-        self.gateway = Gateway(config, doc)
-        await self.gateway.start()
 
-    async def _sidecar(
-        self, name: str, url: str, bundle: Path, outbound: dict[str, Any], app_port: int = 0
+    async def add_sidecar(
+        self, name: str, outbound: dict[str, Any], app_port: int = 0, **extra: Any
     ) -> Sidecar:
+        """Join ``name`` (a new token) and start its sidecar beside ``app_port`` (none:
+        egress only); ``extra``: more sidecar.yaml keys."""
         assert self.admin is not None
         token = (await self.admin.request("POST", "/v1/tokens", {"service": name}))["token"]
         token_file = self.dir / f"{name}.token"
@@ -188,12 +175,13 @@ class MeshDemo:
                 "outbound": outbound,
                 "admin": {"port": 0},
                 "control_plane": {
-                    "url": url,
-                    "ca_bundle_file": str(bundle),
+                    "url": self.url,
+                    "ca_bundle_file": str(self.bundle_file),
                     "token_file": str(token_file),
                     "identity_dir": str(self.dir / name),
                     "instance_ttl_s": 10,
                 },
+                **extra,
             }
         )
         sidecar = Sidecar(config)
@@ -202,19 +190,62 @@ class MeshDemo:
         return sidecar
 
     async def stop(self) -> None:
-        if self.gateway is not None:
-            await self.gateway.stop(drain_timeout_s=2)
-        await self.orders.aclose()
         for sidecar in self.sidecars.values():
             await sidecar.stop()
-        for server in self.apps.values():
-            await server.shutdown(1)
         if self.admin is not None:
             await self.admin.aclose()
         if self.cp is not None:
             await self.cp.close()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+class MeshDemo:
+    """Everything of the demo, started and stopped together (tests use it too)."""
+
+    def __init__(self, gateway_port: int = 8080, workdir: Path | None = None) -> None:
+        self.gateway_port = gateway_port
+        self.mesh = LocalMesh(workdir)
+        self.apps: dict[str, HttpServer] = {}
+        self.gateway: Gateway | None = None
+        self.orders = OrdersApp()
+
+    @property
+    def sidecars(self) -> dict[str, Sidecar]:
+        return self.mesh.sidecars
+
+    async def start(self) -> None:
+        mesh = self.mesh
+        await mesh.start(POLICIES)
+        for name, app in (("users", users_app), ("cart", cart_app), ("orders", self.orders)):
+            server = HttpServer(app, ListenerConfig(host="127.0.0.1", port=0), 64 * 1024)
+            await server.start()
+            self.apps[name] = server
+            outbound: dict[str, Any] = {"port": 0}
+            if name == "orders":
+                outbound["ports"] = {"cart": 0}
+            await mesh.add_sidecar(name, outbound, server.port)
+        orders_car = self.sidecars["orders"]
+        self.orders.proxy_url = f"http://127.0.0.1:{orders_car.outbound_port}"
+        self.orders.cart_url = f"http://127.0.0.1:{orders_car.local_port('cart')}"
+        self.orders.start()
+        # The gateway's sidecar is egress only: nothing calls the gateway through the mesh.
+        gw_car = await mesh.add_sidecar("gateway", {"port": 0, "ports": {"orders": 0}})
+        await gw_car.wait_for_services({"orders"}, STATE_WAIT_S)
+        await orders_car.wait_for_services({"users", "cart"}, STATE_WAIT_S)
+        config, doc = parse_config(
+            _gateway_yaml(self.gateway_port, gw_car.local_port("orders")), "mesh-demo gateway"
+        )
+        self.gateway = Gateway(config, doc)
+        await self.gateway.start()
+
+    async def stop(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.stop(drain_timeout_s=2)
+        await self.orders.aclose()
+        await self.mesh.stop()
+        for server in self.apps.values():
+            await server.shutdown(1)
 
 
 def _gateway_yaml(port: int, orders_port: int) -> str:
@@ -243,7 +274,7 @@ async def run_mesh_demo(gateway_port: int) -> int:
     except BaseException:
         await demo.stop()
         raise
-    assert demo.gateway is not None and demo.cp is not None
+    assert demo.gateway is not None and demo.mesh.cp is not None
     port = demo.gateway.port
     cars = "\n".join(
         f"  {name:8} inbound {s.inbound.port if s.inbound else '-':>5}  "
@@ -251,7 +282,7 @@ async def run_mesh_demo(gateway_port: int) -> int:
         for name, s in demo.sidecars.items()
     )
     print(
-        f"meshgate mesh-demo: control plane https://127.0.0.1:{demo.cp.port}, sidecars:\n{cars}\n"
+        f"meshgate mesh-demo: control plane {demo.mesh.url}, sidecars:\n{cars}\n"
         f"  curl http://127.0.0.1:{port}/orders/7/summary\n"
         f"  curl http://127.0.0.1:{demo.sidecars['orders'].admin_port}/certs\n"
         "Ctrl-C to stop.",
