@@ -307,6 +307,28 @@ ERRORS = [
         id="misspelt-field",
     ),
     pytest.param(
+        route_with("""\
+            - limit: 3  #<
+              window_s: 1
+              key: [source]
+              sources: [cart]
+              except_sources: [cart]
+            """),
+        "routes[0].rate_limits[0]",
+        "a service is in both sources and except_sources",
+        id="source-in-both-lists",
+    ),
+    pytest.param(
+        route_with("""\
+            - limit: 3
+              window_s: 1
+              sources: []  #<
+            """),
+        "routes[0].rate_limits[0].sources",
+        "List should have at least 1 item",
+        id="empty-sources",
+    ),
+    pytest.param(
         """\
         rate_limit:
           headers: draft  #<
