@@ -54,6 +54,8 @@ RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
 CLIENT_TLS_RELOAD_CHECK_S = 1.0
 LOCAL_APP = "local-app"
+DEREGISTER_TIMEOUT_S = 2.0  # stopping does not wait longer for an unreachable control plane
+DEREGISTER_GRACE_S = 1.0  # after deregistering, before the listeners stop accepting
 
 
 class SidecarError(Exception):
@@ -353,8 +355,12 @@ class Sidecar:
         await asyncio.gather(*tasks, return_exceptions=True)
         client = self.identity.client
         if self.registration is not None and client is not None:
-            with contextlib.suppress(ControlPlaneError):
-                await client.deregister(self.registration)
+            with contextlib.suppress(ControlPlaneError, TimeoutError):
+                async with asyncio.timeout(DEREGISTER_TIMEOUT_S):
+                    await client.deregister(self.registration)
+                # Peers' watches see the deregistration in milliseconds; until then
+                # they may still open requests here: serve them before closing.
+                await asyncio.sleep(min(DEREGISTER_GRACE_S, self.config.drain_timeout_s))
             self.registration = None
         for server in self.port_map.values():
             await server.shutdown(self.config.drain_timeout_s)
