@@ -107,6 +107,7 @@ class _Stream:
         "id",
         "paused",
         "proto",
+        "receiving",
         "responded",
         "sent",
         "status",
@@ -117,6 +118,7 @@ class _Stream:
     def __init__(self, proto: H2ServerProtocol, stream_id: int) -> None:
         self.proto = proto
         self.id = stream_id
+        self.receiving = True  # the client has not ended the stream
         self.body: StreamBody | None = None  # the request body, while it arrives
         self.deadline: Deadline | None = None  # body_timeout_s between its DATA frames
         self.paused = False  # the body's buffer is full: received bytes are held
@@ -322,19 +324,20 @@ class H2ServerProtocol(asyncio.Protocol):
             self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         stream = _Stream(self, stream_id)
+        stream.receiving = event.stream_ended is None
         self.streams[stream_id] = stream
         self._deadline.clear()  # busy: the idle deadline is set again when streams end
         request: Request | _Refused
         try:
             headers = cast(list[tuple[bytes, bytes]], event.headers or [])  # header_encoding=None
-            request = self._request(stream, headers, event.stream_ended is not None)
+            request = self._request(stream, headers)
         except _Refused as exc:
             request = exc
         stream.task = self.loop.create_task(self._answer(stream, request))
 
-    def _request(self, stream: _Stream, headers: list[tuple[bytes, bytes]], ended: bool) -> Request:
-        """The request of a HEADERS frame (h2 checked the pseudo-header fields, names
-        in lower case and no connection-specific field)."""
+    def _request(self, stream: _Stream, headers: list[tuple[bytes, bytes]]) -> Request:
+        """The request of a HEADERS frame (h2 checked the pseudo-header fields, the
+        authority, names in lower case and no connection-specific field)."""
         method = path = authority = ""
         host: str | None = None
         content_length: str | None = None
@@ -367,14 +370,11 @@ class H2ServerProtocol(asyncio.Protocol):
             raise _Refused(431, "request header fields too large")
         if method == "CONNECT":
             raise _Refused(405, "CONNECT is not supported")
-        if not authority:
-            if host is None:
-                raise _Refused(400, "missing :authority and Host")
-            authority = host
-        elif host is None:
+        # h2 refused a request with neither :authority nor Host, or with both differing.
+        if host is None:
             fields.insert(0, ("host", authority))  # what the upstream's HTTP/1.1 needs
-        elif host != authority:
-            raise _Refused(400, "Host differs from :authority")
+        elif not authority:
+            authority = host
         if cookies:
             fields.append(("cookie", "; ".join(cookies)))
         if not path.startswith("/"):
@@ -388,7 +388,7 @@ class H2ServerProtocol(asyncio.Protocol):
             if limit is not None and length > limit:
                 raise _Refused(413, f"request body larger than {limit} bytes")
         body: Body
-        if ended:
+        if not stream.receiving:
             body = BytesBody(b"")
         else:
             stream.body = stream_body = StreamBody(
@@ -444,7 +444,10 @@ class H2ServerProtocol(asyncio.Protocol):
 
     def _on_end(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None or stream.body is None:
+        if stream is None:
+            return
+        stream.receiving = False
+        if stream.body is None:
             return
         stream.body.feed_eof()
         if stream.deadline is not None:
@@ -526,10 +529,10 @@ class H2ServerProtocol(asyncio.Protocol):
 
     def _finish(self, stream: _Stream) -> None:
         """The stream's answer is over; stop a request body nobody will read."""
-        body = stream.body
-        if body is not None and not body.at_eof and not self.closed and stream.responded:
-            # Answered before the whole body came (RFC 9113 8.1): no more of it.
-            body.fail(ClientDisconnected())
+        if stream.receiving and stream.responded and not self.closed:
+            # Answered before the whole request came (RFC 9113 8.1): no more of it.
+            if stream.body is not None:
+                stream.body.fail(ClientDisconnected())
             self._reset(stream, ErrorCodes.NO_ERROR)
         if stream.deadline is not None:
             stream.deadline.cancel()
