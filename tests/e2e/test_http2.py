@@ -26,7 +26,7 @@ from tests.e2e.conftest import (
     make_config,
     parse_curl_i,
 )
-from tests.e2e.h2_helpers import CountingUpstream, RawH2
+from tests.e2e.h2_helpers import PREFACE, CountingUpstream, RawH2
 from tests.e2e.test_tls import Pki, client_ssl, handshake, tls_listener
 
 H2C = {"http2": True}
@@ -138,8 +138,11 @@ async def test_curl_http2_over_tls(
 
 
 async def test_h2c_off_by_default_on_plaintext(gateway: Gateway) -> None:
-    code, out, _ = await curl("-i", "--http2-prior-knowledge", http(gateway, "/"))
-    assert code != 0 or not out.startswith("HTTP/2")  # the preface is not HTTP/1.1
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(PREFACE)
+    answer = await reader.read()  # an HTTP/1.1 error, then the close
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
 
 
 async def test_many_concurrent_streams_on_one_connection(

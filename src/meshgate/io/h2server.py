@@ -314,6 +314,8 @@ class H2ServerProtocol(asyncio.Protocol):
             elif isinstance(event, ConnectionTerminated):
                 # The client's GOAWAY: h2 sends nothing more after it, so the
                 # streams in flight cannot be answered.
+                for stream in self.streams.values():
+                    self._abandon(stream, ClientDisconnected("client sent GOAWAY"))
                 self._close()
                 return
         self.flush()
