@@ -119,7 +119,9 @@ class Peer:
             and (stream_id is None or getattr(e, "stream_id", 0) == stream_id)
         ]
 
-    def request(self, stream_id: int, path: str = "/", *, end: bool = True) -> None:
+    def request(
+        self, stream_id: int, path: str = "/", *, end: bool = True, send: bool = True
+    ) -> None:
         headers = [
             (b":method", b"GET" if end else b"POST"),
             (b":scheme", b"http"),
@@ -127,7 +129,8 @@ class Peer:
             (b":authority", b"unit.test"),
         ]
         self.h2.send_headers(stream_id, headers, end_stream=end)
-        self.send()
+        if send:
+            self.send()
 
     async def answer(self, stream_id: int) -> tuple[int, bytes]:
         await self.until(
@@ -271,3 +274,24 @@ async def test_header_list_past_twice_the_limit_breaks_the_connection() -> None:
     await peer.until(lambda: peer.transport.closed)
     peer.receive()
     assert [g.error_code for g in peer.of(ConnectionTerminated)] == [ErrorCodes.ENHANCE_YOUR_CALM]
+
+
+async def test_a_stream_reset_in_the_read_of_its_headers_is_forgotten() -> None:
+    """Its task is cancelled before it starts (its ``finally`` never runs): the
+    stream must still be dropped, or the connection would never be idle again."""
+    called: list[str] = []
+
+    async def app(request: Request) -> Response:
+        called.append(request.path)
+        return Response(200)
+
+    peer = Peer(make_server(app, idle_timeout_s=0.05))
+    peer.send()
+    peer.request(1, "/reset-at-once", send=False)
+    peer.h2.reset_stream(1)
+    peer.send()  # HEADERS and RST_STREAM in one read
+    protocol = peer.transport.protocol
+    assert isinstance(protocol, H2ServerProtocol)
+    await eventually(lambda: not protocol.streams)
+    await peer.until(lambda: peer.transport.closed)  # idle, so GOAWAY and closed
+    assert called == []

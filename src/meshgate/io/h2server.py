@@ -150,8 +150,16 @@ class _Stream:
     def on_first_read(self) -> None:
         proto = self.proto
         if self.continue_expected and not self.responded and not proto.closed:
-            proto.conn.send_headers(self.id, [(b":status", b"100")])
+            try:
+                proto.conn.send_headers(self.id, [(b":status", b"100")])
+            except ProtocolError:  # the client reset the stream meanwhile
+                return
             proto.flush()
+
+    def done(self, _task: asyncio.Task[None]) -> None:
+        """Task callback: also runs for a task cancelled before it started (a stream
+        reset in the same read as its HEADERS), whose ``finally`` never runs."""
+        self.proto.finish(self)
 
     def on_body_timeout(self) -> None:
         body = self.body
@@ -258,6 +266,9 @@ class H2ServerProtocol(asyncio.Protocol):
             self.transport.write(data)
 
     def _close(self) -> None:
+        """Close after what is queued; the streams still running are given up."""
+        for stream in self.streams.values():
+            self._abandon(stream, ClientDisconnected())
         self.flush()
         if self.transport is not None and not self.closed:
             self.transport.close()
@@ -314,8 +325,6 @@ class H2ServerProtocol(asyncio.Protocol):
             elif isinstance(event, ConnectionTerminated):
                 # The client's GOAWAY: h2 sends nothing more after it, so the
                 # streams in flight cannot be answered.
-                for stream in self.streams.values():
-                    self._abandon(stream, ClientDisconnected("client sent GOAWAY"))
                 self._close()
                 return
         self.flush()
@@ -336,6 +345,7 @@ class H2ServerProtocol(asyncio.Protocol):
         except _Refused as exc:
             request = exc
         stream.task = self.loop.create_task(self._answer(stream, request))
+        stream.task.add_done_callback(stream.done)
 
     def _request(self, stream: _Stream, headers: list[tuple[bytes, bytes]]) -> Request:
         """The request of a HEADERS frame (h2 checked the pseudo-header fields, the
@@ -518,7 +528,6 @@ class H2ServerProtocol(asyncio.Protocol):
                     entry.bytes_out = stream.sent
                     entry.aborted = not ok
                     alog.emit(entry)
-            self._finish(stream)
 
     def _reset(self, stream: _Stream, code: ErrorCodes) -> None:
         if self.closed:
@@ -529,13 +538,18 @@ class H2ServerProtocol(asyncio.Protocol):
             return
         self.flush()
 
-    def _finish(self, stream: _Stream) -> None:
-        """The stream's answer is over; stop a request body nobody will read."""
+    def finish(self, stream: _Stream) -> None:
+        """The stream's answer is over: stop a request body nobody will read, give
+        back the window its held bytes took, and forget it."""
         if stream.receiving and stream.responded and not self.closed:
             # Answered before the whole request came (RFC 9113 8.1): no more of it.
             if stream.body is not None:
                 stream.body.fail(ClientDisconnected())
             self._reset(stream, ErrorCodes.NO_ERROR)
+        if stream.held and not self.closed:
+            self.conn.acknowledge_received_data(stream.held, stream.id)
+            stream.held = 0
+            self.flush()
         if stream.deadline is not None:
             stream.deadline.cancel()
         self.streams.pop(stream.id, None)
