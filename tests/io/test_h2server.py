@@ -295,3 +295,34 @@ async def test_a_stream_reset_in_the_read_of_its_headers_is_forgotten() -> None:
     await eventually(lambda: not protocol.streams)
     await peer.until(lambda: peer.transport.closed)  # idle, so GOAWAY and closed
     assert called == []
+
+
+async def test_answers_still_running_after_resets_are_bounded() -> None:
+    """Streams reset by the client leave h2's count at once; an answer that takes
+    its time to stop still counts here: past twice the stream limit, new streams
+    are refused (REFUSED_STREAM) instead of starting more work."""
+    release = asyncio.Event()
+
+    async def stubborn(request: Request) -> Response:
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            await release.wait()  # winds down slowly
+            raise
+        return Response(200)
+
+    peer = Peer(make_server(stubborn, http2_max_concurrent_streams=2))
+    peer.send()
+    for stream_id in (1, 3, 5, 7):
+        peer.request(stream_id)
+        await asyncio.sleep(0)  # its task starts
+        peer.h2.reset_stream(stream_id)
+        peer.send()
+    peer.request(9)
+    await peer.until(lambda: bool(peer.of(StreamReset, 9)))
+    assert peer.of(StreamReset, 9)[0].error_code == ErrorCodes.REFUSED_STREAM
+    release.set()
+    protocol = peer.transport.protocol
+    await eventually(lambda: not protocol.streams)
+    peer.request(11)
+    assert (await peer.answer(11))[0] == 200

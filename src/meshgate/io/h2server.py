@@ -334,6 +334,12 @@ class H2ServerProtocol(asyncio.Protocol):
         if self.goaway_last is not None and stream_id > self.goaway_last:
             self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
+        if len(self.streams) >= 2 * self.cfg.http2_max_concurrent_streams:
+            # Streams the client reset whose answers are still winding down count
+            # here but not in h2's limit: bound them too (the "rapid reset" attack
+            # opens and resets streams to run unbounded work).
+            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
         stream = _Stream(self, stream_id)
         stream.receiving = event.stream_ended is None
         self.streams[stream_id] = stream
