@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from meshgate.gateway import Gateway
 from tests.e2e.conftest import (
     BLOCK,
     GatewayFactory,
+    GatewayProcess,
     TestUpstream,
     curl,
     eventually,
@@ -384,6 +386,43 @@ async def test_curl_stream_in_flight_completes_during_drain(
     code, out, err = await fetch
     assert code == 0, err
     assert out == "slow done2 200"
+
+
+async def test_the_cli_gateway_on_uvloop_serves_h2_and_drains_it(
+    gateway_process: Callable[..., Awaitable[GatewayProcess]],
+    upstream: TestUpstream,
+    pki: Pki,
+) -> None:
+    """``meshgate gateway`` as deployed (a worker process on uvloop): h2 by ALPN on
+    a TLS listener, h2c on a plaintext one, and SIGTERM letting a stream finish."""
+    tls = await gateway_process(make_config(upstream.port, listener=tls_listener(pki)))
+    code, out, err = await curl(
+        "-s",
+        "-w",
+        " %{http_version}",
+        "--http2",
+        "--cacert",
+        pki.ca.cert_file,
+        f"https://127.0.0.1:{tls.port}/big?n=100000",
+    )
+    assert code == 0, err
+    assert out == big(100000).decode() + " 2"
+    plain = await gateway_process(make_config(upstream.port, listener=H2C))
+    fetch = asyncio.create_task(
+        curl(
+            "-s",
+            "-w",
+            " %{http_version} %{http_code}",
+            "--http2-prior-knowledge",
+            f"http://127.0.0.1:{plain.port}/slow?s=0.5",
+        )
+    )
+    await eventually(lambda: "/slow" in upstream.paths(), wait_s=10)
+    assert await plain.stop() == 0  # SIGTERM: drain
+    code, out, err = await fetch
+    assert code == 0, err
+    assert out == "slow done 2 200"
+    assert await tls.stop() == 0
 
 
 async def test_access_log_request_id_and_metrics_for_http2(
