@@ -1,7 +1,8 @@
 """HTTP/2 test tools: a frame-level client (hyperframe + hpack, no state machine, so
 it can break the rules and see every frame, e.g. GOAWAY while a stream is still
-answered), a middleware adding connection-specific fields to responses, and an
-upstream counting the requests it holds at once."""
+answered), a middleware adding connection-specific fields to responses, an
+upstream counting the requests it holds at once and one counting the bytes it
+could send."""
 
 from __future__ import annotations
 
@@ -214,6 +215,37 @@ class CountingUpstream:
                 self.served += 1
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 await writer.drain()
+        writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+class SourceUpstream:
+    """HTTP/1.1 upstream answering every request with ``size`` bytes, counting the
+    bytes its socket has taken (so a test sees whether back-pressure reached it)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.written = 0
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> SourceUpstream:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        block = b"s" * 65536
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.size)
+            while self.written < self.size:
+                writer.write(block)
+                await writer.drain()
+                self.written += len(block)
         writer.close()
 
     async def stop(self) -> None:

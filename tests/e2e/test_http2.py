@@ -28,7 +28,7 @@ from tests.e2e.conftest import (
     make_config,
     parse_curl_i,
 )
-from tests.e2e.h2_helpers import PREFACE, CountingUpstream, RawH2
+from tests.e2e.h2_helpers import PREFACE, CountingUpstream, RawH2, SourceUpstream
 from tests.e2e.test_tls import Pki, client_ssl, handshake, tls_listener
 
 H2C = {"http2": True}
@@ -208,6 +208,26 @@ async def test_flow_control_with_a_slow_reader(
         assert max(answer.frame_sizes) <= 16384  # SETTINGS_MAX_FRAME_SIZE default
     finally:
         await client.close()
+
+
+async def test_a_reader_granting_nothing_holds_back_the_upstream(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """While the client keeps its window shut, the gateway stops reading the
+    upstream: the upstream's socket takes a few buffers' worth, not the body."""
+    size = 256 * 1024 * 1024
+    source = await SourceUpstream(size).start()
+    try:
+        gw = await gateway_factory(make_config(source.port, listener=H2C))
+        client = await RawH2(auto_window=False).connect(gw.port)
+        client.request(1, "/download")
+        await client.until(lambda: 1 in client.answers and len(client.answers[1].body) >= 65535)
+        await asyncio.sleep(0.5)  # time enough to move far more than the bound below
+        assert len(client.answers[1].body) == 65535
+        assert source.written < 64 * 1024 * 1024
+        await client.close()
+    finally:
+        await source.stop()
 
 
 async def test_large_upload_with_flow_control(
