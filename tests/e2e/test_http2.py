@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     parse_curl_i,
 )
 from tests.e2e.h2_helpers import PREFACE, CountingUpstream, RawH2, SourceUpstream
+from tests.e2e.otlp_receiver import SERVER, OtlpReceiver
 from tests.e2e.test_tls import Pki, client_ssl, handshake, tls_listener
 
 H2C = {"http2": True}
@@ -471,3 +472,35 @@ async def test_access_log_request_id_and_metrics_for_http2(
     assert lines[h1_id]["protocol"] == "HTTP/1.1"
     counted = {key: n for key, n in app.stats.counts.items() if key[1:] == ("GET", 200)}
     assert sum(counted.values()) == 2  # the same request metrics for both protocols
+
+
+async def test_tracing_spans_for_an_http2_request(
+    gateway_factory: GatewayFactory, upstream: TestUpstream
+) -> None:
+    receiver = await OtlpReceiver().start()
+    try:
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        gw = await gateway_factory(
+            listener=H2C,
+            tracing={
+                "enabled": True,
+                "endpoint": receiver.endpoint,
+                "sample_rate": 1.0,
+                "schedule_delay_s": 0.05,
+            },
+        )
+        async with h2_client() as client:
+            resp = await client.get(
+                http(gw, "/traced"), headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+            )
+            assert resp.status_code == 200
+        await eventually(lambda: len(receiver.of_trace(trace_id)) == 2, 5)
+        [server] = [s for s in receiver.of_trace(trace_id) if s.kind == SERVER]
+        assert server.attributes["network.protocol.version"] == "2"
+        assert server.attributes["http.response.status_code"] == 200
+        [attempt] = receiver.children_of(server)
+        sent = upstream.requests[-1].header("traceparent")
+        assert sent == f"00-{trace_id}-{attempt.span_id}-01"  # propagated to the upstream
+        await gw.stop(drain_timeout_s=1)
+    finally:
+        await receiver.stop()
