@@ -627,7 +627,8 @@ class H2ServerProtocol(asyncio.Protocol):
             return False
 
     async def _send(self, stream: _Stream, data: bytes) -> None:
-        """DATA frames within the client's window and frame size."""
+        """DATA frames within the client's window and frame size, written together
+        (one write per chunk while the window allows)."""
         conn = self.conn
         view = memoryview(data)
         while view:
@@ -635,15 +636,16 @@ class H2ServerProtocol(asyncio.Protocol):
                 raise ClientDisconnected()
             window = conn.local_flow_control_window(stream.id)
             if window <= 0:
+                self.flush()
                 await self._wait(stream)
                 continue
             n = min(len(view), window, conn.max_outbound_frame_size)
             conn.send_data(stream.id, view[:n])
             stream.sent += n
             view = view[n:]
-            self.flush()
-            if self._write_paused:
-                await self._drain()
+        self.flush()
+        if self._write_paused:
+            await self._drain()
 
     async def _wait(self, stream: _Stream) -> None:
         """Until the client opens the stream's (or the connection's) window."""
@@ -661,6 +663,8 @@ class H2ServerProtocol(asyncio.Protocol):
     async def _drain(self) -> None:
         """Until the socket's write buffer is below its low-water mark (shared by the
         streams: shielded, so one stream cancelled does not fail the others' wait)."""
+        if self.closed:
+            raise ClientDisconnected()
         waiter = self._drain_waiter
         if waiter is None:
             waiter = self._drain_waiter = self.loop.create_future()
