@@ -79,11 +79,12 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 STREAM_WINDOW = 65535
 MAX_WINDOW = 2**31 - 1
 
-# Connection-specific fields: meaningless in HTTP/2 (RFC 9113 8.2.2), never sent.
-# content-length is set from the body instead.
+# Response fields never sent: the connection-specific ones, which make an HTTP/2
+# message malformed (RFC 9113 8.2.2), and content-length, set from the body.
 _NOT_SENT = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection"}
-) | {"content-length"}
+    | {"content-length"}
+)
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -502,15 +503,13 @@ class H2ServerProtocol(asyncio.Protocol):
                 resp = error_response(request.status, request.detail, new_request_id())
                 ok = await self._respond(stream, "GET", resp)
                 return
-            logging_app = self.server.logging_app
-            alog = self.server.access_log
-            if alog is not None and logging_app is not None:
-                entry = AccessEntry(request)
             try:
-                if entry is None:
+                if self.server.access_log is None:
                     resp = await self.server.app(request)
                 else:
-                    assert logging_app is not None
+                    logging_app = self.server.logging_app
+                    assert logging_app is not None  # (the access log is the app's)
+                    entry = AccessEntry(request)
                     resp = await logging_app(request, entry)
             except HTTPError as exc:  # e.g. the body broke while the app read it
                 resp = error_response(exc.status, exc.detail, new_request_id())
