@@ -614,15 +614,17 @@ class H2ServerProtocol(asyncio.Protocol):
             self.conn.end_stream(stream.id)
             self.flush()
             return True
-        except (Exception, asyncio.CancelledError) as exc:
+        except asyncio.CancelledError:  # the client reset the stream or left
             await body.aclose()
-            if not isinstance(exc, ClientDisconnected | asyncio.CancelledError):
-                log.warning("HTTP/2 response on stream %d failed: %s", stream.id, exc)
-                self._reset(stream, ErrorCodes.INTERNAL_ERROR)
-            elif isinstance(exc, ClientDisconnected):
-                self._reset(stream, ErrorCodes.CANCEL)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            raise
+        except ClientDisconnected:  # gone, or no window / no reads for send_timeout_s
+            await body.aclose()
+            self._reset(stream, ErrorCodes.CANCEL)
+            return False
+        except Exception as exc:  # e.g. the upstream body broke after the head
+            await body.aclose()
+            log.warning("HTTP/2 response on stream %d failed: %s", stream.id, exc)
+            self._reset(stream, ErrorCodes.INTERNAL_ERROR)
             return False
 
     async def _send(self, stream: _Stream, data: bytes) -> None:
