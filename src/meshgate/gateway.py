@@ -145,11 +145,14 @@ class Gateway:
         except BaseException:
             await self._runtime.aclose()
             raise
+        protocols = "https" if tls is not None else "http"
+        if self.config.listener.serves_http2:
+            protocols += " + h2" if tls is not None else " + h2c"
         log.info(
             "gateway listening on %s:%d (%s, %d routes)",
             self.config.listener.host,
             self.port,
-            "https" if tls is not None else "http",
+            protocols,
             len(self.config.routes),
         )
         if self.fleet is not None and self.config.admin.enabled:

@@ -417,6 +417,7 @@ async def test_the_cli_gateway_on_uvloop_serves_h2_and_drains_it(
     """``meshgate gateway`` as deployed (a worker process on uvloop): h2 by ALPN on
     a TLS listener, h2c on a plaintext one, and SIGTERM letting a stream finish."""
     tls = await gateway_process(make_config(upstream.port, listener=tls_listener(pki)))
+    assert "(https + h2, 1 routes)" in tls.log()
     code, out, err = await curl(
         "-s",
         "-w",
@@ -429,6 +430,7 @@ async def test_the_cli_gateway_on_uvloop_serves_h2_and_drains_it(
     assert code == 0, err
     assert out == big(100000).decode() + " 2"
     plain = await gateway_process(make_config(upstream.port, listener=H2C))
+    assert "(http + h2c, 1 routes)" in plain.log()
     fetch = asyncio.create_task(
         curl(
             "-s",
