@@ -506,3 +506,26 @@ async def test_tracing_spans_for_an_http2_request(
         await gw.stop(drain_timeout_s=1)
     finally:
         await receiver.stop()
+
+
+async def test_compressed_streamed_response_over_h2(
+    gateway_factory: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """A route's compression (a body of unknown length) goes out as DATA frames
+    without content-length; the client decodes the original."""
+    gw = await gateway_factory(
+        listener=H2C,
+        max_request_body_bytes=1 << 20,
+        routes=[{"path": "/*", "upstream": "main", "compress": True}],
+    )
+    text = b"".join(b"line %d of a compressible text body\n" % i for i in range(20000))
+    async with h2_client() as client:
+        resp = await client.post(
+            http(gw, "/echo"),
+            content=text,
+            headers={"content-type": "text/plain", "accept-encoding": "gzip"},
+        )
+    assert resp.http_version == "HTTP/2"
+    assert resp.headers["content-encoding"] == "gzip"
+    assert "content-length" not in resp.headers
+    assert resp.content == text
