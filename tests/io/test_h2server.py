@@ -15,6 +15,7 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     Event,
+    InformationalResponseReceived,
     ResponseReceived,
     StreamEnded,
     StreamReset,
@@ -326,3 +327,22 @@ async def test_answers_still_running_after_resets_are_bounded() -> None:
     await eventually(lambda: not protocol.streams)
     peer.request(11)
     assert (await peer.answer(11))[0] == 200
+
+
+async def test_expect_100_continue_is_answered_when_the_app_reads_the_body() -> None:
+    peer = Peer(make_server())
+    peer.send()
+    headers = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/upload"),
+        (b":authority", b"unit.test"),
+        (b"expect", b"100-continue"),
+    ]
+    peer.h2.send_headers(1, headers)
+    peer.send()
+    await peer.until(lambda: bool(peer.of(InformationalResponseReceived, 1)))
+    assert dict(peer.of(InformationalResponseReceived, 1)[0].headers)[b":status"] == b"100"
+    peer.h2.send_data(1, b"after 100", end_stream=True)
+    peer.send()
+    assert await peer.answer(1) == (200, b"after 100")
