@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from meshgate.config.loader import LocatedDocument, config_warnings, load_config
 from meshgate.config.models import GatewayConfig, ListenerConfig
 from meshgate.io.server import HttpServer
-from meshgate.io.tls import ServerTls
+from meshgate.io.tls import ALPN, ALPN_H2, ServerTls
 from meshgate.observability.metrics import TunnelStats
 from meshgate.pipeline.app import GatewayApp
 from meshgate.pipeline.context import Middleware
@@ -138,7 +138,8 @@ class Gateway:
             raise
         tls_config = self.config.listener.tls
         try:
-            tls = ServerTls(tls_config, self._doc) if tls_config is not None else None
+            alpn = ALPN_H2 if self.config.listener.serves_http2 else ALPN
+            tls = ServerTls(tls_config, self._doc, alpn=alpn) if tls_config is not None else None
         except BaseException:
             await self._runtime.aclose()
             raise
@@ -155,11 +156,14 @@ class Gateway:
         except BaseException:
             await self._runtime.aclose()
             raise
+        protocols = "https" if tls is not None else "http"
+        if self.config.listener.serves_http2:
+            protocols += " + h2" if tls is not None else " + h2c"
         log.info(
             "gateway listening on %s:%d (%s, %d routes)",
             self.config.listener.host,
             self.port,
-            "https" if tls is not None else "http",
+            protocols,
             len(self.config.routes),
         )
         if self.fleet is not None and self.config.admin.enabled:

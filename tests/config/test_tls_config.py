@@ -1,7 +1,7 @@
-"""TLS and WebSocket config (docs/tls.md, docs/websocket.md) checked where it is
-written: missing files, files without PEM, a key of another certificate, bad
-versions and cipher lists are reported as ``file:line: key.path: problem``, also
-by ``meshgate validate``."""
+"""TLS, HTTP/2 and WebSocket config (docs/tls.md, docs/http2.md, docs/websocket.md)
+checked where it is written: missing files, files without PEM, a key of another
+certificate, bad versions and cipher lists are reported as ``file:line: key.path:
+problem``, also by ``meshgate validate``; when the listener serves HTTP/2."""
 
 from __future__ import annotations
 
@@ -160,4 +160,28 @@ def test_websocket_routes_are_not_cached_or_redirects() -> None:
     out = problems(head + "  - {path: /ws, redirect: {path: /x}, websocket: {}}\n")
     assert out == [
         "gw.yaml:3: routes[0]: a redirect route answers without forwarding: remove websocket"
+    ]
+
+
+def test_http2_is_on_with_tls_unless_turned_off(pairs: tuple[CA, Pair, Pair]) -> None:
+    """listener.http2 (docs/http2.md): null means h2 on a TLS listener, nothing on a
+    plaintext one; true adds h2c there; false turns both off."""
+    _, a, _ = pairs
+    with_tls = listener(a.cert_file, a.key_file)
+    cases = [
+        (with_tls, True),
+        (with_tls + "  http2: false\n", False),
+        ("listener:\n  port: 0\n", False),
+        ("listener:\n  port: 0\n  http2: true\n", True),
+    ]
+    for text, serves in cases:
+        config, _ = parse_config(text, "gw.yaml")
+        assert config.listener.serves_http2 is serves, text
+        assert config.listener.http2_max_concurrent_streams == 100
+    assert problems("listener:\n  port: 0\n  http2_max_concurrent_streams: 0\n") == [
+        "gw.yaml:3: listener.http2_max_concurrent_streams: Input should be greater than or "
+        "equal to 1"
+    ]
+    assert problems("listener:\n  port: 0\n  http2: maybe\n") == [
+        "gw.yaml:3: listener.http2: Input should be a valid boolean, unable to interpret input"
     ]

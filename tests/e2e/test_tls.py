@@ -3,7 +3,7 @@ certificates made with `cryptography` (tls_helpers.py), Python ``ssl`` clients,
 httpx and ``openssl s_client``.
 
 SNI picks the certificate (exact name, wildcard one label deep, the first one
-as default for no or unknown SNI); ALPN answers http/1.1; TLS 1.0 and 1.1 are
+as default for no or unknown SNI); ALPN answers h2 or http/1.1; TLS 1.0 and 1.1 are
 refused; client certificates required or optional, their subject and SANs
 visible to middleware; certificate files reloaded without a restart (a bad new
 pair refused and logged, the old one serving on); requests through the HTTPS
@@ -108,7 +108,9 @@ async def test_alpn_versions_and_sni_with_python_ssl_and_openssl_s_client(
 ) -> None:
     gw = await gateway_factory(https_config(upstream, pki))
     _, alpn, version = await handshake(gw, pki, "api.example.com", alpn=["h2", "http/1.1"])
-    assert alpn == "http/1.1"  # h2 is not offered (yet): the client falls back
+    assert alpn == "h2"  # served on TLS listeners by default (docs/http2.md)
+    _, alpn, _ = await handshake(gw, pki, "api.example.com", alpn=["http/1.1"])
+    assert alpn == "http/1.1"
     assert version == "TLSv1.3"
     _, alpn, _ = await handshake(gw, pki, "api.example.com")
     assert alpn is None  # no ALPN asked, none answered

@@ -56,6 +56,7 @@ AccessLogField = Literal[
     "client_ip",
     "method",
     "path",
+    "protocol",
     "route",
     "status",
     "bytes_in",
@@ -100,6 +101,26 @@ class ListenerConfig(_Model):
     tls: ListenerTlsConfig | None = Field(
         None, description="Terminate TLS (HTTPS) on this listener; see docs/tls.md."
     )
+    http2: bool | None = Field(
+        None,
+        description=(
+            "Serve HTTP/2 (docs/http2.md). null: h2 on a TLS listener (offered by ALPN), "
+            "HTTP/1.1 only on a plaintext one; true: also h2c with prior knowledge on a "
+            "plaintext listener; false: HTTP/1.1 only."
+        ),
+    )
+    http2_max_concurrent_streams: int = Field(
+        100,
+        ge=1,
+        le=2**31 - 1,
+        strict=True,
+        description="HTTP/2 streams a client may have open at once on one connection.",
+    )
+
+    @property
+    def serves_http2(self) -> bool:
+        """Whether this listener speaks HTTP/2 (the default: when it terminates TLS)."""
+        return self.tls is not None if self.http2 is None else self.http2
 
 
 class PoolConfig(_Model):

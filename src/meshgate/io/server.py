@@ -15,15 +15,14 @@ import logging
 import os
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import cast
 
 import httptools
 
 from meshgate.config.models import ListenerConfig
+from meshgate.http.dates import http_date
 from meshgate.http.errors import (
     BadRequest,
     BodyTimeout,
@@ -49,6 +48,7 @@ from meshgate.http.messages import (
 from meshgate.http.paths import normalize_target
 from meshgate.http.stream import StreamBody
 from meshgate.http.tls import TlsInfo
+from meshgate.io.h2server import PREFACE, H2ServerProtocol
 from meshgate.io.timers import Deadline
 from meshgate.io.tls import ServerTls, tls_info
 from meshgate.io.tunnel import Tunnel, UpgradeResponse
@@ -77,24 +77,6 @@ def status_line(status: int) -> str:
     if line is None:
         line = f"HTTP/1.1 {status} Unknown\r\n"
     return line
-
-
-class _DateCache:
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = 0
-        self._value = ""
-
-    def get(self) -> str:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = formatdate(now, usegmt=True)
-        return self._value
-
-
-_date = _DateCache()
 
 
 class _Reject(Exception):
@@ -213,8 +195,29 @@ class HttpServerProtocol(asyncio.Protocol):
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:  # (the handshake is done by now)
             self.tls = tls_info(sslobj)
+            if self.tls.alpn == "h2":
+                self.switch_to_h2(b"")
+                return
         self.server.connections.add(self)
         self._set_timer(self.cfg.header_timeout_s, self._on_idle_timeout)
+
+    def switch_to_h2(self, data: bytes) -> None:
+        """Hand the connection to an HTTP/2 protocol (ALPN chose ``h2``, or ``data``,
+        the first bytes read, start with the HTTP/2 client preface)."""
+        transport = self.transport
+        assert transport is not None
+        self.closed = True  # this protocol is done: nothing of it runs any more
+        self._deadline.cancel()
+        self.server.connections.discard(self)
+        h2 = H2ServerProtocol(self.server, self.tls, self.client_ip, self.client_port)
+        transport.set_protocol(h2)
+        h2.connection_made(transport)
+        if data:
+            h2.data_received(data)
+
+    def running(self) -> list[asyncio.Task[None]]:
+        """The task answering this connection's requests, if any."""
+        return [self.task] if self.task is not None else []
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -724,7 +727,7 @@ class HttpServerProtocol(asyncio.Protocol):
             )
         parts = [status_line(status), block]
         if "date" not in resp.headers:
-            parts.append(f"date: {_date.get()}\r\n")
+            parts.append(f"date: {http_date.get()}\r\n")
         chunked = False
         length = body.length
         if head_only:
@@ -885,6 +888,51 @@ class HttpServerProtocol(asyncio.Protocol):
             self._close()
 
 
+class _PrefaceSniffer(asyncio.Protocol):
+    """The first reads of a plaintext connection on a listener serving h2c: HTTP/2
+    with prior knowledge when they start with the client preface, else HTTP/1.1.
+
+    It stands in front of the connection's `HttpServerProtocol` (which starts its
+    header timeout and is counted as usual) and steps aside for good with
+    ``set_protocol`` after one check, so later reads cost nothing more."""
+
+    __slots__ = ("_early", "http", "transport")
+
+    def __init__(self, server: HttpServer) -> None:
+        self.http = HttpServerProtocol(server)
+        self.transport: asyncio.Transport | None = None
+        self._early = b""  # a first read shorter than the preface, and a prefix of it
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.http.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._early:
+            data, self._early = self._early + data, b""
+        transport = self.transport
+        assert transport is not None
+        if data.startswith(PREFACE):
+            self.http.switch_to_h2(data)
+        elif len(data) < len(PREFACE) and PREFACE.startswith(data):
+            self._early = data  # the preface split across reads: wait for the rest
+        else:
+            transport.set_protocol(self.http)
+            self.http.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.http.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.http.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.http.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.http.resume_writing()
+
+
 class HttpServer:
     """Listener plus the set of live connections, with graceful drain."""
 
@@ -917,7 +965,7 @@ class HttpServer:
         self.max_body_bytes = max_body_bytes
         self.reuse_port = reuse_port
         self.loop = asyncio.get_running_loop()
-        self.connections: set[HttpServerProtocol] = set()
+        self.connections: set[HttpServerProtocol | H2ServerProtocol] = set()
         self.tunnels = TunnelStats()
         self._server: asyncio.base_events.Server | None = None
         self._all_closed: asyncio.Event | None = None
@@ -933,8 +981,11 @@ class HttpServer:
             return
         sock = bind_socket(self.listener.host, self.listener.port, reuse_port=self.reuse_port)
         tls = self.tls
+        # h2c with prior knowledge: only when asked for (`listener.http2: true`).
+        plain_h2 = self.listener.http2 and tls is None and self.ssl_context is None
+        protocol = _PrefaceSniffer if plain_h2 else HttpServerProtocol
         self._server = await self.loop.create_server(
-            lambda: HttpServerProtocol(self),
+            lambda: protocol(self),
             sock=sock,
             backlog=self.listener.backlog,
             ssl=tls.context if tls is not None else self.ssl_context,
@@ -978,7 +1029,7 @@ class HttpServer:
                     drain_timeout_s,
                     len(self.connections),
                 )
-        tasks = [c.task for c in self.connections if c.task is not None]
+        tasks = [task for c in self.connections for task in c.running()]
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()

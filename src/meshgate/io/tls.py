@@ -9,8 +9,9 @@ parsing stay off the event loop) and swaps the lookup tables in one
 assignment, so new handshakes get the new certificate while open connections
 keep the session they have.
 
-ALPN advertises ``http/1.1`` only; HTTP/2 will add ``h2`` to `ALPN` and read
-``TlsInfo.alpn`` to pick the protocol per connection.
+ALPN: a listener serving HTTP/2 offers ``h2`` then ``http/1.1`` (`ALPN_H2`), and
+the server picks the protocol of each connection from ``TlsInfo.alpn``; upstream
+connections offer ``http/1.1`` only (`ALPN`), as they speak nothing else yet.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from meshgate.http.tls import ClientCertificate, TlsInfo
 log = logging.getLogger("meshgate.tls")
 
 ALPN = ("http/1.1",)
+ALPN_H2 = ("h2", "http/1.1")
 VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
 
@@ -45,10 +47,18 @@ class _Contexts:
 class ServerTls:
     """The listener's TLS: the front context for the server, and its reload."""
 
-    def __init__(self, config: ListenerTlsConfig, doc: LocatedDocument | None = None) -> None:
+    def __init__(
+        self,
+        config: ListenerTlsConfig,
+        doc: LocatedDocument | None = None,
+        *,
+        alpn: tuple[str, ...] = ALPN,
+    ) -> None:
         """Load every certificate now; raise `ConfigError` (located in ``doc``, the
-        config file) when one does not."""
+        config file) when one does not. ``alpn``: the protocols offered, preferred
+        first (`ALPN_H2` when the listener serves HTTP/2)."""
         self.config = config
+        self.alpn = alpn
         self._doc = doc
         self._stamps = _stamps(config.files())
         self._contexts = self._build()
@@ -63,7 +73,7 @@ class ServerTls:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = VERSIONS[cfg.min_version]
         ctx.set_ciphers(cfg.ciphers)
-        ctx.set_alpn_protocols(list(ALPN))
+        ctx.set_alpn_protocols(list(self.alpn))
         if cfg.client_ca_file is not None:
             ctx.load_verify_locations(cafile=cfg.client_ca_file)
             ctx.verify_mode = (

@@ -35,6 +35,7 @@ log = logging.getLogger("meshgate.accesslog")
 _SPECS = {
     "method": '"%s"',
     "client_ip": '"%s"',
+    "protocol": '"HTTP/%s"',
     "status": "%d",
     "bytes_in": "%d",
     "bytes_out": "%d",
@@ -63,12 +64,14 @@ class AccessEntry:
         "start",
         "status",
         "trace",
+        "version",
     )
 
     def __init__(self, request: Request) -> None:
         self.start = time.monotonic()
         self.method = request.method
         self.path = request.path  # as received (before any rewrite), without the query
+        self.version = request.http_version  # "1.1", "1.0" or "2"
         self.client_ip = request.client_ip
         self.body = request.body  # the body as received (bytes_in), even if replaced later
         self.ctx: RequestContext | None = None  # set by the app once a route matched
@@ -220,6 +223,7 @@ class AccessLog:
             e.client_ip,
             e.method,
             _str(e.path),
+            e.version,
             route,
             e.status,
             received,
