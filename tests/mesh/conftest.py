@@ -206,6 +206,27 @@ class Mesh:
         raw["control_plane"] = await self.control_plane_link(service, **(link or {}))
         return await self.start_sidecar(raw)
 
+    async def static_sidecar(
+        self,
+        service: str,
+        app: App,
+        services: dict[str, list[dict[str, Any]]],
+        **overrides: Any,
+    ) -> Sidecar:
+        """A sidecar without a control plane: a certificate the control plane issued
+        (kept as files) and a fixed list of destination instances."""
+        workload = await self.workload(service)
+        ident = workload.identity
+        assert ident is not None and workload.identity_dir is not None
+        raw = self.sidecar_config(service, app, **overrides)
+        raw["static"] = {
+            "cert_file": ident.cert_file,
+            "key_file": ident.key_file,
+            "bundle_file": str(workload.identity_dir / "bundle.pem"),
+            "services": services,
+        }
+        return await self.start_sidecar(raw)
+
     async def start_sidecar(self, raw: dict[str, Any]) -> Sidecar:
         car = Sidecar(SidecarConfig.model_validate(raw))
         await car.start()
