@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from meshgate.config.common import FiniteModel as _Model
 from meshgate.config.common import redis_url
@@ -69,13 +69,14 @@ class InboundConfig(_Model):
         "local", description="redis: counts shared by every replica's sidecar (redis.url)."
     )
 
-    @model_validator(mode="after")
-    def _unique_sources(self) -> InboundConfig:
-        seen = [r.source for r in self.rate_limits]
+    @field_validator("rate_limits")
+    @classmethod
+    def _unique_sources(cls, v: list[SourceLimit]) -> list[SourceLimit]:
+        seen = [r.source for r in v]
         dupes = sorted({s for s in seen if seen.count(s) > 1})
         if dupes:
-            raise ValueError(f"rate_limits: more than one rule for {', '.join(dupes)}")
-        return self
+            raise ValueError(f"more than one rule for {', '.join(dupes)}")
+        return v
 
 
 class OutboundConfig(_Model):
@@ -196,6 +197,14 @@ class SidecarConfig(_Model):
     @classmethod
     def _namespace(cls, v: str) -> str:
         return check_name(v, "namespace")
+
+    @field_validator("static")
+    @classmethod
+    def _not_both(cls, v: StaticMesh | None, info: ValidationInfo) -> StaticMesh | None:
+        # Here, not in _one_source, so that the error points at the `static` key.
+        if v is not None and info.data.get("control_plane") is not None:
+            raise ValueError("give control_plane or static, not both")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> SidecarConfig:
