@@ -237,6 +237,8 @@ def test_outbound_config_one_route_and_upstream_per_service() -> None:
     assert cart_tls is not None and cart_tls.spiffe_id == "spiffe://mesh.test/ns/shop/sa/cart"
     assert ups["users.default"].load_balancer == "least_request"  # no hash key
     assert ups["cart.shop"].instances[0].weight == 2
+    # Retries in flight are left to the retry budget (not capped at the engine's 3).
+    assert ups["users.default"].limits.max_retries == ups["users.default"].limits.max_connections
     routes = {r.name: r for r in cfg.routes}
     # The bare name only for the sidecar's own namespace.
     assert "users" in routes["users.default"].hosts

@@ -87,6 +87,13 @@ async def certs(car: Sidecar) -> dict[str, Any]:
     return body_of(r)
 
 
+async def cluster_state(car: Sidecar, name: str) -> dict[str, Any]:
+    """``car``'s /clusters entry for ``name`` (breaker, limits, budget: for messages)."""
+    async with httpx.AsyncClient() as c:
+        clusters = body_of(await c.get(admin_url(car, "/clusters")))["clusters"]
+    return next((cl for cl in clusters if cl["name"] == name), {})
+
+
 async def ready(car: Sidecar) -> int:
     async with httpx.AsyncClient() as c:
         return (await c.get(admin_url(car, "/ready"))).status_code
@@ -253,7 +260,7 @@ async def test_killed_instance_traffic_moves_to_the_other(
                 break
     assert app1.hits and app2.hits
 
-    load = Load(orders, "http://users/failover").start()
+    load = Load(orders, "http://users/failover", workers=int(os.environ.get("W", "4"))).start()
     await eventually(lambda: load.ok >= 20, "load flowing before the kill")
     await doomed.kill()
     killed_at = len(load.instances)
@@ -268,7 +275,7 @@ async def test_killed_instance_traffic_moves_to_the_other(
         return load.ok - done_at[0] >= 50
 
     await load.run_until(moved, "the lease of the killed instance to expire", timeout_s=20)
-    assert load.failures == []
+    assert load.failures == [], await cluster_state(orders, "users.default")
     assert len(app2.hits) == app2_hits  # nothing more reached the dead instance's app
     after = load.instances[killed_at + 8 :]  # (requests in flight at the kill aside)
     assert after and set(after) == {"users-1"}
