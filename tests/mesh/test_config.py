@@ -47,6 +47,9 @@ def test_defaults() -> None:
     assert cfg.outbound.retry_budget.budget_percent == 20.0
     assert cfg.outbound.retry_budget.min_per_s == 3.0
     assert cfg.namespace == "default"
+    # Per instance, not per service: an instance dying must not stop the service.
+    assert cfg.outbound.circuit_breaker is None
+    assert cfg.outbound.outlier_detection is not None
 
 
 def test_both_control_plane_and_static_points_at_static() -> None:

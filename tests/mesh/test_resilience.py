@@ -260,7 +260,9 @@ async def test_killed_instance_traffic_moves_to_the_other(
                 break
     assert app1.hits and app2.hits
 
-    load = Load(orders, "http://users/failover", workers=int(os.environ.get("W", "4"))).start()
+    # 8 callers: more than the 5 consecutive failures that would open a per-service
+    # circuit breaker, and than the 3 retries in flight the engine allows by default.
+    load = Load(orders, "http://users/failover", workers=8).start()
     await eventually(lambda: load.ok >= 20, "load flowing before the kill")
     await doomed.kill()
     killed_at = len(load.instances)

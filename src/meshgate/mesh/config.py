@@ -97,7 +97,13 @@ class OutboundConfig(_Model):
     retry_budget: RetryBudgetConfig = RetryBudgetConfig(
         model="windowed", budget_percent=20.0, min_per_s=3.0
     )
-    circuit_breaker: CircuitBreakerConfig | None = CircuitBreakerConfig()
+    circuit_breaker: CircuitBreakerConfig | None = Field(
+        None,
+        description="Off unless set ({} for the defaults). One breaker per destination "
+        "service, over all its instances, counting attempts: 5 fast connect failures to "
+        "one dead instance of several open it for the whole service. A dead or failing "
+        "instance is outlier detection's (per instance).",
+    )
     outlier_detection: OutlierDetectionConfig | None = OutlierDetectionConfig()
     load_balancer: Literal["round_robin", "least_request", "random"] = "least_request"
     max_connections: int = Field(1024, ge=1, description="Per destination service.")
