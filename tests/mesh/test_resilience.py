@@ -369,3 +369,43 @@ async def test_expired_certificate_refuses_inbound_traffic(cp_mesh: Mesh) -> Non
         assert await ready(users) == 503
         assert (await certs(users))["expired"] is True
     assert [h.path for h in users_app.hits] == ["/valid"]
+
+
+# ---------------------------------------------------------------------------
+# CA rotation
+# ---------------------------------------------------------------------------
+
+
+async def test_ca_rotation_new_and_old_identities_talk(cp_mesh: Mesh) -> None:
+    """After `POST /v1/ca/rotate` the sidecars trust both roots (bundle from the
+    watch): a workload joining later (new root) and the earlier ones (old root)
+    call each other both ways."""
+    mesh = cp_mesh
+    users = await mesh.sidecar("users", await mesh.app("users"))
+    orders = await mesh.sidecar("orders", await mesh.app("orders"))
+    await mesh.sees(orders, "users")
+    assert mesh.admin is not None
+    await mesh.admin.request("POST", "/v1/ca/rotate", {"overlap_s": 3600})
+
+    def issuer_key(car: Sidecar) -> bytes | None:
+        cert = x509.load_pem_x509_certificate(Path(car.identity.cert_file).read_bytes())
+        return cert.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier
+        ).value.key_identifier
+
+    def roots(car: Sidecar) -> int:
+        return Path(car.identity.bundle_file).read_text().count("BEGIN CERTIFICATE")
+
+    await eventually(lambda: roots(users) == 2 and roots(orders) == 2, "both roots trusted")
+    cart = await mesh.sidecar("cart", await mesh.app("cart"))
+    assert roots(cart) == 2
+    assert issuer_key(users) != issuer_key(cart)  # users: the old root, cart: the new one
+    for car in (users, orders):
+        await mesh.sees(car, "cart")
+    await mesh.sees(cart, "users")
+    await mesh.sees(cart, "orders")
+    for caller, callee in [(cart, "users"), (orders, "cart"), (users, "cart"), (cart, "orders")]:
+        async with proxy_client(caller) as c:
+            r = await c.get(f"http://{callee}/across-roots")
+        assert r.status_code == 200, (caller.config.service, callee, r.text)
+        assert body_of(r)["headers"]["x-source-service"] == caller.config.service
