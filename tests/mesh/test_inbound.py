@@ -6,6 +6,7 @@ import ssl
 from pathlib import Path
 
 import httpx
+import pytest
 
 from meshgate.control.client import ControlPlaneClient
 from tests.mesh.certs import foreign_identity
@@ -222,3 +223,18 @@ async def test_wildcard_rate_limit_spares_named_sources(cp_mesh: Mesh) -> None:
         assert [(await c.get("http://users/c")).status_code for _ in range(2)] == [200, 429]
     async with proxy_client(orders) as c:
         assert [(await c.get("http://users/o")).status_code for _ in range(5)] == [200] * 5
+
+
+async def test_tls_version_floor(cp_mesh: Mesh) -> None:
+    """TLS 1.3 only by default; ``inbound.min_tls_version: TLSv1.2`` lets 1.2 in."""
+    strict_app, lenient_app = await cp_mesh.app("users"), await cp_mesh.app("cart")
+    strict = await cp_mesh.sidecar("users", strict_app)
+    lenient = await cp_mesh.sidecar("cart", lenient_app, inbound={"min_tls_version": "TLSv1.2"})
+    ctx = workload_context(await cp_mesh.workload("orders"))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await raw_exchange(strict.inbound_port, REQUEST, ctx)
+    assert strict_app.hits == []
+    answer = await raw_exchange(lenient.inbound_port, REQUEST, ctx)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert lenient_app.hits[0].headers["x-source-service"] == "orders"
