@@ -314,3 +314,57 @@ async def test_outbound_tag_drops_the_apps_identity_headers() -> None:
     await OutboundTag("orders", stats)(ctx, call_next)  # type: ignore[arg-type]
     assert seen == [[("x-keep", "1")]]
     assert stats.counts == {("outbound", "orders", "users.default", "2xx"): 1}
+
+
+# ---------------------------------------------------------------------------
+# Renewal retries (fake clock and sleep)
+# ---------------------------------------------------------------------------
+
+
+async def test_failed_renewals_retry_within_the_remaining_life(monkeypatch: Any) -> None:
+    """A renewal failing again and again is retried with a backoff that never waits
+    out a large share of the certificate's remaining life (60 s certificates: a
+    30 s backoff step would let it expire between two attempts)."""
+    import types
+
+    from meshgate.control.client import ControlPlaneError
+    from meshgate.mesh import identity as identity_mod
+    from meshgate.mesh.identity import CertInfo
+
+    now = [30.0]
+    sleeps: list[tuple[float, float]] = []
+
+    class StopLoop(Exception):
+        pass
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append((now[0], seconds))
+        now[0] += seconds
+        if now[0] >= 60:
+            raise StopLoop
+
+    class DownClient:
+        attempts = 0
+
+        async def renew(self, ttl_s: float | None = None) -> None:
+            DownClient.attempts += 1
+            raise ControlPlaneError(0, "control plane unreachable")
+
+    monkeypatch.setattr(identity_mod, "asyncio", types.SimpleNamespace(sleep=fake_sleep))
+    config = SidecarConfig.model_validate(
+        {
+            "service": "users",
+            "app": {"port": 8080},
+            "control_plane": {"url": "https://127.0.0.1:1", "ca_bundle_file": "b.pem"},
+        }
+    )
+    ident = IdentityManager(config, clock=lambda: now[0])
+    ident.client = DownClient()  # type: ignore[assignment]
+    ident.cert = CertInfo(SpiffeId("mesh.test", "default", "users"), 0.0, 60.0, 1)
+    ident.received_at = 0.0
+    with pytest.raises(StopLoop):
+        await ident._run()
+    assert ident.last_error is not None and ident.renewals == 0
+    for at, delay in sleeps:
+        assert delay <= max(1.0, (60.0 - at) / 4), (at, delay, sleeps)
+    assert DownClient.attempts >= 8  # still trying in the last seconds
