@@ -409,3 +409,49 @@ async def test_ca_rotation_new_and_old_identities_talk(cp_mesh: Mesh) -> None:
             r = await c.get(f"http://{callee}/across-roots")
         assert r.status_code == 200, (caller.config.service, callee, r.text)
         assert body_of(r)["headers"]["x-source-service"] == caller.config.service
+
+
+# ---------------------------------------------------------------------------
+# Renewal while the control plane is away, and its return
+# ---------------------------------------------------------------------------
+
+
+async def test_renewal_fails_while_control_plane_is_away_then_recovers(mesh: Mesh) -> None:
+    """60 s certificates; the control plane stops before half-life. The renewal
+    fails (and says so on /certs) while traffic keeps flowing on the current
+    certificate; the control plane comes back on the same port and store: the
+    renewal succeeds and the watch resumes (a new policy arrives)."""
+    cp = await mesh.start_control_plane(ca={"workload_ttl_s": 60})
+    port = cp.port
+    users = await mesh.sidecar("users", await mesh.app("users"), link={"cert_ttl_s": 60})
+    orders = await mesh.sidecar("orders", await mesh.app("orders"), link={"cert_ttl_s": 60})
+    await mesh.sees(orders, "users")
+    first = await certs(users)
+    await mesh.stop_control_plane()
+
+    load = Load(orders, "http://users/away", workers=2, pause_s=0.1).start()
+    try:
+        await eventually(
+            lambda: users.identity.last_error is not None, "a failed renewal", timeout_s=45
+        )
+    finally:
+        await load.stop()
+    assert load.failures == [] and load.ok > 0
+    info = await certs(users)
+    assert info["renewals"] == 0 and info["serial"] == first["serial"]
+    assert info["last_error"] and info["expired"] is False
+    assert await ready(users) == 200
+
+    await mesh.start_control_plane(
+        ca={"workload_ttl_s": 60}, listen={"host": "127.0.0.1", "port": port}
+    )
+    await eventually(
+        lambda: users.identity.renewals >= 1 and users.identity.last_error is None,
+        "the renewal to succeed once the control plane is back",
+        timeout_s=40,
+    )
+    assert (await certs(users))["serial"] != first["serial"]
+    await mesh.put_policy("authz", {"name": "users-from-cart", "to": "users", "from": ["cart"]})
+    await mesh.has_policy(users, "users-from-cart")
+    async with proxy_client(orders) as c:
+        assert (await c.get("http://users/back")).status_code == 403  # the new policy

@@ -504,7 +504,9 @@ class Sidecar:
                     continue
                 log.warning("registration/heartbeat failed (%s); retrying", exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                # Within the lease: a control plane back from a restart (leases restored
+                # with a full TTL) hears from this instance before its lease expires.
+                delay = min(delay * 2, RETRY_MAX_S, link.instance_ttl_s / 3)
 
     # -- views (admin) ------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
