@@ -30,6 +30,7 @@ from meshgate.http.messages import Request, Response
 from meshgate.io.server import HttpServer
 from meshgate.mesh.config import SidecarConfig
 from meshgate.mesh.sidecar import Sidecar
+from meshgate.mesh.state import ServiceKey
 
 ADMIN_TOKEN = "mesh-test-admin-token"
 TRUST_DOMAIN = "mesh.test"
@@ -136,13 +137,14 @@ class Mesh:
             cp, self.cp = self.cp, None
             await cp.close()
 
-    async def token(self, service: str) -> str:
+    async def token(self, service: str, namespace: str = "default") -> str:
         assert self.admin is not None
-        data = await self.admin.request("POST", "/v1/tokens", {"service": service})
+        body = {"service": service, "namespace": namespace}
+        data = await self.admin.request("POST", "/v1/tokens", body)
         return str(data["token"])
 
-    async def token_file(self, service: str) -> str:
-        token = await self.token(service)
+    async def token_file(self, service: str, namespace: str = "default") -> str:
+        token = await self.token(service, namespace)
         path = self.dir / f"token-{service}-{len(list(self.dir.glob('token-*')))}"
         path.write_text(token)
         return str(path)
@@ -187,11 +189,13 @@ class Mesh:
                 raw[key] = value
         return raw
 
-    async def control_plane_link(self, service: str, **link: Any) -> dict[str, Any]:
+    async def control_plane_link(
+        self, service: str, namespace: str = "default", **link: Any
+    ) -> dict[str, Any]:
         return {
             "url": self.url,
             "ca_bundle_file": str(self.bundle_file),
-            "token_file": await self.token_file(service),
+            "token_file": await self.token_file(service, namespace),
             "identity_dir": str(self.dir / f"identity-{service}-{len(self.sidecars)}"),
             "instance_ttl_s": 5.0,
             **link,
@@ -202,7 +206,8 @@ class Mesh:
     ) -> Sidecar:
         """A sidecar with its identity from the control plane."""
         raw = self.sidecar_config(service, app, **overrides)
-        raw["control_plane"] = await self.control_plane_link(service, **(link or {}))
+        namespace = str(raw.get("namespace", "default"))
+        raw["control_plane"] = await self.control_plane_link(service, namespace, **(link or {}))
         return await self.start_sidecar(raw)
 
     async def static_sidecar(
@@ -241,16 +246,19 @@ class Mesh:
     async def registered(self, car: Sidecar) -> None:
         await eventually(lambda: car.registration is not None, f"{car.config.service} registered")
 
-    async def sees(self, car: Sidecar, service: str, count: int = 1) -> None:
+    async def sees(
+        self, car: Sidecar, service: str, count: int = 1, namespace: str = "default"
+    ) -> None:
         """Wait until ``car``'s outbound has ``count`` instances of ``service``."""
+        key = ServiceKey(namespace, service)
 
         def check() -> bool:
             runtime = car.outbound.current_runtime if car.outbound is not None else None
-            cluster = runtime.clusters.get(f"{service}.default") if runtime else None
+            cluster = runtime.clusters.get(key.upstream) if runtime else None
             return (
                 cluster is not None
                 and len(cluster.snapshot()["hosts"]) == count
-                and len(car.state.instance_list(_key(service))) == count
+                and len(car.state.instance_list(key)) == count
             )
 
         await eventually(check, f"{car.config.service} sees {count} instance(s) of {service}")
@@ -273,12 +281,6 @@ class Mesh:
         for client in self.clients:
             await client.aclose()
         await self.stop_control_plane()
-
-
-def _key(service: str) -> Any:
-    from meshgate.mesh.state import ServiceKey
-
-    return ServiceKey("default", service)
 
 
 @pytest.fixture

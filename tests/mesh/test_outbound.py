@@ -144,3 +144,22 @@ async def test_traffic_between_sidecars_is_tls_on_the_wire(cp_mesh: Mesh) -> Non
         assert marker.encode() not in captured
         assert b"HTTP/1.1" not in captured
         assert b"x-source" not in captured
+
+
+async def test_services_in_other_namespaces(cp_mesh: Mesh) -> None:
+    """`users` lives in namespace shop: orders (default) reaches it as users.shop
+    (whose SPIFFE ID says ns/shop), not as bare `users`; the app sees the caller's
+    namespace."""
+    users_app = await cp_mesh.app("users")
+    await cp_mesh.sidecar("users", users_app, namespace="shop")
+    orders = await cp_mesh.sidecar("orders", await cp_mesh.app("orders"))
+    await cp_mesh.sees(orders, "users", namespace="shop")
+    async with proxy_client(orders) as c:
+        assert (await c.get("http://users/x")).status_code == 404
+        r = await c.get("http://users.shop/x")
+        assert r.status_code == 200
+        r = await c.get("http://users.shop.svc.cluster.local/y")
+        assert r.status_code == 200
+    hit = users_app.hits[-1].headers
+    assert (hit["x-source-service"], hit["x-source-namespace"]) == ("orders", "default")
+    assert [h.path for h in users_app.hits] == ["/x", "/y"]

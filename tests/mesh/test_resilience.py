@@ -455,3 +455,30 @@ async def test_renewal_fails_while_control_plane_is_away_then_recovers(mesh: Mes
     await mesh.has_policy(users, "users-from-cart")
     async with proxy_client(orders) as c:
         assert (await c.get("http://users/back")).status_code == 403  # the new policy
+
+
+# ---------------------------------------------------------------------------
+# Graceful stop
+# ---------------------------------------------------------------------------
+
+
+async def test_graceful_stop_deregisters_at_once(cp_mesh: Mesh) -> None:
+    """A sidecar stopped normally deregisters: callers drop it long before its
+    (60 s) lease would expire, and no request fails meanwhile."""
+    mesh = cp_mesh
+    app1, app2 = await mesh.app("users", "users-1"), await mesh.app("users", "users-2")
+    await mesh.sidecar("users", app1, link={"instance_ttl_s": 60})
+    leaving = await mesh.sidecar("users", app2, link={"instance_ttl_s": 60})
+    orders = await mesh.sidecar("orders", await mesh.app("orders"))
+    await mesh.sees(orders, "users", count=2)
+    load = Load(orders, "http://users/leaving", workers=4).start()
+    await eventually(lambda: load.ok >= 20, "load flowing before the stop")
+    await mesh.stop_sidecar(leaving)
+    stopped_at = len(load.instances)
+    await mesh.sees(orders, "users", count=1)
+    await load.run_until(lambda: len(load.instances) >= stopped_at + 40, "40 more", 15)
+    assert load.failures == []
+    assert set(load.instances[stopped_at + 8 :]) == {"users-1"}
+    assert mesh.admin is not None
+    registry = await mesh.admin.request("GET", "/v1/instances", params={"service": "users"})
+    assert len(registry["instances"]) == 1
