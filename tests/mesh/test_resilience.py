@@ -482,3 +482,32 @@ async def test_graceful_stop_deregisters_at_once(cp_mesh: Mesh) -> None:
     assert mesh.admin is not None
     registry = await mesh.admin.request("GET", "/v1/instances", params={"service": "users"})
     assert len(registry["instances"]) == 1
+
+
+async def test_cli_sidecar_serves_and_sigterm_deregisters(
+    cp_mesh: Mesh, processes: list[SidecarProcess]
+) -> None:
+    """`meshgate sidecar -c file` joins, registers and serves; SIGTERM drains,
+    deregisters (callers drop it at once, its lease is 60 s) and exits 0."""
+    mesh = cp_mesh
+    app = await mesh.app("users", "users-cli")
+    raw = mesh.sidecar_config("users", app)
+    raw["control_plane"] = await mesh.control_plane_link("users", instance_ttl_s=60)
+    proc = await SidecarProcess(raw, mesh.dir / "users-cli.yaml").start()
+    processes.append(proc)
+    orders = await mesh.sidecar("orders", await mesh.app("orders"))
+    await mesh.sees(orders, "users")
+    async with proxy_client(orders) as c:
+        r = await c.get("http://users/cli")
+    assert (r.status_code, body_of(r)["instance"]) == (200, "users-cli")
+    async with httpx.AsyncClient() as c:
+        r = await c.get(f"http://127.0.0.1:{proc.ports['admin']}/ready")
+    assert r.status_code == 200
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        code = await proc.proc.wait()
+    assert code == 0, "\n".join(proc.log[-20:])
+    await eventually(
+        lambda: orders.state.instance_list(_users()) == [], "orders to drop the stopped instance"
+    )
