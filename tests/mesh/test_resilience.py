@@ -331,6 +331,22 @@ async def test_traffic_continues_without_the_control_plane(cp_mesh: Mesh) -> Non
     assert "users.default" in [cl["name"] for cl in clusters["clusters"]]
 
 
+async def test_stopping_control_plane_answers_pending_watches(cp_mesh: Mesh) -> None:
+    """A long-poll waiting when the control plane stops gets its (empty) answer at
+    once, rather than being held through the drain and cut."""
+    mesh = cp_mesh
+    watcher = await mesh.workload("users")
+    first = await watcher.watch(None, timeout_s=0)
+    pending = asyncio.create_task(watcher.watch(first.revision, timeout_s=30))
+    await asyncio.sleep(0.2)  # let the long-poll reach the server (not a timing assertion)
+    assert not pending.done()
+    await mesh.stop_control_plane()
+    async with asyncio.timeout(10):
+        result = await pending
+    assert not result.snapshot and result.events == []
+    assert result.revision == first.revision
+
+
 # ---------------------------------------------------------------------------
 # Expired certificate
 # ---------------------------------------------------------------------------
