@@ -255,6 +255,8 @@ class Mesh:
         def check() -> bool:
             runtime = car.outbound.current_runtime if car.outbound is not None else None
             cluster = runtime.clusters.get(key.upstream) if runtime else None
+            if count == 0:  # the service is gone: so are its route and cluster
+                return cluster is None and not car.state.instance_list(key)
             return (
                 cluster is not None
                 and len(cluster.snapshot()["hosts"]) == count

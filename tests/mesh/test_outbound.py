@@ -163,3 +163,21 @@ async def test_services_in_other_namespaces(cp_mesh: Mesh) -> None:
     hit = users_app.hits[-1].headers
     assert (hit["x-source-service"], hit["x-source-namespace"]) == ("orders", "default")
     assert [h.path for h in users_app.hits] == ["/x", "/y"]
+
+
+async def test_service_appearing_and_leaving_later(cp_mesh: Mesh) -> None:
+    """orders starts before users exists: its port for users answers 404, then
+    reaches users once users registers, and 404 again after users stops."""
+    orders = await cp_mesh.sidecar(
+        "orders", await cp_mesh.app("orders"), outbound={"ports": {"users": 0}}
+    )
+    url = f"http://127.0.0.1:{orders.local_port('users')}/later"
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(url)).status_code == 404
+        users = await cp_mesh.sidecar("users", await cp_mesh.app("users"))
+        await cp_mesh.sees(orders, "users")
+        r = await c.get(url)
+        assert (r.status_code, body_of(r)["service"]) == (200, "users")
+        await cp_mesh.stop_sidecar(users)
+        await cp_mesh.sees(orders, "users", count=0)
+        assert (await c.get(url)).status_code == 404
