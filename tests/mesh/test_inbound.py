@@ -19,6 +19,7 @@ from tests.mesh.conftest import (
     proxy_client,
     raw_exchange,
 )
+from tests.redis_server import RedisServer, redis_server_fixture
 
 REQUEST = b"GET /secret HTTP/1.1\r\nHost: users\r\nConnection: close\r\n\r\n"
 
@@ -238,3 +239,31 @@ async def test_tls_version_floor(cp_mesh: Mesh) -> None:
     answer = await raw_exchange(lenient.inbound_port, REQUEST, ctx)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert lenient_app.hits[0].headers["x-source-service"] == "orders"
+
+
+redis_server = redis_server_fixture()
+
+
+async def test_per_source_limit_shared_by_replicas_through_redis(
+    cp_mesh: Mesh, redis_server: RedisServer
+) -> None:
+    """Two users replicas with ``rate_limit_backend: redis`` count cart's calls
+    together: its burst of 2 is for the service, not for each replica."""
+    limits = [{"source": "cart", "requests_per_second": 0.1, "burst": 2}]
+    apps = [await cp_mesh.app("users", f"users-{i}") for i in (1, 2)]
+    for app in apps:
+        await cp_mesh.sidecar(
+            "users",
+            app,
+            inbound={"rate_limits": limits, "rate_limit_backend": "redis"},
+            redis={"url": redis_server.url},
+            outbound={"load_balancer": "round_robin"},
+        )
+    cart = await cp_mesh.sidecar(
+        "cart", await cp_mesh.app("cart"), outbound={"load_balancer": "round_robin"}
+    )
+    await cp_mesh.sees(cart, "users", count=2)
+    async with proxy_client(cart) as c:
+        statuses = [(await c.get(f"http://users/r{i}")).status_code for i in range(6)]
+    assert statuses.count(200) == 2 and statuses.count(429) == 4, statuses
+    assert sum(len(a.hits) for a in apps) == 2
