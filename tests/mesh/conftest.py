@@ -222,12 +222,14 @@ class Mesh:
         workload = await self.workload(service)
         ident = workload.identity
         assert ident is not None and workload.identity_dir is not None
+        static = overrides.pop("static", {})
         raw = self.sidecar_config(service, app, **overrides)
         raw["static"] = {
             "cert_file": ident.cert_file,
             "key_file": ident.key_file,
             "bundle_file": str(workload.identity_dir / "bundle.pem"),
             "services": services,
+            **static,
         }
         return await self.start_sidecar(raw)
 

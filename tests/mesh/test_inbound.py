@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meshgate.config.loader import ConfigError
 from meshgate.control.client import ControlPlaneClient
 from tests.mesh.certs import foreign_identity
 from tests.mesh.conftest import (
@@ -267,3 +268,33 @@ async def test_per_source_limit_shared_by_replicas_through_redis(
         statuses = [(await c.get(f"http://users/r{i}")).status_code for i in range(6)]
     assert statuses.count(200) == 2 and statuses.count(429) == 4, statuses
     assert sum(len(a.hits) for a in apps) == 2
+
+
+async def test_static_mode_policies_file(cp_mesh: Mesh, tmp_path: Path) -> None:
+    """Static mode reads authorization policies from `static.policies_file` (the
+    `meshgate ctl policy` format); a bad file is refused with file:line."""
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(
+        "- kind: authz\n  name: users-from-cart\n  to: users\n  from: [cart]\n"
+        "- kind: route\n  name: ignored\n  path: /\n  service: users\n"
+    )
+    users_app = await cp_mesh.app("users")
+    users = await cp_mesh.static_sidecar(
+        "users", users_app, {}, static={"policies_file": str(policies)}
+    )
+    assert list(users.state.authz) == ["users-from-cart"]
+    addr = [{"host": "127.0.0.1", "port": users.inbound_port}]
+    orders = await cp_mesh.static_sidecar("orders", await cp_mesh.app("orders"), {"users": addr})
+    cart = await cp_mesh.static_sidecar("cart", await cp_mesh.app("cart"), {"users": addr})
+    async with proxy_client(orders) as c:
+        assert (await c.get("http://users/p")).status_code == 403
+    async with proxy_client(cart) as c:
+        assert (await c.get("http://users/p")).status_code == 200
+    assert [h.headers["x-source-service"] for h in users_app.hits] == ["cart"]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- kind: authz\n  name: x\n  to: users\n  from: [cart]\n  action: maybe\n")
+    with pytest.raises(ConfigError) as info:
+        await cp_mesh.static_sidecar("users", users_app, {}, static={"policies_file": str(bad)})
+    (problem,) = info.value.problems
+    assert str(problem).startswith(f"{bad}:5: [0].action: "), problem
