@@ -527,3 +527,25 @@ async def test_cli_sidecar_serves_and_sigterm_deregisters(
     await eventually(
         lambda: orders.state.instance_list(_users()) == [], "orders to drop the stopped instance"
     )
+
+
+async def test_restart_reuses_the_kept_identity(cp_mesh: Mesh) -> None:
+    """A sidecar restarted with the same identity_dir reuses its valid certificate:
+    no join token is needed the second time (the first one was revoked)."""
+    mesh = cp_mesh
+    app = await mesh.app("users")
+    link = await mesh.control_plane_link("users")
+    raw = mesh.sidecar_config("users", app)
+    raw["control_plane"] = link
+    first = await mesh.start_sidecar(raw)
+    serial = (await certs(first))["serial"]
+    await mesh.stop_sidecar(first)
+    assert mesh.admin is not None
+    for token in (await mesh.admin.request("GET", "/v1/tokens"))["tokens"]:
+        await mesh.admin.request("DELETE", f"/v1/tokens/{token['id']}")
+    second = await mesh.start_sidecar(raw)
+    assert (await certs(second))["serial"] == serial
+    orders = await mesh.sidecar("orders", await mesh.app("orders"))
+    await mesh.sees(orders, "users")
+    async with proxy_client(orders) as c:
+        assert (await c.get("http://users/again")).status_code == 200
