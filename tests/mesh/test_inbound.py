@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
 
 from meshgate.config.loader import ConfigError
 from meshgate.control.client import ControlPlaneClient
@@ -35,16 +36,16 @@ def workload_context(client: ControlPlaneClient) -> ssl.SSLContext:
     return mtls_context(ident.cert_file, ident.key_file, str(client.identity_dir / "bundle.pem"))
 
 
-async def refused(port: int, ctx: ssl.SSLContext | None) -> str:
-    """Try one request; say how it was refused (fail when an HTTP answer came)."""
+async def refused(port: int, ctx: ssl.SSLContext | None) -> None:
+    """Send one request: it must get no HTTP answer (a TLS error, a reset, or the
+    connection closed). With TLS 1.3 the client finishes its side of the handshake
+    before the server checks the client certificate, and no alert reaches the
+    client (seen on 127.0.0.1): it mostly sees the connection close."""
     try:
         answer = await raw_exchange(port, REQUEST, ctx)
-    except ssl.SSLError as exc:
-        return f"tls: {exc.reason}"
-    except ConnectionError as exc:
-        return f"connection: {exc!r}"
+    except (ssl.SSLError, ConnectionError):
+        return
     assert not answer.startswith(b"HTTP/"), answer[:200]
-    return "closed without an HTTP answer"
 
 
 async def test_plain_http_client_is_refused(cp_mesh: Mesh) -> None:
@@ -85,8 +86,6 @@ async def test_server_certificate_is_the_services_spiffe_id(cp_mesh: Mesh) -> No
         assert r.status_code == 200
         stream = r.extensions["network_stream"]
         der = stream.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    from cryptography import x509
-
     cert = x509.load_der_x509_certificate(der)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [sid("users")]
