@@ -111,6 +111,7 @@ class ControlPlaneServer:
                 await self._renewer
             self._renewer = None
         if self._server is not None:
+            self.cp.store.end_watches()  # then the listener closes (no await between)
             await self._server.shutdown(DRAIN_TIMEOUT_S)
             self._server = None
         await self.cp.close()

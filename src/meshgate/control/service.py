@@ -519,7 +519,7 @@ class ControlPlane:
                     break  # compacted: snapshot
                 mine = [e for e in events if wanted(e.key)]
                 remaining = deadline - asyncio.get_running_loop().time()
-                if mine or remaining <= 0:
+                if mine or remaining <= 0 or self.store.closing:
                     return {
                         "revision": max(since, self.store.log.revision),
                         "events": [_event_json(e) for e in mine],

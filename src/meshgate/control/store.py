@@ -58,6 +58,7 @@ class Store(ABC):
         self.log = WatchLog(0, history)
         self._changed = asyncio.Event()
         self.listeners: list[Listener] = []
+        self.closing = False  # set by `end_watches`: long-polls answer at once
 
     def _publish(self, event: Event) -> None:
         for listener in self.listeners:
@@ -78,10 +79,18 @@ class Store(ABC):
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def end_watches(self) -> None:
+        """Shutting down: wake every waiting long-poll, and wait no more. (Held
+        until the drain timeout, they would deliver the deletions of leases that
+        expire meanwhile, heartbeats no longer reaching a closed listener.)"""
+        self.closing = True
+        self._changed.set()
+        self._changed = asyncio.Event()
+
     async def wait_after(self, revision: int, timeout_s: float) -> None:
         """Return when the log moves past ``revision``, or after ``timeout_s``."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while self.log.revision <= revision:
+        while self.log.revision <= revision and not self.closing:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from meshgate.config.common import FiniteModel as _Model
 from meshgate.config.common import redis_url
@@ -69,13 +69,14 @@ class InboundConfig(_Model):
         "local", description="redis: counts shared by every replica's sidecar (redis.url)."
     )
 
-    @model_validator(mode="after")
-    def _unique_sources(self) -> InboundConfig:
-        seen = [r.source for r in self.rate_limits]
+    @field_validator("rate_limits")
+    @classmethod
+    def _unique_sources(cls, v: list[SourceLimit]) -> list[SourceLimit]:
+        seen = [r.source for r in v]
         dupes = sorted({s for s in seen if seen.count(s) > 1})
         if dupes:
-            raise ValueError(f"rate_limits: more than one rule for {', '.join(dupes)}")
-        return self
+            raise ValueError(f"more than one rule for {', '.join(dupes)}")
+        return v
 
 
 class OutboundConfig(_Model):
@@ -96,7 +97,13 @@ class OutboundConfig(_Model):
     retry_budget: RetryBudgetConfig = RetryBudgetConfig(
         model="windowed", budget_percent=20.0, min_per_s=3.0
     )
-    circuit_breaker: CircuitBreakerConfig | None = CircuitBreakerConfig()
+    circuit_breaker: CircuitBreakerConfig | None = Field(
+        None,
+        description="Off unless set ({} for the defaults). One breaker per destination "
+        "service, over all its instances, counting attempts: 5 fast connect failures to "
+        "one dead instance of several open it for the whole service. A dead or failing "
+        "instance is outlier detection's (per instance).",
+    )
     outlier_detection: OutlierDetectionConfig | None = OutlierDetectionConfig()
     load_balancer: Literal["round_robin", "least_request", "random"] = "least_request"
     max_connections: int = Field(1024, ge=1, description="Per destination service.")
@@ -200,6 +207,14 @@ class SidecarConfig(_Model):
     @classmethod
     def _namespace(cls, v: str) -> str:
         return check_name(v, "namespace")
+
+    @field_validator("static")
+    @classmethod
+    def _not_both(cls, v: StaticMesh | None, info: ValidationInfo) -> StaticMesh | None:
+        # Here, not in _one_source, so that the error points at the `static` key.
+        if v is not None and info.data.get("control_plane") is not None:
+            raise ValueError("give control_plane or static, not both")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> SidecarConfig:

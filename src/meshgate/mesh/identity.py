@@ -209,6 +209,8 @@ class IdentityManager:
             except ControlPlaneError as exc:
                 self.last_error = str(exc)
                 left = self.cert.not_after - self.clock() if self.cert is not None else 0
+                # Never wait out a large share of what is left (short-lived certificates).
+                delay = min(delay, max(RETRY_MIN_S, left / 4))
                 log.warning(
                     "certificate renewal failed (%s); the current one has %.0f s left; "
                     "retrying in %.0f s",

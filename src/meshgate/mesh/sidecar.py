@@ -170,7 +170,10 @@ def outbound_config(
                 "reload_check_s": CLIENT_TLS_RELOAD_CHECK_S,
             },
             "retry_budget": out.retry_budget.model_dump(),
-            "limits": {"max_connections": out.max_connections},
+            # Retries are bounded by the retry budget (as Envoy's retry_budget replaces
+            # max_retries), not also by the engine's default of 3 in flight: with 4
+            # callers on an instance that just died, the 4th got its 503 unretried.
+            "limits": {"max_connections": out.max_connections, "max_retries": out.max_connections},
         }
         if out.circuit_breaker is not None:
             upstream["circuit_breaker"] = out.circuit_breaker.model_dump()
@@ -527,7 +530,9 @@ class Sidecar:
                     continue
                 log.warning("registration/heartbeat failed (%s); retrying", exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                # Within the lease: a control plane back from a restart (leases restored
+                # with a full TTL) hears from this instance before its lease expires.
+                delay = min(delay * 2, RETRY_MAX_S, link.instance_ttl_s / 3)
 
     # -- views (admin) ------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
