@@ -49,7 +49,7 @@ async def test_admin_endpoints(cp_mesh: Mesh) -> None:
         out_mesh = samples(out_text, "meshgate_mesh_requests_total")
         assert {
             "direction": "outbound",
-            "source": "orders",
+            "source": "orders.default",
             "destination": "users.default",
             "status_class": "2xx",
             "value": "3.0",
@@ -57,8 +57,8 @@ async def test_admin_endpoints(cp_mesh: Mesh) -> None:
         in_mesh = samples(in_text, "meshgate_mesh_requests_total")
         assert {
             "direction": "inbound",
-            "source": "orders",
-            "destination": "users",
+            "source": "orders.default",
+            "destination": "users.default",
             "status_class": "2xx",
             "value": "3.0",
         } in in_mesh

@@ -311,9 +311,9 @@ async def test_outbound_tag_drops_the_apps_identity_headers() -> None:
         ctx.response = Response.json(200, {})  # type: ignore[assignment]
 
     stats = MeshStats()
-    await OutboundTag("orders", stats)(ctx, call_next)  # type: ignore[arg-type]
+    await OutboundTag("orders.default", stats)(ctx, call_next)  # type: ignore[arg-type]
     assert seen == [[("x-keep", "1")]]
-    assert stats.counts == {("outbound", "orders", "users.default", "2xx"): 1}
+    assert stats.counts == {("outbound", "orders.default", "users.default", "2xx"): 1}
 
 
 # ---------------------------------------------------------------------------

@@ -49,12 +49,14 @@ class InboundGuard:
     def __init__(
         self,
         service: str,
+        namespace: str,
         state: MeshState,
         stats: MeshStats,
         trust_domain: Callable[[], str],
         expired: Callable[[], bool],
     ) -> None:
         self.service = service
+        self.label = f"{service}.{namespace}"  # metrics: services as service.namespace
         self.state = state
         self.stats = stats
         self.trust_domain = trust_domain
@@ -77,7 +79,7 @@ class InboundGuard:
             ctx.response = error_response(
                 503, "sidecar certificate expired: not serving inbound traffic", ctx.request_id
             )
-            self.stats.record("inbound", UNKNOWN, self.service, 503, time.monotonic() - start)
+            self.stats.record("inbound", UNKNOWN, self.label, 503, time.monotonic() - start)
             return
         headers = request.headers
         for name in IDENTITY_HEADERS:
@@ -85,7 +87,7 @@ class InboundGuard:
         peer = peer_identity(request.tls, self.trust_domain())
         source = UNKNOWN
         if peer is not None:
-            source = peer.service
+            source = f"{peer.service}.{peer.namespace}"
             headers.set(SOURCE_SERVICE, peer.service)
             headers.set(SOURCE_NAMESPACE, peer.namespace)
             headers.set(SOURCE_IDENTITY, peer.uri)
@@ -103,7 +105,7 @@ class InboundGuard:
             ctx.response = error_response(
                 403, f"{who} may not call {request.method} {request.path}", ctx.request_id
             )
-            self.stats.record("inbound", source, self.service, 403, time.monotonic() - start)
+            self.stats.record("inbound", source, self.label, 403, time.monotonic() - start)
             return
         if "traceparent" not in headers:
             trace_id = int.from_bytes(secrets.token_bytes(16), "big") or 1
@@ -115,7 +117,7 @@ class InboundGuard:
             if ctx.response is not None:
                 status = ctx.response.status
         finally:
-            self.stats.record("inbound", source, self.service, status, time.monotonic() - start)
+            self.stats.record("inbound", source, self.label, status, time.monotonic() - start)
 
 
 class OutboundTag:
@@ -123,8 +125,8 @@ class OutboundTag:
     identity headers the app set (only the destination sidecar sets them, from the
     certificate) and count the call."""
 
-    def __init__(self, service: str, stats: MeshStats) -> None:
-        self.service = service
+    def __init__(self, label: str, stats: MeshStats) -> None:
+        self.label = label  # this service as service.namespace (the metrics' source)
         self.stats = stats
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
@@ -140,6 +142,4 @@ class OutboundTag:
         finally:
             route = ctx.route
             destination = route.name if route is not None else UNKNOWN
-            self.stats.record(
-                "outbound", self.service, destination, status, time.monotonic() - start
-            )
+            self.stats.record("outbound", self.label, destination, status, time.monotonic() - start)

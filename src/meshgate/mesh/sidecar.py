@@ -291,6 +291,7 @@ class Sidecar:
             await self._first_state()
             guard = InboundGuard(
                 self.config.service,
+                self.config.namespace,
                 self.state,
                 self.stats,
                 lambda: self.identity.spiffe_id.trust_domain,
@@ -301,7 +302,7 @@ class Sidecar:
                     inbound_config(self.config, self.identity), front=[("mesh_inbound", guard)]
                 )
                 await self.inbound.start()
-            tag = OutboundTag(self.config.service, self.stats)
+            tag = OutboundTag(f"{self.config.service}.{self.config.namespace}", self.stats)
             self.outbound = Gateway(self._outbound_config(), front=[("mesh_outbound", tag)])
             await self.outbound.start()
             await self._start_port_map()
