@@ -40,4 +40,3 @@ def test_limit_applies_to_its_sources_only(
     fields: dict[str, object], source: str | None, key: str | None
 ) -> None:
     assert _key(_limit(**fields), source) == key
-
