@@ -382,8 +382,24 @@ class RateLimitStage:
         False: denied, the 429 is set. True: go on; the most restrictive decision's
         headers wait in ``ctx.late_headers``.
         """
+        entries = self.entries
+        if len(entries) == 1:  # the usual route: one limit, no verdict to combine
+            limit, stats = entries[0]
+            key = limit.key(ctx)
+            if key is None:
+                stats.skipped += 1
+                return True
+            decision = limit.local.check(key)  # type: ignore[union-attr]
+            if not decision.allowed:
+                stats.limited += 1
+                self._deny(ctx, limit, decision)
+                return False
+            stats.allowed += 1
+            if self.header_names:
+                ctx.late_headers = (self.header_names, self._fields(limit, decision))
+            return True
         verdict = _Verdict()
-        for limit, stats in self.entries:
+        for limit, stats in entries:
             key = limit.key(ctx)
             if key is None:
                 stats.skipped += 1
@@ -423,6 +439,12 @@ class RateLimitStage:
     def _fields(self, limit: Limit, decision: Decision) -> list[tuple[str, str]]:
         """The rate-limit header fields for ``decision`` in the configured style."""
         mode = self.headers
+        if mode == "seed" and limit.concurrency is None:  # the default, in one list
+            return [
+                ("x-ratelimit-limit", limit.limit_text),
+                ("x-ratelimit-remaining", str(decision.remaining)),
+                ("x-ratelimit-reset", limit.reset_text(decision.reset_at)),
+            ]
         fields: list[tuple[str, str]] = []
         if mode == "seed" or mode == "both":
             fields.append(("x-ratelimit-limit", limit.limit_text))
