@@ -58,6 +58,9 @@ TARGETS = ("direct", "nginx", "bare", "meshgate")
 # (tracing) and with every request recorded (tracing-all), spans exported to
 # bench/otlp_sink.py started here; meshgate with the response cache on the
 # route (memory store, every request after the first a HIT): expect >= 1.5x.
+# full: the issue's full chain on one route (request id, CORS for the request's Origin,
+# JWT verify, a rate limit, metrics, access log to a file); workers2: meshgate
+# --workers 2, not pinned (its workers share both CPUs with wrk and the upstream).
 EXTRA_TARGETS = (
     "aiohttp",
     "caddy",
@@ -68,9 +71,12 @@ EXTRA_TARGETS = (
     "tracing",
     "tracing-all",
     "cache",
+    "full",
+    "workers2",
 )
 ALL_TARGETS = TARGETS + EXTRA_TARGETS
 JWT_SECRET = "bench-secret-of-at-least-32-bytes!!"
+BENCH_ORIGIN = "https://app.example"
 # (numerator, denominator) pairs reported as ratios, e.g. meshgate/nginx: requests/s of
 # numerator / denominator, and per core = CPU us/request of denominator / numerator.
 RATIOS = (
@@ -85,6 +91,9 @@ RATIOS = (
     ("tracing", "meshgate"),
     ("tracing-all", "meshgate"),
     ("cache", "meshgate"),
+    ("full", "nginx"),
+    ("full", "meshgate"),
+    ("workers2", "meshgate"),
 )
 PROC = Path("/proc")
 MAX_ERROR_RATE = 0.01
@@ -307,7 +316,11 @@ def caddy_config(port: int, upstream_port: int) -> str:
 
 def target_headers(target: str) -> list[str]:
     """Request header lines a target needs on every request."""
-    return [f"Authorization: Bearer {bench_token()}"] if target == "jwt" else []
+    if target == "jwt":
+        return [f"Authorization: Bearer {bench_token()}"]
+    if target == "full":
+        return [f"Authorization: Bearer {bench_token()}", f"Origin: {BENCH_ORIGIN}"]
+    return []
 
 
 def meshgate_yaml(
@@ -322,12 +335,14 @@ def meshgate_yaml(
     sample_rate: float = 0.01,
     cache: bool = False,
     idle_timeout_s: float | None = None,
+    cors: bool = False,
 ) -> str:
     """The benchmarked gateway: one route to the upstream; ``limit``: local | redis | "";
     ``jwt``: the route requires a valid HS256 token; ``access_log``: file the access log
     (all fields) is written to; ``otlp_port``: tracing on at ``sample_rate``, spans
     exported to the OTLP sink on that port; ``cache``: the route caches responses (memory store);
-    ``idle_timeout_s``: the listener's keep-alive idle timeout (default: meshgate's)."""
+    ``idle_timeout_s``: the listener's keep-alive idle timeout (default: meshgate's);
+    ``cors``: a CORS policy allowing `BENCH_ORIGIN`."""
     text = f"""\
 listener:
   host: 127.0.0.1
@@ -362,6 +377,8 @@ routes:
     if otlp_port:
         endpoint = f"http://127.0.0.1:{otlp_port}/v1/traces"
         text += f"tracing: {{enabled: true, sample_rate: {sample_rate}, endpoint: '{endpoint}'}}\n"
+    if cors:
+        text += f"cors: {{allow_origins: ['{BENCH_ORIGIN}']}}\n"
     if middleware == "none":
         text += "middleware: []\n"
     return text
@@ -689,10 +706,10 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
         env = {**os.environ, "GOMAXPROCS": "1", "HOME": str(ctx.tmp)}  # one worker, as nginx
         proc = ctx.procs.spawn("caddy", cmd, log_path=ctx.tmp / "caddy.log", env=env)
     else:
-        limit = {"ratelimit": "local", "ratelimit-redis": "redis"}.get(target, "")
+        limit = {"ratelimit": "local", "ratelimit-redis": "redis", "full": "local"}.get(target, "")
         redis_port = start_redis(ctx) if limit == "redis" else 0
         cfg = ctx.tmp / "gateway.yaml"
-        access_log = ctx.tmp / "access.log" if target == "observe" else None
+        access_log = ctx.tmp / "access.log" if target in ("observe", "full") else None
         otlp_port = start_otlp_sink(ctx) if target.startswith("tracing") else 0
         yaml_text = meshgate_yaml(
             port,
@@ -700,16 +717,20 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
             ctx.args.middleware,
             limit,
             redis_port,
-            jwt=target == "jwt",
+            jwt=target in ("jwt", "full"),
             access_log=access_log,
             otlp_port=otlp_port,
             sample_rate=1.0 if target == "tracing-all" else 0.01,
             cache=target == "cache",
+            cors=target == "full",
         )
         cfg.write_text(yaml_text)
         base, env = meshgate_command(ctx.args.meshgate_cmd)
         ctx.info["meshgate_cmd"] = shlex.join(base)
-        cmd = [*ctx.pinning.proxy, *base, "gateway", "-c", str(cfg), "--workers", "1"]
+        if target == "workers2":
+            cmd = [*base, "gateway", "-c", str(cfg), "--workers", "2"]
+        else:
+            cmd = [*ctx.pinning.proxy, *base, "gateway", "-c", str(cfg), "--workers", "1"]
         proc = ctx.procs.spawn("meshgate", cmd, log_path=ctx.tmp / "meshgate.log", env=env)
     wait_ready(proc, port, ctx.args.start_timeout, target_headers(target))
     return proc, port
