@@ -2,9 +2,10 @@
 memory, throughput against nginx in the same run.
 
 An nginx upstream serves a 1 GiB sparse file; curl (pinned with the upstream to the
-load CPU) downloads it through nginx (1 worker, ``proxy_buffering off``: both relay
-as they read) and through ``meshgate gateway --workers 1`` (pinned to the proxy CPU),
-``--rounds`` times interleaved. Reported: MiB/s (median), meshgate/nginx, and
+load CPU) downloads it through nginx (1 worker, 16 x 64 KiB buffers,
+``proxy_max_temp_file_size 0``: it relays through memory only, as meshgate does with
+its 64 KiB reads) and through ``meshgate gateway --workers 1`` (pinned to the proxy
+CPU), ``--rounds`` times interleaved. Reported: MiB/s (median), meshgate/nginx, and
 meshgate's RSS before and at its highest during the transfers (sampled every 50 ms).
 
     python bench/stream.py [--size-mib 1024] [--rounds 3] [--json]
@@ -142,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         proxy_loc = f"""\
             proxy_pass http://127.0.0.1:{up_port};
             proxy_http_version 1.1;
-            proxy_buffering off;
+            proxy_max_temp_file_size 0;
+            proxy_buffer_size 64k;
+            proxy_buffers 16 64k;
+            proxy_busy_buffers_size 128k;
             proxy_set_header Connection "";"""
         start_nginx(ctx, "proxy", nginx_conf(tmp / "proxy", ng_port, proxy_loc), pinning.proxy)
         _ready(ng_port, args.start_timeout)
