@@ -54,9 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(warning, file=sys.stderr)
     note = f", {len(warnings)} warning(s)" if warnings else ""
-    print(
-        f"{args.file}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams{note})"
-    )
+    print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams{note})")
     return 0
 
 

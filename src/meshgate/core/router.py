@@ -52,8 +52,6 @@ class Guard(Protocol):
     def test(self, headers: Sequence[tuple[str, str]], query_string: str) -> bool: ...
 
 
-
-
 class PatternError(ValueError):
     """A path or host pattern is malformed."""
 

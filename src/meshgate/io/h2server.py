@@ -38,6 +38,7 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError
@@ -51,9 +52,11 @@ from meshgate.http.errors import (
     ClientDisconnected,
     HTTPError,
 )
+from meshgate.http.grpc import error_as_grpc, is_grpc
 from meshgate.http.messages import (
     Body,
     BytesBody,
+    ErrorResponse,
     Headers,
     Request,
     Response,
@@ -317,6 +320,8 @@ class H2ServerProtocol(asyncio.Protocol):
                 self._on_request(event)
             elif isinstance(event, StreamEnded):
                 self._on_end(event.stream_id)
+            elif isinstance(event, TrailersReceived):
+                self._on_trailers(event)
             elif isinstance(event, WindowUpdated | RemoteSettingsChanged):
                 self._wake_senders(event)
             elif isinstance(event, StreamReset):
@@ -461,6 +466,15 @@ class H2ServerProtocol(asyncio.Protocol):
             if stream.deadline is not None:
                 stream.deadline.set(self.cfg.body_timeout_s)
 
+    def _on_trailers(self, event: TrailersReceived) -> None:
+        """Request trailers: on the body, for an HTTP/2 upstream (StreamEnded follows)."""
+        stream = self.streams.get(event.stream_id or 0)
+        if stream is not None and stream.body is not None:
+            headers = cast(list[tuple[bytes, bytes]], event.headers or [])
+            stream.body.trailers = Headers.from_lower(
+                [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+            )
+
     def _on_end(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -524,6 +538,8 @@ class H2ServerProtocol(asyncio.Protocol):
                 log.error("a middleware answered %d on HTTP/2: 502", resp.status)
                 await resp.body.aclose()
                 resp = error_response(502, "invalid protocol switch", new_request_id())
+            if isinstance(resp, ErrorResponse) and is_grpc(request):
+                resp = error_as_grpc(resp.status, resp.message, resp.headers)
             ok = await self._respond(stream, request.method, resp)
         finally:
             if entry is not None:
@@ -611,7 +627,12 @@ class H2ServerProtocol(asyncio.Protocol):
                 log.warning("response body ended after %d of %d bytes", stream.sent, length)
                 self._reset(stream, ErrorCodes.INTERNAL_ERROR)
                 return False
-            self.conn.end_stream(stream.id)
+            trailers = body.trailers
+            if trailers:
+                fields = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in trailers.raw()]
+                self.conn.send_headers(stream.id, fields, end_stream=True)
+            else:
+                self.conn.end_stream(stream.id)
             self.flush()
             return True
         except asyncio.CancelledError:  # the client reset the stream or left
