@@ -26,6 +26,7 @@ class FakeTransport(asyncio.Transport):
         super().__init__()
         self.out = bytearray()
         self.closed = False
+        self.closed_event = asyncio.Event()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.out += data
@@ -37,9 +38,10 @@ class FakeTransport(asyncio.Transport):
 
     def close(self) -> None:
         self.closed = True
+        self.closed_event.set()
 
     def abort(self) -> None:
-        self.closed = True
+        self.close()
 
     def is_closing(self) -> bool:
         return self.closed
@@ -163,6 +165,4 @@ async def test_reset_fails_one_stream_and_idle_close() -> None:
         await bad.response_head(1)
     assert (await good.response_head(1)).status == 204
     assert not peer.client.streams
-    async with asyncio.timeout(5):  # the pool's idle_timeout_s (0.05 s) passes
-        while not peer.transport.closed:
-            await asyncio.sleep(0.01)
+    await asyncio.wait_for(peer.transport.closed_event.wait(), 5)  # idle_timeout_s: 0.05
