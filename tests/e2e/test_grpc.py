@@ -34,6 +34,7 @@ class EchoService:
         self.metadata: list[dict[str, str]] = []
         self.time_remaining: list[float | None] = []
         self.fail_next = 0  # calls to answer UNAVAILABLE first
+        self.endless_cancelled = asyncio.Event()
 
     def _record(self, method: str, ctx: grpc.aio.ServicerContext) -> None:
         self.calls.append(method)
@@ -60,6 +61,18 @@ class EchoService:
         for i in range(int(req)):
             yield b"item-%d" % i
 
+    async def endless(self, req: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        self._record("Endless", ctx)
+        try:
+            i = 0
+            while True:
+                yield b"tick-%d" % i
+                i += 1
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            self.endless_cancelled.set()
+            raise
+
     async def client_stream(
         self, requests: AsyncIterator[bytes], ctx: grpc.aio.ServicerContext
     ) -> bytes:
@@ -81,6 +94,7 @@ class EchoService:
                 "ServerStream": grpc.unary_stream_rpc_method_handler(
                     self.server_stream, ident, ident
                 ),
+                "Endless": grpc.unary_stream_rpc_method_handler(self.endless, ident, ident),
                 "ClientStream": grpc.stream_unary_rpc_method_handler(
                     self.client_stream, ident, ident
                 ),
@@ -175,6 +189,24 @@ async def test_bidi_streaming_is_interactive(
         assert await call.read() == word.upper()
     await call.done_writing()
     assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_client_cancel_reaches_the_upstream(
+    gateway_factory: GatewayFactory, echo: tuple[EchoService, int], channel_to: Any
+) -> None:
+    """A client that cancels a stream cancels the upstream's handler too (the
+    gateway resets its upstream stream), and the connection serves on."""
+    service, port = echo
+    gw = await gateway_factory(grpc_config(port))
+    ch = channel_to(gw)
+    call = ch.unary_stream(f"/{SERVICE}/Endless", ident, ident)(b"", timeout=10)
+    assert await call.read() == b"tick-0"
+    assert await call.read() == b"tick-1"
+    call.cancel()
+    await asyncio.wait_for(service.endless_cancelled.wait(), 5)
+    assert await unary(ch)(b"after", timeout=5) == b"echo:after"
+    pool = gw.runtime.clusters["grpc"].hosts[0].pool
+    assert pool.connects == 1
 
 
 async def test_large_messages_stream_through(
