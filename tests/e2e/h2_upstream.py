@@ -7,6 +7,7 @@ by path, counting connections and the streams it holds at once.
 ``/headers``         JSON of the request's header list (pseudo-fields included)
 ``/hold?n=N``        held until N ``/hold`` requests are open at once, then 200
 ``/reset``           RST_STREAM INTERNAL_ERROR on that stream
+``/never``           never answered
 ``/drain``           waits for another stream on its connection, then sends GOAWAY
                      naming this stream as the last, answers it and leaves the
                      other unanswered (the client must send it again elsewhere)
@@ -173,6 +174,8 @@ class _Conn(asyncio.Protocol):
         if self.goaway_last is not None and sid > self.goaway_last:
             return  # not taken: the client sends it again elsewhere
         path = url.path
+        if path == "/never":
+            return
         if path == "/reset":
             self.h2.reset_stream(sid, ErrorCodes.INTERNAL_ERROR)
             self.flush()

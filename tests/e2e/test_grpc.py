@@ -15,6 +15,8 @@ import pytest
 
 from meshgate.gateway import Gateway
 from tests.e2e.conftest import GatewayFactory, free_port, make_config
+from tests.e2e.h2_helpers import RawH2
+from tests.e2e.h2_upstream import H2Upstream
 from tests.e2e.test_ratelimit import away_from_boundary, window
 from tests.e2e.test_tls import Pki, tls_listener
 
@@ -69,9 +71,8 @@ class EchoService:
                 yield b"tick-%d" % i
                 i += 1
                 await asyncio.sleep(0.01)
-        except asyncio.CancelledError:
+        finally:  # cancelled (in the sleep) or closed (at the yield): it never ends else
             self.endless_cancelled.set()
-            raise
 
     async def client_stream(
         self, requests: AsyncIterator[bytes], ctx: grpc.aio.ServicerContext
@@ -245,38 +246,41 @@ async def test_client_deadline_reaches_the_upstream(
     ch = channel_to(gw)
     assert await unary(ch)(b"quick", timeout=3) == b"echo:quick"
     remaining = service.time_remaining[-1]
-    assert remaining is not None and 0 < remaining <= 3  # grpc-timeout was forwarded
+    # grpc-timeout was forwarded (else the server would see no deadline: None)
+    assert remaining is not None and 0 < remaining < 4
     err = await call_error(unary(ch)(b"sleep:5", timeout=0.3))
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-async def test_grpc_timeout_shortens_the_route_timeout(
-    gateway_factory: GatewayFactory, echo: tuple[EchoService, int]
-) -> None:
+async def test_grpc_timeout_shortens_the_route_timeout(gateway_factory: GatewayFactory) -> None:
     """The gateway gives up at the client's deadline (it answers DEADLINE_EXCEEDED
     itself), not at the route's 5 s. Seen through a raw HTTP/2 client, which keeps
-    waiting past its own grpc-timeout."""
-    from tests.e2e.h2_helpers import RawH2
-
-    _, port = echo
-    gw = await gateway_factory(grpc_config(port))
-    raw = await RawH2().connect(gw.port)
+    waiting past its own grpc-timeout, with an upstream that never answers (a gRPC
+    server would end the call at the forwarded deadline itself)."""
+    upstream = await H2Upstream().start()
     try:
-        grpc_headers = [
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-            ("grpc-timeout", "200m"),
-        ]
-        raw.request(1, f"/{SERVICE}/Unary", "POST", authority="x", extra=grpc_headers, end=False)
-        message = b"sleep:3"
-        raw.data(1, b"\x00" + len(message).to_bytes(4, "big") + message, end=True)
-        answer = await raw.answer(1)
+        cfg = grpc_config(upstream.port)
+        cfg["routes"][0]["path"] = "/*"
+        gw = await gateway_factory(cfg)
+        raw = await RawH2().connect(gw.port)
+        try:
+            grpc_headers = [
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                ("grpc-timeout", "200m"),
+            ]
+            raw.request(1, "/never", "POST", authority="x", extra=grpc_headers, end=False)
+            raw.data(1, b"\x00\x00\x00\x00\x02hi", end=True)
+            answer = await raw.answer(1)
+        finally:
+            await raw.close()
     finally:
-        await raw.close()
+        await upstream.stop()
     assert answer.status == 200
     assert answer.header("grpc-status") == "4"  # DEADLINE_EXCEEDED
     message = answer.header("grpc-message") or ""
     assert message.startswith("no response within 0.")  # what was left of 200 ms
+    assert upstream.requests[0].header("grpc-timeout") == "200m"
 
 
 async def test_gateway_errors_are_grpc_statuses(
