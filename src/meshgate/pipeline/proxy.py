@@ -179,6 +179,9 @@ def build_h2_request(
     length = req.body.length
     if length is not None and (length > 0 or req.method in ("POST", "PUT", "PATCH")):
         append(("content-length", str(length)))
+    text = "".join([v for _, v in fields])
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise HTTPError("a middleware put a line break into the request line or a header")
     try:
         return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields]
     except UnicodeEncodeError:
@@ -270,16 +273,15 @@ async def _h2_stream(cluster: Cluster, pool: H2Pool) -> H2Stream:
     return stream
 
 
-async def _attempt_h2(
+async def _h2_response(
     ctx: RequestContext,
     cluster: Cluster,
-    host: UpstreamHost,
     pool: H2Pool,
+    fields: list[tuple[bytes, bytes]],
     per_try_timeout_s: float | None,
 ) -> ResponseHead:
     """One exchange on an HTTP/2 upstream; a stream the upstream refused (it processed
     nothing) is sent once more on another stream when the request has no body."""
-    fields = build_h2_request(ctx, host, pool.scheme)
     stream = await _h2_stream(cluster, pool)
     try:
         try:
@@ -319,19 +321,11 @@ async def _attempt(
     assert route is not None and ctx.deadline is not None
     pool = host.pool
     if isinstance(pool, H2Pool):
-        return await _attempt_on(ctx, cluster, host, pool, per_try_timeout_s)
+        return await _attempt_h2(ctx, cluster, host, pool, per_try_timeout_s)
     try:
         head, has_body, chunked = build_request_head(ctx, host)
     except HTTPError as exc:
-        log.error(
-            "%s %s: %s (request id %s)",
-            ctx.request.method,
-            ctx.request.path,
-            exc.detail,
-            ctx.request_id,
-        )
-        ctx.upstream_error = exc  # ours, not the upstream's
-        ctx.error(exc.status, exc.detail)
+        _unsendable(ctx, exc)
         return None
     conn: UpstreamConnection | None = None
     cluster.started(host)
@@ -372,7 +366,7 @@ async def _attempt(
         ctx.upstream_s = time.monotonic() - started
 
 
-async def _attempt_on(
+async def _attempt_h2(
     ctx: RequestContext,
     cluster: Cluster,
     host: UpstreamHost,
@@ -380,11 +374,17 @@ async def _attempt_on(
     per_try_timeout_s: float | None,
 ) -> Failure | None:
     """`_attempt` on an HTTP/2 upstream."""
+    try:
+        fields = build_h2_request(ctx, host, pool.scheme)
+    except HTTPError as exc:
+        _unsendable(ctx, exc)
+        return None
     cluster.started(host)
     ctx.upstream_host = host.key
     started = time.monotonic()
     try:
-        ctx.response = response_from(await _attempt_h2(ctx, cluster, host, pool, per_try_timeout_s))
+        head = await _h2_response(ctx, cluster, pool, fields, per_try_timeout_s)
+        ctx.response = response_from(head)
         ctx.upstream_error = None
         return None
     except HTTPError as exc:
@@ -392,6 +392,19 @@ async def _attempt_on(
     finally:
         cluster.finished(host)
         ctx.upstream_s = time.monotonic() - started
+
+
+def _unsendable(ctx: RequestContext, exc: HTTPError) -> None:
+    """The request cannot be written (a middleware broke a header): our error."""
+    log.error(
+        "%s %s: %s (request id %s)",
+        ctx.request.method,
+        ctx.request.path,
+        exc.detail,
+        ctx.request_id,
+    )
+    ctx.upstream_error = exc  # ours, not the upstream's
+    ctx.error(exc.status, exc.detail)
 
 
 def _failed(
