@@ -38,6 +38,8 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
+from meshgate.pipeline.context import Next, RequestContext
+
 
 class _Request:
     def __init__(self, conn: _Conn, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -254,3 +256,9 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     ctx.load_cert_chain(cert_file, key_file)
     ctx.set_alpn_protocols(["h2"])
     return ctx
+
+
+async def broken_header(ctx: RequestContext, call_next: Next) -> None:
+    """A middleware putting a line break into a request header."""
+    ctx.request.headers.set("x-injected", "a\r\nx-evil: 1")
+    await call_next()

@@ -297,3 +297,17 @@ async def test_meshgate_listener_as_the_http2_upstream(
         )
     assert all(r.status_code == 200 and r.content == b"x" * 100_000 for r in rs)
     assert pool_of(outer).connects == 1
+
+
+async def test_a_header_a_middleware_broke_is_not_sent(
+    gateway_factory: GatewayFactory, h2up: H2Upstream
+) -> None:
+    cfg = make_config(0, upstreams=h2c_upstream(h2up.port), listener=H2C)
+    cfg["routes"][0]["middleware"] = ["tests.e2e.h2_upstream:broken_header"]
+    gw = await gateway_factory(cfg)
+    async with h2_client() as c:
+        r = await c.get(url(gw, "/x"))
+    assert assert_json_error(r, 500)["error"] == (
+        "a middleware put a line break into the request line or a header"
+    )
+    assert h2up.requests == []
