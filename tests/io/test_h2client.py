@@ -64,12 +64,17 @@ class Peer:
         self.client.connection_made(self.transport)
         self.server.initiate_connection()
         self.events: list[Any] = []
-        self.exchange()
-        assert self.client.ready.done()
 
-    def exchange(self) -> None:
-        """Deliver what each side wrote until both are quiet."""
+    async def start(self) -> Peer:
+        await self.exchange()
+        assert self.client.ready.done()
+        return self
+
+    async def exchange(self) -> None:
+        """Deliver what each side wrote until both are quiet (after a loop iteration:
+        the client writes its frames at the end of one)."""
         while True:
+            await asyncio.sleep(0)
             to_server = self.transport.take()
             if to_server:
                 self.events += self.server.receive_data(to_server)
@@ -93,12 +98,12 @@ def get(path: str) -> list[tuple[bytes, bytes]]:
 
 
 async def test_goaway_then_data_in_one_read_finishes_the_taken_stream() -> None:
-    peer = Peer()
+    peer = await Peer().start()
     one = peer.client.open_stream()
     one.start(get("/one"), None, "GET")
     three = peer.client.open_stream()
     three.start(get("/three"), None, "GET")
-    peer.exchange()
+    await peer.exchange()
     assert peer.requests() == [1, 3]
     server = peer.server
     # GOAWAY naming stream 1, then stream 1's answer: written together, read as one
@@ -117,7 +122,7 @@ async def test_goaway_then_data_in_one_read_finishes_the_taken_stream() -> None:
 
 
 async def test_stream_limit_of_the_server() -> None:
-    peer = Peer(max_streams=2)
+    peer = await Peer(max_streams=2).start()
     assert peer.client.has_room()
     for path in ("/a", "/b"):
         peer.client.open_stream().start(get(path), None, "GET")
@@ -126,13 +131,13 @@ async def test_stream_limit_of_the_server() -> None:
 
 
 async def test_response_window_granted_only_while_the_body_is_read() -> None:
-    peer = Peer()
+    peer = await Peer().start()
     stream = peer.client.open_stream()
     stream.start(get("/big"), None, "GET")
-    peer.exchange()
+    await peer.exchange()
     server = peer.server
     server.send_headers(1, [(":status", "200")])
-    peer.exchange()
+    await peer.exchange()
     head = await stream.response_head(1)
     body = head.body
     assert isinstance(body, StreamBody)
@@ -141,26 +146,26 @@ async def test_response_window_granted_only_while_the_body_is_read() -> None:
         n = min(server.local_flow_control_window(1), server.max_outbound_frame_size)
         server.send_data(1, b"x" * n)
         sent += n
-        peer.exchange()
+        await peer.exchange()
     assert sent >= STREAM_WINDOW  # the first window, and what the buffer took
     assert stream.paused and stream.held > 0
     peer.events.clear()
     assert await body.read()  # the consumer reads: the held bytes are granted back
-    peer.exchange()
+    await peer.exchange()
     assert any(isinstance(e, WindowUpdated) and e.stream_id == 1 for e in peer.events)
     assert not stream.paused and stream.held == 0
 
 
 async def test_reset_fails_one_stream_and_idle_close() -> None:
-    peer = Peer()
+    peer = await Peer().start()
     bad = peer.client.open_stream()
     bad.start(get("/bad"), None, "GET")
     good = peer.client.open_stream()
     good.start(get("/good"), None, "GET")
-    peer.exchange()
+    await peer.exchange()
     peer.server.reset_stream(1, ErrorCodes.INTERNAL_ERROR)
     peer.server.send_headers(3, [(":status", "204")], end_stream=True)
-    peer.exchange()
+    await peer.exchange()
     with pytest.raises(UpstreamReset, match="INTERNAL_ERROR"):
         await bad.response_head(1)
     assert (await good.response_head(1)).status == 204

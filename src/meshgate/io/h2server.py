@@ -176,6 +176,7 @@ class H2ServerProtocol(asyncio.Protocol):
     __slots__ = (
         "_deadline",
         "_drain_waiter",
+        "_flush_due",
         "_write_paused",
         "cfg",
         "client_ip",
@@ -206,6 +207,7 @@ class H2ServerProtocol(asyncio.Protocol):
         self.goaway_last: int | None = None  # last stream id named by our GOAWAY
         self.streams: dict[int, _Stream] = {}
         self._write_paused = False
+        self._flush_due = False  # a flush_soon is scheduled
         self._drain_waiter: asyncio.Future[None] | None = None
         self._deadline = Deadline(self.loop, self._on_idle_timeout)
         conn = self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
@@ -268,6 +270,17 @@ class H2ServerProtocol(asyncio.Protocol):
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """`flush` at the end of this loop iteration: a response's HEADERS, DATA and
+        end, and the answers of other streams meanwhile, go out in one write."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
+        self.flush()
 
     def _close(self) -> None:
         """Close after what is queued; the streams still running are given up."""
@@ -613,11 +626,11 @@ class H2ServerProtocol(asyncio.Protocol):
                 await body.aclose()
                 self.conn.send_headers(stream.id, fields, end_stream=True)
                 stream.responded = True
-                self.flush()
+                self.flush_soon()
                 return True
             self.conn.send_headers(stream.id, fields)
             stream.responded = True
-            self.flush()
+            self.flush_soon()
             if isinstance(body, BytesBody):
                 await self._send(stream, body.take())
             else:
@@ -633,7 +646,7 @@ class H2ServerProtocol(asyncio.Protocol):
                 self.conn.send_headers(stream.id, fields, end_stream=True)
             else:
                 self.conn.end_stream(stream.id)
-            self.flush()
+            self.flush_soon()
             return True
         except asyncio.CancelledError:  # the client reset the stream or left
             await body.aclose()
@@ -658,14 +671,14 @@ class H2ServerProtocol(asyncio.Protocol):
                 raise ClientDisconnected()
             window = conn.local_flow_control_window(stream.id)
             if window <= 0:
-                self.flush()
+                self.flush_soon()
                 await self._wait(stream)
                 continue
             n = min(len(view), window, conn.max_outbound_frame_size)
             conn.send_data(stream.id, view[:n])
             stream.sent += n
             view = view[n:]
-        self.flush()
+        self.flush_soon()
         if self._write_paused:
             await self._drain()
 
