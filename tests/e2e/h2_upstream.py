@@ -8,6 +8,7 @@ by path, counting connections and the streams it holds at once.
 ``/hold?n=N``        held until N ``/hold`` requests are open at once, then 200
 ``/reset``           RST_STREAM INTERNAL_ERROR on that stream
 ``/never``           never answered
+``/stall``           the head and 10 bytes, then nothing
 ``/drain``           waits for another stream on its connection, then sends GOAWAY
                      naming this stream as the last, answers it and leaves the
                      other unanswered (the client must send it again elsewhere)
@@ -48,6 +49,7 @@ class _Request:
         self.headers = [(n.decode(), v.decode()) for n, v in headers]
         self.body = b""
         self.trailers: list[tuple[str, str]] = []
+        self.sent = 0  # response body bytes handed to the connection
 
     def header(self, name: str) -> str | None:
         return next((v for n, v in self.headers if n == name), None)
@@ -178,6 +180,11 @@ class _Conn(asyncio.Protocol):
         path = url.path
         if path == "/never":
             return
+        if path == "/stall":
+            self.h2.send_headers(sid, [(":status", "200")])
+            self.h2.send_data(sid, b"0123456789")
+            self.flush()
+            return
         if path == "/reset":
             self.h2.reset_stream(sid, ErrorCodes.INTERNAL_ERROR)
             self.flush()
@@ -217,16 +224,17 @@ class _Conn(asyncio.Protocol):
             self.h2.send_headers(sid, fields, end_stream=True)
             self.flush()
         else:
-            await self._send(sid, 200, body, trailers)
+            await self._send(req, 200, body, trailers)
         self._done(sid)
         if self.goaway_last is not None and not self.requests:
             self.flush()
             self.abort()
 
     async def _send(
-        self, sid: int, status: int, body: bytes, trailers: list[tuple[str, str]]
+        self, req: _Request, status: int, body: bytes, trailers: list[tuple[str, str]]
     ) -> None:
         h2 = self.h2
+        sid = req.stream_id
         fields: list[tuple[str, str]] = [(":status", str(status))]
         if not trailers:
             fields.append(("content-length", str(len(body))))
@@ -242,6 +250,7 @@ class _Conn(asyncio.Protocol):
                 continue
             n = min(len(view), window, h2.max_outbound_frame_size)
             h2.send_data(sid, view[:n].tobytes())
+            req.sent += n
             view = view[n:]
         if trailers:
             h2.send_headers(sid, trailers, end_stream=True)

@@ -27,7 +27,7 @@ from tests.e2e.conftest import (
     make_config,
     url,
 )
-from tests.e2e.h2_helpers import RawH2
+from tests.e2e.h2_helpers import Answer, RawH2
 from tests.e2e.h2_upstream import H2Upstream, tls_context
 from tests.e2e.tls_helpers import CA
 
@@ -157,17 +157,25 @@ async def test_large_bodies_both_ways_within_flow_control(
 async def test_slow_reader_holds_the_upstream_stream_not_the_connection(
     gateway_factory: GatewayFactory, h2up: H2Upstream
 ) -> None:
-    """A response nobody reads stops at its stream window (and the body buffer);
-    another stream on the same connection is served meanwhile."""
+    """A response nobody reads stops at its windows and the gateway's buffer; another
+    request is served meanwhile on the same upstream connection."""
     gw = await gateway_to(gateway_factory, h2up.port)
-    async with h2_client() as c, c.stream("GET", url(gw, "/big?n=5000000")) as slow:
-        assert slow.status_code == 200
-        r = await c.get(url(gw, "/big?n=200000"))
+    slow = await RawH2(auto_window=False).connect(gw.port)  # grants no window back
+    try:
+        slow.request(1, "/big?n=5000000", authority="x")
+        await slow.until(lambda: bool(slow.answers.get(1, Answer()).body))
+        async with h2_client() as c:
+            r = await c.get(url(gw, "/big?n=200000"))
         assert r.status_code == 200 and len(r.content) == 200_000
-        got = 0
-        async for chunk in slow.aiter_bytes():
-            got += len(chunk)
-        assert got == 5_000_000
+        # held back, whatever the timing: the client's 64 KiB window, one chunk the
+        # listener holds, the body buffer (256 KiB), the upstream window (256 KiB)
+        upstream_side = next(req for req in h2up.requests if req.path == "/big?n=5000000")
+        assert upstream_side.sent <= 1024 * 1024
+        slow.grant(1, 5_000_000)  # now read it all
+        answer = await slow.answer(1)
+    finally:
+        await slow.close()
+    assert answer.status == 200 and len(answer.body) == 5_000_000
     assert h2up.connections == 1
 
 
@@ -311,3 +319,17 @@ async def test_a_header_a_middleware_broke_is_not_sent(
         "a middleware put a line break into the request line or a header"
     )
     assert h2up.requests == []
+
+
+async def test_a_stalled_response_body_is_cut_after_read_timeout(
+    gateway_factory: GatewayFactory, h2up: H2Upstream
+) -> None:
+    gw = await gateway_to(gateway_factory, h2up.port, read_timeout_s=0.3)
+    async with h2_client() as c:
+        async with c.stream("GET", url(gw, "/stall")) as r:
+            assert r.status_code == 200
+            with pytest.raises(httpx.RemoteProtocolError):  # the stream is reset
+                await r.aread()
+        ok = await c.get(url(gw, "/x"))  # the upstream connection serves on
+    assert ok.status_code == 200
+    assert h2up.connections == 1
