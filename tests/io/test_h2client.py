@@ -18,7 +18,7 @@ from hyperframe.frame import GoAwayFrame
 
 from meshgate.http.errors import UpstreamRefused, UpstreamReset
 from meshgate.http.stream import StreamBody
-from meshgate.io.h2client import STREAM_WINDOW, H2Client, H2Pool
+from meshgate.io.h2client import LAST_STREAM_ID, STREAM_WINDOW, H2Client, H2Pool
 
 
 class FakeTransport(asyncio.Transport):
@@ -171,3 +171,13 @@ async def test_reset_fails_one_stream_and_idle_close() -> None:
     assert (await good.response_head(1)).status == 204
     assert not peer.client.streams
     await asyncio.wait_for(peer.transport.closed_event.wait(), 5)  # idle_timeout_s: 0.05
+
+
+async def test_a_connection_retires_when_its_stream_ids_run_out() -> None:
+    peer = await Peer().start()
+    peer.pool.clients.append(peer.client)
+    peer.client.conn.highest_outbound_stream_id = LAST_STREAM_ID - 2
+    stream = peer.pool.open_stream()
+    assert stream is not None and stream.id == LAST_STREAM_ID
+    assert peer.client.going_away and peer.pool.clients == []
+    assert peer.pool.open_stream() is None  # the next request opens a new connection

@@ -75,6 +75,8 @@ STREAM_WINDOW = 256 * 1024
 MAX_WINDOW = 2**31 - 1
 # The connection window covers this many streams' windows.
 WINDOW_STREAMS = 100
+# The last stream id a client may open (odd, below 2^31): the connection then retires.
+LAST_STREAM_ID = 2**31 - 1
 
 
 class _ClientConnection(H2Connection):
@@ -419,6 +421,9 @@ class H2Client(asyncio.Protocol):
         stream = H2Stream(self, self.conn.get_next_available_stream_id())
         self.streams[stream.id] = stream
         self._idle.clear()
+        if stream.id >= LAST_STREAM_ID:  # ids run out (after 2^30 requests): retire it
+            self.going_away = True
+            self.pool.forget(self)
         return stream
 
     def forget(self, stream: H2Stream) -> None:
