@@ -92,6 +92,12 @@ ERRORS = [
         id="h2c-with-tls",
     ),
     pytest.param(
+        upstream("health_check: {type: grpc}\n"),
+        "upstreams[0]",
+        "health_check type grpc needs protocol h2 or h2c",
+        id="grpc-health-check-over-http1",
+    ),
+    pytest.param(
         upstream("protocol: http2  #<\n"),
         "upstreams[0].protocol",
         "Input should be 'http1', 'h2' or 'h2c'",
@@ -233,9 +239,9 @@ ERRORS = [
         id="host-with-crlf",  # a header written into every probe
     ),
     pytest.param(
-        hc("type: grpc"),
+        hc("type: udp"),
         "upstreams[0].health_check.type",
-        "Input should be 'http' or 'tcp'",
+        "Input should be 'http', 'tcp' or 'grpc'",
         id="unknown-check-type",
     ),
     pytest.param(

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from meshgate.gateway import Gateway
-from tests.e2e.conftest import GatewayFactory, free_port, make_config
+from tests.e2e.conftest import GatewayFactory, eventually, free_port, make_config
 from tests.e2e.h2_helpers import RawH2
 from tests.e2e.h2_upstream import H2Upstream
 from tests.e2e.test_ratelimit import away_from_boundary, window
@@ -37,6 +37,8 @@ class EchoService:
         self.time_remaining: list[float | None] = []
         self.fail_next = 0  # calls to answer UNAVAILABLE first
         self.endless_cancelled = asyncio.Event()
+        self.serving = True  # what grpc.health.v1.Health/Check answers
+        self.health_checks: list[bytes] = []  # the requests it got
 
     def _record(self, method: str, ctx: grpc.aio.ServicerContext) -> None:
         self.calls.append(method)
@@ -87,6 +89,14 @@ class EchoService:
         async for r in requests:
             yield r.upper()
 
+    async def health_check(self, req: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        self.health_checks.append(req)
+        return b"\x08\x01" if self.serving else b"\x08\x02"  # SERVING / NOT_SERVING
+
+    def health_handler(self) -> grpc.GenericRpcHandler:
+        check = grpc.unary_unary_rpc_method_handler(self.health_check, ident, ident)
+        return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": check})
+
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             SERVICE,
@@ -108,19 +118,25 @@ class EchoService:
 async def echo() -> AsyncIterator[tuple[EchoService, int]]:
     service = EchoService()
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((service.handler(),))
+    server.add_generic_rpc_handlers((service.handler(), service.health_handler()))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield service, port
     await server.stop(None)
 
 
-def grpc_config(port: int, route: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+def grpc_config(
+    port: int,
+    route: dict[str, Any] | None = None,
+    upstream_extra: dict[str, Any] | None = None,
+    **top: Any,
+) -> dict[str, Any]:
     upstream = {
         "name": "grpc",
         "protocol": "h2c",
         "connect_timeout_s": 1,
         "instances": [{"host": "127.0.0.1", "port": port}],
+        **(upstream_extra or {}),
     }
     routes = [{"path": f"/{SERVICE}/*", "upstream": "grpc", **(route or {})}]
     top.setdefault("listener", H2C)
@@ -369,3 +385,37 @@ async def test_grpc_over_the_tls_listener(
     assert await unary(ch)(b"secure", timeout=5) == b"echo:secure"
     err = await call_error(unary(ch)(b"missing", timeout=5))
     assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_grpc_health_checks_take_a_not_serving_instance_out(
+    gateway_factory: GatewayFactory, echo: tuple[EchoService, int], channel_to: Any
+) -> None:
+    service, port = echo
+    check = {
+        "type": "grpc",
+        "service": "test.Echo",
+        "interval_s": 0.05,
+        "timeout_s": 1,
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "panic_threshold_percent": 0,
+    }
+    gw = await gateway_factory(grpc_config(port, upstream_extra={"health_check": check}))
+    table = gw.runtime.clusters["grpc"].health
+    assert table is not None
+    key = f"127.0.0.1:{port}"
+    await eventually(lambda: len(service.health_checks) >= 1)
+    assert service.health_checks[0] == b"\x0a\x09test.Echo"  # HealthCheckRequest{service}
+    assert table.healthy(key)
+    ch = channel_to(gw)
+    assert await unary(ch)(b"up", timeout=5) == b"echo:up"
+
+    service.serving = False
+    await eventually(lambda: not table.healthy(key))
+    err = await call_error(unary(ch)(b"down", timeout=5))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.details() == "No healthy upstream instances"
+
+    service.serving = True
+    await eventually(lambda: table.healthy(key))
+    assert await unary(ch)(b"back", timeout=5) == b"echo:back"

@@ -8,6 +8,9 @@ from meshgate.http.grpc import (
     STATUS_OF_HTTP,
     encode_message,
     error_as_grpc,
+    frame_message,
+    health_request,
+    health_status,
     is_grpc,
     parse_timeout,
 )
@@ -83,3 +86,29 @@ def test_errors_become_trailers_only_answers(status: int, code: int) -> None:
     assert resp.headers.get("retry-after") == "3"
     assert resp.headers.get_all("content-type") == ["application/grpc"]
     assert STATUS_OF_HTTP.get(status, 2) == code
+
+
+def test_health_request_encodes_the_service_name() -> None:
+    assert health_request("") == b"\x00\x00\x00\x00\x00"  # proto3: empty string left out
+    assert health_request("a.B") == b"\x00\x00\x00\x00\x05\x0a\x03a.B"
+    long_name = "s" * 200  # a two-byte length varint
+    assert health_request(long_name)[5:8] == b"\x0a\xc8\x01"
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (frame_message(b"\x08\x01"), 1),  # SERVING
+        (frame_message(b"\x08\x02"), 2),  # NOT_SERVING
+        (frame_message(b""), 0),  # UNKNOWN: the default is left out
+        (frame_message(b"\x12\x02hi\x08\x01"), 1),  # an unknown length-delimited field first
+        (frame_message(b"\x10\x05\x08\x03"), 3),  # an unknown varint field first
+        (b"\x01\x00\x00\x00\x02\x08\x01", None),  # compressed
+        (b"\x00\x00\x00\x00\x03\x08\x01", None),  # length does not match
+        (frame_message(b"\x08"), None),  # truncated varint
+        (frame_message(b"\x0d\x00\x00\x00\x00"), None),  # a fixed32 field: not this message
+        (b"", None),
+    ],
+)
+def test_health_status(data: bytes, status: int | None) -> None:
+    assert health_status(data) == status

@@ -200,6 +200,11 @@ class UpstreamConfig(_Model):
                 f"upstream {self.name!r}: protocol h2 is HTTP/2 over TLS: enable tls, "
                 "or use h2c for HTTP/2 over plain TCP"
             )
+        hc = self.health_check
+        if hc is not None and hc.type == "grpc" and self.protocol == "http1":
+            raise ValueError(
+                f"upstream {self.name!r}: health_check type grpc needs protocol h2 or h2c"
+            )
         if self.protocol == "h2c" and tls:
             raise ValueError(
                 f"upstream {self.name!r}: protocol h2c is HTTP/2 over plain TCP: use h2 with tls"

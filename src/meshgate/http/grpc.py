@@ -1,5 +1,7 @@
 """gRPC over HTTP/2, as a proxy sees it (sans-IO): which requests are gRPC, their
-``grpc-timeout``, and the gateway's own errors as gRPC statuses.
+``grpc-timeout``, the gateway's own errors as gRPC statuses, and the two messages
+of the standard health check (grpc.health.v1), encoded by hand: one string field
+out, one enum field back, no protobuf library needed.
 
 A gRPC server answers HTTP 200 and puts the call's status in trailers
 (``grpc-status``, ``grpc-message``), or, with no message to send, in the head
@@ -85,3 +87,70 @@ def error_as_grpc(status: int, message: str, headers: Headers) -> Response:
     fields.append(("grpc-status", str(STATUS_OF_HTTP.get(status, UNKNOWN))))
     fields.append(("grpc-message", encode_message(message)))
     return Response(200, Headers.from_lower(fields))
+
+
+HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
+SERVING = 1  # HealthCheckResponse.ServingStatus
+
+
+def frame_message(message: bytes) -> bytes:
+    """One gRPC message on the wire: uncompressed flag, 4-byte length, the bytes."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def health_request(service: str) -> bytes:
+    """A framed ``HealthCheckRequest{service}`` ("" asks about the server as a whole)."""
+    name = service.encode()
+    return frame_message(b"\x0a" + _varint(len(name)) + name if name else b"")
+
+
+def health_status(data: bytes) -> int | None:
+    """The ``status`` of the framed ``HealthCheckResponse`` in ``data`` (0, UNKNOWN,
+    when the field is absent: proto3 leaves defaults out); None when ``data`` is not
+    one uncompressed message of that shape."""
+    if len(data) < 5 or data[0] != 0 or int.from_bytes(data[1:5], "big") != len(data) - 5:
+        return None
+    pos, end, status = 5, len(data), 0
+    while pos < end:
+        key, pos = _read_varint(data, pos)
+        if key is None:
+            return None
+        wire_type = key & 7
+        if wire_type == 0:
+            value, pos = _read_varint(data, pos)
+            if value is None:
+                return None
+            if key >> 3 == 1:
+                status = value
+        elif wire_type == 2:
+            size, pos = _read_varint(data, pos)
+            if size is None or pos + size > end:
+                return None
+            pos += size
+        else:
+            return None
+    return status
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int | None, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return None, pos

@@ -24,7 +24,7 @@ from meshgate.core.retry import Failure, RetryBudget, WindowedRetryBudget
 from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Request, cookie_value
 from meshgate.io.h2client import H2Pool
-from meshgate.io.health import HealthChecker, http_probe, tcp_probe
+from meshgate.io.health import HealthChecker, grpc_probe, http_probe, tcp_probe
 from meshgate.io.tls import ALPN_H2_ONLY, ClientTls
 from meshgate.io.upstream import Pool
 from meshgate.observability.metrics import UpstreamStats
@@ -109,7 +109,8 @@ class Cluster:
         self.config = config
         tls = config.tls
         # Built once: every pool (and health probe) of the upstream shares it; an
-        # HTTP/2 upstream's offers ALPN h2, its probes (HTTP/1.1 or TCP) their own.
+        # HTTP/2 upstream's offers ALPN h2 (gRPC probes use it too), its HTTP/1.1 and
+        # TCP probes have their own.
         self.tls: ClientTls | None = None
         self.probe_tls: ClientTls | None = None
         if tls is not None and tls.enabled:
@@ -214,17 +215,14 @@ class Cluster:
             self.source.start()
         hc = self.config.health_check
         if hc is not None and self.health is not None:
-            probe = (
-                http_probe(
-                    hc.path,
-                    hc.host,
-                    hc.expected_statuses,
-                    hc.timeout_s,
-                    tls=self.probe_tls,
+            if hc.type == "http":
+                probe = http_probe(
+                    hc.path, hc.host, hc.expected_statuses, hc.timeout_s, tls=self.probe_tls
                 )
-                if hc.type == "http"
-                else tcp_probe(hc.timeout_s, tls=self.probe_tls)
-            )
+            elif hc.type == "grpc":  # over HTTP/2, as the requests (ALPN h2 with TLS)
+                probe = grpc_probe(hc.service, hc.host, hc.timeout_s, tls=self.tls)
+            else:
+                probe = tcp_probe(hc.timeout_s, tls=self.probe_tls)
             self.checker = HealthChecker(
                 self.name,
                 probe,
