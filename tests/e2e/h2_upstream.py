@@ -8,6 +8,8 @@ by path, counting connections and the streams it holds at once.
 ``/hold?n=N``        held until N ``/hold`` requests are open at once, then 200
 ``/reset``           RST_STREAM INTERNAL_ERROR on that stream
 ``/never``           never answered
+``/early``           200 ``early`` on the request's HEADERS, then RST_STREAM
+                     NO_ERROR: the body is not wanted (RFC 9113 8.1)
 ``/stall``           the head and 10 bytes, then nothing
 ``/drain``           waits for another stream on its connection, then sends GOAWAY
                      naming this stream as the last, answers it and leaves the
@@ -18,6 +20,7 @@ anything else        200 ``ok``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from typing import cast
@@ -145,15 +148,25 @@ class _Conn(asyncio.Protocol):
                 self.server.most_open_streams = max(self.server.most_open_streams, open_here)
                 if self.drain_waiting is not None:
                     self.drain_waiting.set()
+                if req.path == "/early" and event.stream_ended is None:
+                    self.h2.send_headers(sid, [(":status", "200"), ("content-length", "5")])
+                    self.h2.send_data(sid, b"early", end_stream=True)
+                    with contextlib.suppress(ProtocolError):  # (unless the body came whole)
+                        self.h2.reset_stream(sid, ErrorCodes.NO_ERROR)
+                    self._done(sid)
             elif isinstance(event, DataReceived):
                 sid = event.stream_id or 0
-                self.requests[sid].body += event.data or b""
+                if sid in self.requests:
+                    self.requests[sid].body += event.data or b""
                 self.h2.acknowledge_received_data(event.flow_controlled_length or 0, sid)
             elif isinstance(event, TrailersReceived):
                 sid = event.stream_id or 0
                 headers = cast(list[tuple[bytes, bytes]], event.headers)
-                self.requests[sid].trailers = [(n.decode(), v.decode()) for n, v in headers]
+                if sid in self.requests:
+                    self.requests[sid].trailers = [(n.decode(), v.decode()) for n, v in headers]
             elif isinstance(event, StreamEnded):
+                if event.stream_id not in self.requests:
+                    continue
                 req = self.requests[event.stream_id or 0]
                 task = asyncio.get_running_loop().create_task(self._answer(req))
                 self.tasks.add(task)

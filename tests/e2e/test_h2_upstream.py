@@ -333,3 +333,25 @@ async def test_a_stalled_response_body_is_cut_after_read_timeout(
         ok = await c.get(url(gw, "/x"))  # the upstream connection serves on
     assert ok.status_code == 200
     assert h2up.connections == 1
+
+
+async def test_an_answer_before_the_body_stands_when_the_upstream_stops_the_upload(
+    gateway_factory: GatewayFactory, h2up: H2Upstream
+) -> None:
+    """The upstream answers on the request's HEADERS and resets the stream with
+    NO_ERROR (RFC 9113 8.1): the client gets that answer, for a body already whole
+    at the gateway and for one still coming (whose client then gets the answer and
+    RST_STREAM NO_ERROR: httpx cannot take that, hence the frame-level client)."""
+    gw = await gateway_to(gateway_factory, h2up.port)
+    async with httpx.AsyncClient() as c:  # HTTP/1.1: the gateway buffers up to 256 KiB
+        r = await c.post(url(gw, "/early"), content=b"x" * 200_000)
+    assert (r.status_code, r.content) == (200, b"early")
+    raw = await RawH2().connect(gw.port)
+    try:
+        raw.request(1, "/early", "POST", authority="x", end=False)
+        raw.data(1, b"x" * 16_000)  # more to come, never sent
+        answer = await raw.answer(1)
+    finally:
+        await raw.close()
+    assert (answer.status, answer.body) == (200, b"early")
+    assert h2up.connections == 1

@@ -200,6 +200,13 @@ class H2Stream:
                 self._head_timeout_s = timeout_s
         return await self._head
 
+    @property
+    def answered(self) -> bool:
+        """The response head came (the upstream may still stop the upload: RFC 9113
+        8.1 lets it reset the stream with NO_ERROR once it answered)."""
+        head = self._head
+        return head.done() and head.exception() is None
+
     def fail_exchange(self, exc: Exception) -> None:
         """Our side failed (e.g. the client's body broke): give the stream up."""
         _fail_future(self._head, exc)

@@ -248,7 +248,11 @@ async def _exchange_h2(
     stream.start(fields, body if has_body else None, req.method)
     if has_body:
         if body.is_complete():
-            await _send_body(body, stream, False)
+            try:
+                await _send_body(body, stream, False)
+            except UpstreamReset:
+                if not stream.answered:
+                    raise  # (answered early, then the upload stopped: the answer stands)
         else:
             task = asyncio.get_running_loop().create_task(_pump(body, stream, False))
             _pumps.add(task)
