@@ -78,6 +78,31 @@ def hc(line: str) -> str:
 
 
 ERRORS = [
+    # --- protocol -------------------------------------------------------------------
+    pytest.param(
+        upstream("protocol: h2\n"),
+        "upstreams[0]",
+        "protocol h2 is HTTP/2 over TLS: enable tls, or use h2c",
+        id="h2-without-tls",
+    ),
+    pytest.param(
+        upstream("protocol: h2c\ntls: {verify: false}\n"),
+        "upstreams[0]",
+        "protocol h2c is HTTP/2 over plain TCP: use h2 with tls",
+        id="h2c-with-tls",
+    ),
+    pytest.param(
+        upstream("health_check: {type: grpc}\n"),
+        "upstreams[0]",
+        "health_check type grpc needs protocol h2 or h2c",
+        id="grpc-health-check-over-http1",
+    ),
+    pytest.param(
+        upstream("protocol: http2  #<\n"),
+        "upstreams[0].protocol",
+        "Input should be 'http1', 'h2' or 'h2c'",
+        id="unknown-protocol",
+    ),
     # --- instances and discovery --------------------------------------------------
     pytest.param(
         bare("load_balancer: round_robin\n"),
@@ -214,9 +239,9 @@ ERRORS = [
         id="host-with-crlf",  # a header written into every probe
     ),
     pytest.param(
-        hc("type: grpc"),
+        hc("type: udp"),
         "upstreams[0].health_check.type",
-        "Input should be 'http' or 'tcp'",
+        "Input should be 'http', 'tcp' or 'grpc'",
         id="unknown-check-type",
     ),
     pytest.param(
@@ -433,3 +458,34 @@ def test_defaults() -> None:
     assert plain.upstreams[0].health_check is None
     hyphen, _ = parse_config(upstream("load_balancer: weighted-round-robin\n"), "gw.yaml")
     assert hyphen.upstreams[0].load_balancer == "weighted_round_robin"
+
+
+@pytest.mark.parametrize(
+    ("settings", "pool_type", "alpn"),
+    [
+        ("", "Pool", None),
+        ("protocol: h2c\n", "H2Pool", None),
+        ("protocol: h2\ntls: {verify: false}\n", "H2Pool", ("h2",)),
+        ("tls: {verify: false}\n", "Pool", ("http/1.1",)),
+    ],
+)
+def test_protocol_chooses_the_pool_and_alpn(
+    settings: str, pool_type: str, alpn: tuple[str, ...] | None
+) -> None:
+    config, located = parse_config(upstream(settings), "gw.yaml")
+
+    async def build() -> None:
+        runtime = build_runtime(config, located, rng=random.Random(1))
+        try:
+            cluster = runtime.clusters["a"]
+            assert type(cluster.hosts[0].pool).__name__ == pool_type
+            assert (cluster.tls.alpn if cluster.tls is not None else None) == alpn
+            # health probes speak HTTP/1.1 (or TCP) whatever the upstream's protocol
+            probe = cluster.probe_tls
+            assert (probe.alpn if probe is not None else None) == (
+                None if alpn is None else ("http/1.1",)
+            )
+        finally:
+            runtime.close()
+
+    asyncio.run(build())

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshgate.core.retry import (
+    GRPC_CONDITIONS,
     IDEMPOTENT,
     RETRY_ON,
     Failure,
@@ -580,3 +581,29 @@ def test_randomness_is_injected() -> None:
     assert p.backoff_s(2) == 0.0125
     assert p.backoff_s(1, retry_after_s=0.5) == 0.5
     assert draws == [0.25]
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "grpc_status", "expected"),
+    [
+        (("unavailable",), 14, True),
+        (("unavailable",), 8, False),
+        (("resource-exhausted", "cancelled"), 8, True),
+        (("cancelled",), 1, True),
+        (("deadline-exceeded",), 4, True),
+        (("internal",), 13, True),
+        (("unavailable", "internal"), 0, False),  # OK is never retried
+        (("unavailable",), 5, False),  # NOT_FOUND: no condition names it
+        (("connect-failure", "reset", "gateway-error"), 14, False),  # HTTP conditions only
+    ],
+)
+def test_grpc_statuses(retry_on: tuple[str, ...], grpc_status: int, expected: bool) -> None:
+    p = policy(retry_on=retry_on)
+    # gRPC calls are POSTs: naming a gRPC condition is the opt-in
+    assert p.retriable(method="POST", failure=None, status=200, grpc_status=grpc_status) is expected
+    assert p.retries_grpc is any(c in retry_on for c in GRPC_CONDITIONS.values())
+
+
+def test_a_failure_beats_a_grpc_status() -> None:
+    p = policy(retry_on=("unavailable",))
+    assert not p.retriable(method="POST", failure="reset", status=None, grpc_status=14)

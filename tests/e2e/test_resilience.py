@@ -184,21 +184,33 @@ async def test_post_retried_when_the_route_opts_in_with_the_same_body(gateway_fa
     assert second.headers["content-type"] == "x/bin"
 
 
-async def test_streamed_body_of_unknown_length_not_retried(gateway_factory, servers):
+async def test_streamed_body_of_unknown_length_replayed_when_it_fits(gateway_factory, servers):
+    """A chunked body is kept as it streams out: read whole within max_body_bytes,
+    it is sent again; past the cap it is not."""
     srv = await servers("one", fail_first(1, 503))
     gw = await gateway_factory(
-        config([upstream_cfg(srv.port)], [route_cfg(retry={"retry_non_idempotent": True})])
+        config(
+            [upstream_cfg(srv.port)],
+            [route_cfg(retry={"retry_non_idempotent": True, "max_body_bytes": 100})],
+        )
     )
 
-    async def chunks() -> AsyncIterator[bytes]:
-        for _ in range(3):
-            yield b"chunk;"
+    def chunks(piece: bytes) -> Callable[[], AsyncIterator[bytes]]:
+        async def gen() -> AsyncIterator[bytes]:
+            for _ in range(3):
+                yield piece
+
+        return gen
 
     async with client() as c:
-        r = await c.put(url(gw, "/x"), content=chunks())  # chunked: no length known
-    assert r.status_code == 503
-    assert srv.count == 1
-    assert srv.requests[0].body == b"chunk;" * 3
+        r = await c.put(url(gw, "/x"), content=chunks(b"chunk;")())  # chunked: no length
+        assert r.status_code == 200 and r.headers["x-meshgate-attempts"] == "2"
+        assert [s.body for s in srv.requests] == [b"chunk;" * 3] * 2
+        srv.behave = fail_first(1, 503)
+        srv.requests.clear()
+        r = await c.put(url(gw, "/x"), content=chunks(b"x" * 40)())  # 120 bytes > 100
+        assert r.status_code == 503
+        assert [s.body for s in srv.requests] == [b"x" * 120]
 
 
 async def test_body_above_max_body_bytes_not_retried(gateway_factory, servers):

@@ -20,9 +20,18 @@ from meshgate.core.health import HealthPolicy
 class HealthCheckConfig(_Model):
     """Active health checks of every instance of an upstream."""
 
-    type: Literal["http", "tcp"] = "http"
+    type: Literal["http", "tcp", "grpc"] = Field(
+        "http",
+        description="http: GET path over HTTP/1.1; tcp: connect (and TLS handshake); "
+        "grpc: grpc.health.v1.Health/Check over HTTP/2 (upstreams with protocol h2/h2c).",
+    )
     path: str = Field("/health", description="http: the path requested (GET).")
-    host: str | None = Field(None, description="http: Host header (default: host:port).")
+    host: str | None = Field(
+        None, description="http: Host header; grpc: :authority (default: host:port)."
+    )
+    service: str = Field(
+        "", description="grpc: the service asked about ('' = the server as a whole)."
+    )
     expected_statuses: list[int] = Field(
         default_factory=lambda: list(range(200, 400)), description="http: healthy answers."
     )

@@ -163,6 +163,13 @@ class UpstreamConfig(_Model):
     tls: UpstreamTlsConfig | None = Field(
         None, description="Connect to the instances with TLS (HTTPS); see docs/tls.md."
     )
+    protocol: Literal["http1", "h2", "h2c"] = Field(
+        "http1",
+        description="How requests reach the instances: http1 (HTTP/1.1, one request per "
+        "pooled connection), h2 (HTTP/2 over TLS, ALPN h2; needs tls) or h2c (HTTP/2 "
+        "with prior knowledge over plain TCP); HTTP/2 multiplexes the requests on few "
+        "connections, and is what gRPC upstreams need. See docs/http2.md.",
+    )
     limits: UpstreamLimitsConfig = UpstreamLimitsConfig()
     retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     circuit_breaker: CircuitBreakerConfig | None = Field(
@@ -187,6 +194,21 @@ class UpstreamConfig(_Model):
             raise ValueError(f"upstream {self.name!r}: list instances or set discovery")
         if self.load_balancer == "consistent_hash" and self.hash_key is None:
             raise ValueError(f"upstream {self.name!r}: consistent_hash needs hash_key")
+        tls = self.tls is not None and self.tls.enabled
+        if self.protocol == "h2" and not tls:
+            raise ValueError(
+                f"upstream {self.name!r}: protocol h2 is HTTP/2 over TLS: enable tls, "
+                "or use h2c for HTTP/2 over plain TCP"
+            )
+        hc = self.health_check
+        if hc is not None and hc.type == "grpc" and self.protocol == "http1":
+            raise ValueError(
+                f"upstream {self.name!r}: health_check type grpc needs protocol h2 or h2c"
+            )
+        if self.protocol == "h2c" and tls:
+            raise ValueError(
+                f"upstream {self.name!r}: protocol h2c is HTTP/2 over plain TCP: use h2 with tls"
+            )
         seen: set[tuple[str, int]] = set()
         for inst in self.instances:
             if (inst.host, inst.port) in seen:

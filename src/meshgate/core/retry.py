@@ -30,7 +30,21 @@ RETRY_ON = (
     "5xx",
     "retriable-status-codes",
     "retriable-4xx",
+    # gRPC statuses of a trailers-only answer (HTTP 200, grpc-status in the head)
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
 )
+# The retry_on condition of each gRPC status code it names (Envoy's x-envoy-retry-grpc-on).
+GRPC_CONDITIONS: dict[int, str] = {
+    1: "cancelled",
+    4: "deadline-exceeded",
+    8: "resource-exhausted",
+    13: "internal",
+    14: "unavailable",
+}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 Failure = Literal["connect-failure", "reset", "timeout"]
@@ -107,7 +121,11 @@ class RetryPolicy:
       also cover connect failures and resets: each condition says what it covers;
     - a status (a response head came): 502, 503 and 504 under "gateway-error",
       any 5xx under "5xx", the listed `retriable_status_codes` under
-      "retriable-status-codes", 409 under "retriable-4xx".
+      "retriable-status-codes", 409 under "retriable-4xx";
+    - a gRPC status (`grpc_status`, from a trailers-only answer: nothing of a
+      response body was sent): its condition in `GRPC_CONDITIONS`, whatever the
+      method (gRPC calls are all POSTs; naming a gRPC condition is the opt-in,
+      as in Envoy and gRPC's own retry policy).
 
     Backoff is exponential with full jitter: before retry n (1 for the first) a
     uniform draw in [0, min(backoff_max_s, backoff_base_s * 2 ** (n - 1))). A
@@ -126,6 +144,7 @@ class RetryPolicy:
         "backoff_max_s",
         "max_retries",
         "retriable_status_codes",
+        "retries_grpc",
         "retry_after_max_s",
         "retry_non_idempotent",
         "retry_on",
@@ -144,6 +163,8 @@ class RetryPolicy:
     ) -> None:
         """Use `build`, which validates; this only stores."""
         self.retry_on = retry_on
+        # Some gRPC status is retried: trailers-only answers are worth a look.
+        self.retries_grpc = any(c in retry_on for c in GRPC_CONDITIONS.values())
         self.retriable_status_codes = retriable_status_codes
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
@@ -218,12 +239,22 @@ class RetryPolicy:
             random,
         )
 
-    def retriable(self, *, method: str, failure: Failure | None, status: int | None) -> bool:
+    def retriable(
+        self,
+        *,
+        method: str,
+        failure: Failure | None,
+        status: int | None,
+        grpc_status: int | None = None,
+    ) -> bool:
         """Whether a try of `method` that failed may be retried (see the class).
 
         Pass `failure` when the try ended without a response head, else the
-        upstream's `status`; a failure takes precedence over a status.
+        upstream's `status` (and its `grpc_status`, if the head carries one); a
+        failure takes precedence over a status.
         """
+        if failure is None and grpc_status is not None:
+            return GRPC_CONDITIONS.get(grpc_status) in self.retry_on
         if failure is not None:
             conditions = _FAILURE_CONDITIONS.get(failure)
             if conditions is None:

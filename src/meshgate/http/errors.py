@@ -71,6 +71,13 @@ class UpstreamReset(UpstreamError):
     reason = "upstream connection reset"
 
 
+class UpstreamRefused(UpstreamReset):
+    """An HTTP/2 upstream refused the stream (REFUSED_STREAM, or a GOAWAY that did not
+    take it): it processed nothing of the request, which may be sent again."""
+
+    reason = "upstream refused the stream"
+
+
 class UpstreamBadResponse(UpstreamError):
     reason = "upstream sent an invalid response"
 

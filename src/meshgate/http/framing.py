@@ -13,6 +13,26 @@ def frame_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+def last_chunk(trailers: list[tuple[str, str]]) -> bytes:
+    """The last chunk of a chunked body carrying ``trailers`` (fields with a line
+    break, or not ASCII, are left out)."""
+    fields = []
+    for name, value in trailers:
+        line = f"{name}: {value}\r\n"
+        if line.count("\n") == 1 and line.count("\r") == 1 and line.isascii():
+            fields.append(line)
+    return f"0\r\n{''.join(fields)}\r\n".encode()
+
+
+def takes_trailers(te_values: list[str]) -> bool:
+    """Whether TE field values (RFC 9110 10.1.4) list ``trailers``."""
+    return any(
+        token.split(";", 1)[0].strip().lower() == "trailers"
+        for value in te_values
+        for token in value.split(",")
+    )
+
+
 def connection_tokens(value: str) -> set[str]:
     """The lower-cased names listed in a Connection field value."""
     return {t.strip().lower() for t in value.split(",")}

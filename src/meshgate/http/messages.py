@@ -139,12 +139,18 @@ class Headers:
 
 
 class Body:
-    """An async stream of byte chunks; ``read()`` returns b"" at the end."""
+    """An async stream of byte chunks; ``read()`` returns b"" at the end.
 
-    __slots__ = ("length",)
+    ``trailers``: fields that came after the data (HTTP/2 trailers, e.g. gRPC's
+    ``grpc-status``), set by the producer before the end; read them once ``read()``
+    has returned b"". A body that wraps another passes them on.
+    """
+
+    __slots__ = ("length", "trailers")
 
     def __init__(self, length: int | None = None) -> None:
         self.length = length  # total size when known (Content-Length)
+        self.trailers: Headers | None = None
 
     async def read(self) -> bytes:
         raise NotImplementedError
@@ -319,13 +325,27 @@ def new_request_id() -> str:
     return f"{getrandbits(128):032x}"
 
 
+class ErrorResponse(Response):
+    """An answer the gateway made itself (no route, rate limited, upstream down...),
+    as opposed to one from an upstream: a gRPC request gets it as a gRPC status."""
+
+    __slots__ = ("message",)
+
+    def __init__(
+        self, status: int, message: str, request_id: str, headers: dict[str, str] | None = None
+    ) -> None:
+        body = json.dumps({"error": message, "request_id": request_id}, separators=(",", ":"))
+        super().__init__(status, headers, body)
+        self.message = message
+        self.headers.set("content-type", "application/json")
+        self.headers.set("x-request-id", request_id)
+
+
 def error_response(
     status: int, message: str, request_id: str, headers: dict[str, str] | None = None
 ) -> Response:
     """The gateway's error format: ``{"error": ..., "request_id": ...}``."""
-    resp = Response.json(status, {"error": message, "request_id": request_id}, headers)
-    resp.headers.set("x-request-id", request_id)
-    return resp
+    return ErrorResponse(status, message, request_id, headers)
 
 
 def cookie_value(headers: Headers, name: str) -> str | None:

@@ -38,6 +38,7 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError
@@ -51,9 +52,11 @@ from meshgate.http.errors import (
     ClientDisconnected,
     HTTPError,
 )
+from meshgate.http.grpc import error_as_grpc, is_grpc
 from meshgate.http.messages import (
     Body,
     BytesBody,
+    ErrorResponse,
     Headers,
     Request,
     Response,
@@ -173,6 +176,7 @@ class H2ServerProtocol(asyncio.Protocol):
     __slots__ = (
         "_deadline",
         "_drain_waiter",
+        "_flush_due",
         "_write_paused",
         "cfg",
         "client_ip",
@@ -203,6 +207,7 @@ class H2ServerProtocol(asyncio.Protocol):
         self.goaway_last: int | None = None  # last stream id named by our GOAWAY
         self.streams: dict[int, _Stream] = {}
         self._write_paused = False
+        self._flush_due = False  # a flush_soon is scheduled
         self._drain_waiter: asyncio.Future[None] | None = None
         self._deadline = Deadline(self.loop, self._on_idle_timeout)
         conn = self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
@@ -266,6 +271,17 @@ class H2ServerProtocol(asyncio.Protocol):
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
+    def flush_soon(self) -> None:
+        """`flush` at the end of this loop iteration: a response's HEADERS, DATA and
+        end, and the answers of other streams meanwhile, go out in one write."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
+        self.flush()
+
     def _close(self) -> None:
         """Close after what is queued; the streams still running are given up."""
         for stream in self.streams.values():
@@ -317,6 +333,8 @@ class H2ServerProtocol(asyncio.Protocol):
                 self._on_request(event)
             elif isinstance(event, StreamEnded):
                 self._on_end(event.stream_id)
+            elif isinstance(event, TrailersReceived):
+                self._on_trailers(event)
             elif isinstance(event, WindowUpdated | RemoteSettingsChanged):
                 self._wake_senders(event)
             elif isinstance(event, StreamReset):
@@ -461,6 +479,15 @@ class H2ServerProtocol(asyncio.Protocol):
             if stream.deadline is not None:
                 stream.deadline.set(self.cfg.body_timeout_s)
 
+    def _on_trailers(self, event: TrailersReceived) -> None:
+        """Request trailers: on the body, for an HTTP/2 upstream (StreamEnded follows)."""
+        stream = self.streams.get(event.stream_id or 0)
+        if stream is not None and stream.body is not None:
+            headers = cast(list[tuple[bytes, bytes]], event.headers or [])
+            stream.body.trailers = Headers.from_lower(
+                [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+            )
+
     def _on_end(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -524,6 +551,8 @@ class H2ServerProtocol(asyncio.Protocol):
                 log.error("a middleware answered %d on HTTP/2: 502", resp.status)
                 await resp.body.aclose()
                 resp = error_response(502, "invalid protocol switch", new_request_id())
+            if isinstance(resp, ErrorResponse) and is_grpc(request):
+                resp = error_as_grpc(resp.status, resp.message, resp.headers)
             ok = await self._respond(stream, request.method, resp)
         finally:
             if entry is not None:
@@ -597,11 +626,11 @@ class H2ServerProtocol(asyncio.Protocol):
                 await body.aclose()
                 self.conn.send_headers(stream.id, fields, end_stream=True)
                 stream.responded = True
-                self.flush()
+                self.flush_soon()
                 return True
             self.conn.send_headers(stream.id, fields)
             stream.responded = True
-            self.flush()
+            self.flush_soon()
             if isinstance(body, BytesBody):
                 await self._send(stream, body.take())
             else:
@@ -611,8 +640,13 @@ class H2ServerProtocol(asyncio.Protocol):
                 log.warning("response body ended after %d of %d bytes", stream.sent, length)
                 self._reset(stream, ErrorCodes.INTERNAL_ERROR)
                 return False
-            self.conn.end_stream(stream.id)
-            self.flush()
+            trailers = body.trailers
+            if trailers:
+                fields = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in trailers.raw()]
+                self.conn.send_headers(stream.id, fields, end_stream=True)
+            else:
+                self.conn.end_stream(stream.id)
+            self.flush_soon()
             return True
         except asyncio.CancelledError:  # the client reset the stream or left
             await body.aclose()
@@ -637,14 +671,14 @@ class H2ServerProtocol(asyncio.Protocol):
                 raise ClientDisconnected()
             window = conn.local_flow_control_window(stream.id)
             if window <= 0:
-                self.flush()
+                self.flush_soon()
                 await self._wait(stream)
                 continue
             n = min(len(view), window, conn.max_outbound_frame_size)
             conn.send_data(stream.id, view[:n])
             stream.sent += n
             view = view[n:]
-        self.flush()
+        self.flush_soon()
         if self._write_paused:
             await self._drain()
 

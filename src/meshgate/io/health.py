@@ -1,5 +1,5 @@
-"""Active health checks: HTTP and TCP probes of upstream instances, each on its
-own jittered schedule, with a bound on the probes running at once.
+"""Active health checks: HTTP, gRPC and TCP probes of upstream instances, each on
+its own jittered schedule, with a bound on the probes running at once.
 
 The verdicts (thresholds, transitions, jitter) are kept by the sans-IO
 `meshgate.core.health.HealthTable`; this module only runs the probes.
@@ -15,6 +15,10 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING
 
 from meshgate.core.health import HealthTable
+from meshgate.http.errors import HTTPError
+from meshgate.http.grpc import HEALTH_CHECK_PATH, SERVING, health_request, health_status
+from meshgate.http.messages import BytesBody, Headers
+from meshgate.io.h2client import H2Client, H2Pool
 
 if TYPE_CHECKING:
     from meshgate.io.tls import ClientTls
@@ -75,6 +79,54 @@ async def _open(
         writer.close()
         raise OSError(problem)
     return reader, writer
+
+
+def grpc_probe(
+    service: str, authority: str | None, timeout_s: float, *, tls: ClientTls | None = None
+) -> Probe:
+    """A probe calling ``grpc.health.v1.Health/Check`` for ``service`` on a new HTTP/2
+    connection (h2c, or TLS with ALPN h2 when ``tls``): healthy when the call ends
+    OK with the status SERVING."""
+    message = health_request(service)
+
+    async def probe(host: str, port: int) -> bool:
+        pool = H2Pool(
+            host,
+            port,
+            idle_timeout_s=timeout_s,
+            connect_timeout_s=timeout_s,
+            read_timeout_s=timeout_s,
+            tls=tls,
+        )
+        fields = [
+            (b":method", b"POST"),
+            (b":scheme", pool.scheme),
+            (b":authority", (authority or f"{host}:{port}").encode("latin-1")),
+            (b":path", HEALTH_CHECK_PATH.encode()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"user-agent", b"meshgate-health"),
+        ]
+        client: H2Client | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                client = await pool.connect()
+                stream = client.open_stream()
+                stream.start(fields, BytesBody(message), "POST")
+                await stream.write_body(message)
+                stream.request_written()
+                head = await stream.response_head(timeout_s)
+                data = await head.body.read_all(1024)
+        except (HTTPError, OSError, TimeoutError):
+            return False
+        finally:
+            if client is not None:
+                client.close()
+        # (a trailers-only answer carries grpc-status in its head)
+        status = (head.body.trailers or Headers.from_lower(head.headers)).get("grpc-status")
+        return head.status == 200 and status == "0" and health_status(data) == SERVING
+
+    return probe
 
 
 def tcp_probe(timeout_s: float, *, tls: ClientTls | None = None) -> Probe:

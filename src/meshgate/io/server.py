@@ -35,6 +35,8 @@ from meshgate.http.framing import (
     connection_tokens,
     frame_chunk,
     framing_too_large,
+    last_chunk,
+    takes_trailers,
 )
 from meshgate.http.messages import (
     Body,
@@ -63,8 +65,10 @@ _STATUS_LINES: dict[int, str] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" f
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _NO_BODY_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# End-to-end fields a client's Connection header may not remove.
-_NEVER_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+# Fields a client's Connection header may not remove: end-to-end ones, and "te",
+# which RFC 9110 (10.1.4) has the client name in Connection and which says whether
+# it takes trailers (the proxy forwards only "te: trailers", to HTTP/2 upstreams).
+_NEVER_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection", "te"})
 
 # Reasons reading from the client socket is paused (bit flags).
 _PAUSE_BODY = 1
@@ -77,6 +81,15 @@ def status_line(status: int) -> str:
     if line is None:
         line = f"HTTP/1.1 {status} Unknown\r\n"
     return line
+
+
+def _last_chunk(body: Body, request: Request | None) -> bytes:
+    """The end of a chunked body: with its trailers when the client takes them
+    (``TE: trailers``), else without (RFC 9110 6.5.1: trailers may be dropped)."""
+    trailers = body.trailers
+    if not trailers or request is None or not takes_trailers(request.headers.get_all("te")):
+        return LAST_CHUNK
+    return last_chunk(trailers.raw())
 
 
 class _Reject(Exception):
@@ -766,7 +779,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 return False, keep
             pending.sent = len(data)
             if chunked:
-                data = (frame_chunk(data) if data else b"") + LAST_CHUNK
+                data = (frame_chunk(data) if data else b"") + _last_chunk(body, request)
             transport.write(head + data)
             return True, keep
         return await self._stream_body(pending, transport, head, body, chunked), keep
@@ -805,7 +818,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 pending.sent = sent
                 transport.write(frame_chunk(chunk) if chunked else chunk)
             if chunked:
-                transport.write(LAST_CHUNK)
+                transport.write(_last_chunk(body, pending.request))
         except (Exception, asyncio.CancelledError) as exc:
             await body.aclose()
             if not self.closed:

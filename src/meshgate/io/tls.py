@@ -11,7 +11,8 @@ keep the session they have.
 
 ALPN: a listener serving HTTP/2 offers ``h2`` then ``http/1.1`` (`ALPN_H2`), and
 the server picks the protocol of each connection from ``TlsInfo.alpn``; upstream
-connections offer ``http/1.1`` only (`ALPN`), as they speak nothing else yet.
+connections offer the one protocol their upstream speaks: ``http/1.1`` (`ALPN`), or
+``h2`` (`ALPN_H2_ONLY`) for ``protocol: h2``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ log = logging.getLogger("meshgate.tls")
 
 ALPN = ("http/1.1",)
 ALPN_H2 = ("h2", "http/1.1")
+ALPN_H2_ONLY = ("h2",)
 VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
 
@@ -210,8 +212,9 @@ def tls_info(sslobj: ssl.SSLObject | ssl.SSLSocket) -> TlsInfo:
     )
 
 
-def client_context(config: UpstreamTlsConfig) -> ssl.SSLContext:
-    """The context of an upstream's TLS connections (system CAs unless ``ca_file``).
+def client_context(config: UpstreamTlsConfig, alpn: tuple[str, ...] = ALPN) -> ssl.SSLContext:
+    """The context of an upstream's TLS connections (system CAs unless ``ca_file``),
+    offering ``alpn``.
     With ``spiffe_id`` the chain is verified but the name checked is that URI SAN
     (`ClientTls.peer_problem`), not a DNS name."""
     ctx = ssl.create_default_context(cafile=config.ca_file)
@@ -223,7 +226,7 @@ def client_context(config: UpstreamTlsConfig) -> ssl.SSLContext:
         ctx.check_hostname = False
     if config.cert_file is not None and config.key_file is not None:
         ctx.load_cert_chain(config.cert_file, config.key_file)
-    ctx.set_alpn_protocols(list(ALPN))
+    ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
@@ -234,15 +237,19 @@ class ClientTls:
     ID the upstream must prove."""
 
     def __init__(
-        self, config: UpstreamTlsConfig, clock: Callable[[], float] = time.monotonic
+        self,
+        config: UpstreamTlsConfig,
+        clock: Callable[[], float] = time.monotonic,
+        alpn: tuple[str, ...] = ALPN,
     ) -> None:
         self.config = config
+        self.alpn = alpn
         self.server_name = config.server_name
         self.spiffe_id = config.spiffe_id
         self._clock = clock
         self._files = config.files()
         self._stamps = _stamps(self._files)
-        self._context = client_context(config)
+        self._context = client_context(config, alpn)
         self._checked_at = clock()
 
     def context(self) -> ssl.SSLContext:
@@ -254,7 +261,7 @@ class ClientTls:
             if stamps != self._stamps:
                 self._stamps = stamps
                 try:
-                    self._context = client_context(self.config)
+                    self._context = client_context(self.config, self.alpn)
                 except (OSError, ssl.SSLError, ValueError) as exc:
                     log.error(
                         "upstream TLS files %s changed but do not load (%s); the previous "

@@ -14,7 +14,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import httptools
 
@@ -440,6 +440,52 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool._forget(self)
 
 
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+async def dial(
+    factory: Callable[[], P],
+    host: str,
+    port: int,
+    tls: ClientTls | None,
+    server_name: str | None,
+    timeout_s: float,
+) -> tuple[asyncio.Transport, P]:
+    """Open a connection to ``host:port`` (TLS with SNI ``server_name`` when ``tls``,
+    the handshake and the peer's SPIFFE ID checked within ``timeout_s``); failures
+    raised as the `UpstreamConnectError` that says what went wrong."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            transport, conn = await loop.create_connection(
+                factory,
+                host,
+                port,
+                ssl=tls.context() if tls is not None else None,
+                server_hostname=server_name,
+                ssl_handshake_timeout=timeout_s if tls is not None else None,
+            )
+    except TimeoutError:
+        raise UpstreamConnectTimeout(
+            f"connect to {host}:{port} timed out after {timeout_s:g} s"
+        ) from None
+    except ssl.SSLError as exc:
+        detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+        raise UpstreamTlsError(
+            f"TLS handshake with {host}:{port} (server name {server_name}) failed: {detail}"
+        ) from None
+    except OSError as exc:
+        raise UpstreamConnectError(
+            f"connect to {host}:{port} failed: {exc.strerror or exc}"
+        ) from None
+    if tls is not None:
+        problem = tls.peer_problem(transport.get_extra_info("ssl_object"))
+        if problem is not None:
+            transport.abort()
+            raise UpstreamTlsError(f"TLS handshake with {host}:{port}: wrong peer: {problem}")
+    return transport, conn
+
+
 class Pool:
     """Keep-alive connections to one instance (``host:port``)."""
 
@@ -488,38 +534,14 @@ class Pool:
         return None
 
     async def connect(self) -> UpstreamConnection:
-        tls = self.tls
-        try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                transport, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self),
-                    self.host,
-                    self.port,
-                    ssl=tls.context() if tls is not None else None,
-                    server_hostname=self.server_name,
-                    ssl_handshake_timeout=self.connect_timeout_s if tls is not None else None,
-                )
-        except TimeoutError:
-            raise UpstreamConnectTimeout(
-                f"connect to {self.host}:{self.port} timed out after {self.connect_timeout_s:g} s"
-            ) from None
-        except ssl.SSLError as exc:
-            detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-            raise UpstreamTlsError(
-                f"TLS handshake with {self.host}:{self.port} (server name {self.server_name}) "
-                f"failed: {detail}"
-            ) from None
-        except OSError as exc:
-            raise UpstreamConnectError(
-                f"connect to {self.host}:{self.port} failed: {exc.strerror or exc}"
-            ) from None
-        if tls is not None:
-            problem = tls.peer_problem(transport.get_extra_info("ssl_object"))
-            if problem is not None:
-                conn.abort()
-                raise UpstreamTlsError(
-                    f"TLS handshake with {self.host}:{self.port}: wrong peer: {problem}"
-                )
+        _, conn = await dial(
+            lambda: UpstreamConnection(self),
+            self.host,
+            self.port,
+            self.tls,
+            self.server_name,
+            self.connect_timeout_s,
+        )
         self.connects += 1
         return conn
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshgate.core.router import Match, MethodNotAllowed
 from meshgate.http.errors import HTTPError
+from meshgate.http.grpc import parse_timeout
 from meshgate.http.messages import Headers, Request, Response, error_response, new_request_id
 from meshgate.observability.accesslog import AccessEntry, AccessLog, open_access_log
 from meshgate.observability.metrics import NO_ROUTE, RequestStats
@@ -195,13 +196,18 @@ class GatewayApp:
             self.stats.record(NO_ROUTE, request.method, 404, time.monotonic() - start)
             return error_response(404, "no route matches", rid)
         route: CompiledRoute = found.route
+        timeout_s = route.timeout_s
+        if request.http_version == "2":  # a gRPC client's deadline shortens the route's
+            grpc_timeout = request.headers.get("grpc-timeout")
+            if grpc_timeout is not None:
+                timeout_s = min(timeout_s, parse_timeout(grpc_timeout) or timeout_s)
         ctx = RequestContext(
             request,
             route,
             found.params,
             choose_request_id(request),
             start_time=start,
-            deadline=start + route.timeout_s,
+            deadline=start + timeout_s,
         )
         if entry is not None:
             entry.ctx = ctx

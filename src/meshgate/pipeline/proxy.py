@@ -11,6 +11,8 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from meshgate.core.breaker import CircuitBreaker
 from meshgate.core.retry import Failure, parse_retry_after
@@ -20,11 +22,13 @@ from meshgate.http.errors import (
     Overflow,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamRefused,
     UpstreamReset,
     UpstreamTimeout,
 )
 from meshgate.http.framing import LAST_CHUNK, frame_chunk
 from meshgate.http.messages import HOP_BY_HOP, Body, BytesBody, Headers, Response
+from meshgate.io.h2client import H2Pool, H2Stream
 from meshgate.io.tunnel import UpgradeResponse
 from meshgate.io.upstream import ResponseHead, UpstreamConnection
 from meshgate.pipeline.context import Next, RequestContext
@@ -54,6 +58,8 @@ def shadow_host(host: str) -> str:
         return f"{host[:colon]}-shadow{host[colon:]}"
     return f"{host}-shadow" if host else host
 
+
+C = TypeVar("C")
 
 # Request-body pump tasks, referenced until done (asyncio keeps tasks weakly).
 _pumps: set[asyncio.Task[None]] = set()
@@ -123,12 +129,71 @@ def build_request_head(ctx: RequestContext, host: UpstreamHost) -> tuple[bytes, 
         raise HTTPError("a middleware put a non-latin-1 character into a header") from None
 
 
+# Not copied to an HTTP/2 upstream request: as for HTTP/1.1, and "host" (the
+# authority goes in :authority); "te" is let through when it is "trailers".
+_SKIP_H2 = _SKIP_REQUEST | {"host"}
+_SKIP_H2_TRACED = _SKIP_TRACED | {"host"}
+
+
+def build_h2_request(
+    ctx: RequestContext, host: UpstreamHost, scheme: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The header list of the request to an HTTP/2 upstream (the same fields as
+    `build_request_head`, pseudo-fields first; ``te: trailers`` kept, RFC 9113 8.2.2)."""
+    req = ctx.request
+    route = ctx.route
+    assert route is not None
+    removed = route.remove_request_headers
+    trace = ctx.trace
+    skip = _SKIP_H2 if trace is None else _SKIP_H2_TRACED
+    authority = req.headers.get("host") if route.preserve_host else None
+    if authority is None:
+        authority = shadow_host(host.key) if SHADOW in ctx.state else host.key
+    fields = [
+        (":method", req.method),
+        (":scheme", scheme.decode()),
+        (":authority", authority),
+        (":path", req.target),
+    ]
+    append = fields.append
+    forwarded_for = ""
+    for name, value in req.headers.raw():
+        if name in removed:
+            continue
+        if name in skip or name.startswith("proxy-"):
+            if name == "x-forwarded-for":
+                forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
+            elif name == "te" and value.strip().lower() == "trailers":
+                append(("te", "trailers"))
+            continue
+        append((name, value))
+    client = req.client_ip
+    append(("x-forwarded-for", f"{forwarded_for}, {client}" if forwarded_for else client))
+    append(("x-forwarded-proto", req.scheme))
+    if req.host:
+        append(("x-forwarded-host", req.host))
+    if trace is not None:
+        append(("traceparent", trace.upstream_traceparent))
+        if trace.tracestate is not None:
+            append(("tracestate", trace.tracestate))
+    length = req.body.length
+    if length is not None and (length > 0 or req.method in ("POST", "PUT", "PATCH")):
+        append(("content-length", str(length)))
+    text = "".join([v for _, v in fields])
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise HTTPError("a middleware put a line break into the request line or a header")
+    try:
+        return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields]
+    except UnicodeEncodeError:
+        raise HTTPError("a middleware put a non-latin-1 character into a header") from None
+
+
 def response_from(head: ResponseHead) -> Response:
     """The client-facing response (the connection already dropped hop-by-hop fields)."""
     return Response(head.status, Headers.from_lower(head.headers), head.body)
 
 
-async def _send_body(body: Body, conn: UpstreamConnection, chunked: bool) -> None:
+async def _send_body(body: Body, conn: UpstreamConnection | H2Stream, chunked: bool) -> None:
     """Write the whole request body upstream (framed when chunked)."""
     while chunk := await body.read():
         await conn.write_body(frame_chunk(chunk) if chunked else chunk)
@@ -137,7 +202,7 @@ async def _send_body(body: Body, conn: UpstreamConnection, chunked: bool) -> Non
     conn.request_written()
 
 
-async def _pump(body: Body, conn: UpstreamConnection, chunked: bool) -> None:
+async def _pump(body: Body, conn: UpstreamConnection | H2Stream, chunked: bool) -> None:
     """Stream the request body upstream in the background; any failure ends the exchange."""
     try:
         await _send_body(body, conn, chunked)
@@ -174,6 +239,73 @@ async def _exchange(
     return await conn.response_head(timeout_s)
 
 
+async def _exchange_h2(
+    stream: H2Stream, ctx: RequestContext, fields: list[tuple[bytes, bytes]], timeout_s: float
+) -> ResponseHead:
+    req = ctx.request
+    body = req.body
+    has_body = body.length != 0
+    stream.start(fields, body if has_body else None, req.method)
+    if has_body:
+        if body.is_complete():
+            try:
+                await _send_body(body, stream, False)
+            except UpstreamReset:
+                if not stream.answered:
+                    raise  # (answered early, then the upload stopped: the answer stands)
+        else:
+            task = asyncio.get_running_loop().create_task(_pump(body, stream, False))
+            _pumps.add(task)
+            task.add_done_callback(_pumps.discard)
+    return await stream.response_head(timeout_s)
+
+
+async def _h2_stream(cluster: Cluster, pool: H2Pool) -> H2Stream:
+    """A stream on a connection with room: an open one, the one being opened, or a
+    new one (within the upstream's connection thresholds)."""
+    stream = pool.open_stream()
+    while stream is None:
+        connecting = pool.connecting
+        if connecting is not None:
+            await asyncio.shield(connecting)  # its failure is this request's too
+            stream = pool.open_stream()
+            continue
+        client = await _connect(cluster, pool.connect)
+        if not client.has_room():
+            raise UpstreamRefused("upstream allows no stream on a new connection")
+        stream = client.open_stream()
+    return stream
+
+
+async def _h2_response(
+    ctx: RequestContext,
+    cluster: Cluster,
+    pool: H2Pool,
+    fields: list[tuple[bytes, bytes]],
+    per_try_timeout_s: float | None,
+) -> ResponseHead:
+    """One exchange on an HTTP/2 upstream; a stream the upstream refused (it processed
+    nothing) is sent once more on another stream when the request has no body."""
+    stream = await _h2_stream(cluster, pool)
+    try:
+        try:
+            return await _exchange_h2(stream, ctx, fields, _try_timeout(ctx, per_try_timeout_s))
+        except UpstreamRefused:
+            if ctx.request.body.length != 0:
+                raise
+            stream = await _h2_stream(cluster, pool)
+            return await _exchange_h2(stream, ctx, fields, _try_timeout(ctx, per_try_timeout_s))
+    except BaseException:
+        stream.abort()
+        raise
+
+
+def _try_timeout(ctx: RequestContext, per_try_timeout_s: float | None) -> float:
+    assert ctx.deadline is not None
+    remaining = ctx.deadline - time.monotonic()
+    return max(min(remaining, per_try_timeout_s) if per_try_timeout_s else remaining, 0.001)
+
+
 def failure_kind(exc: HTTPError) -> Failure | None:
     """How an attempt failed, in retry_on terms (None: not the upstream's doing)."""
     if isinstance(exc, UpstreamConnectError):
@@ -191,31 +323,23 @@ async def _attempt(
     """One attempt on ``host``: sets ``ctx.response``; returns the failure kind or None."""
     route = ctx.route
     assert route is not None and ctx.deadline is not None
+    pool = host.pool
+    if isinstance(pool, H2Pool):
+        return await _attempt_h2(ctx, cluster, host, pool, per_try_timeout_s)
     try:
         head, has_body, chunked = build_request_head(ctx, host)
     except HTTPError as exc:
-        log.error(
-            "%s %s: %s (request id %s)",
-            ctx.request.method,
-            ctx.request.path,
-            exc.detail,
-            ctx.request_id,
-        )
-        ctx.upstream_error = exc  # ours, not the upstream's
-        ctx.error(exc.status, exc.detail)
+        _unsendable(ctx, exc)
         return None
     conn: UpstreamConnection | None = None
     cluster.started(host)
     ctx.upstream_host = host.key
     started = time.monotonic()
     try:
-        conn = host.pool.take_idle()
+        conn = pool.take_idle()
         if conn is None:
-            conn = await _connect(cluster, host)
-        remaining = ctx.deadline - time.monotonic()
-        timeout_s = max(
-            min(remaining, per_try_timeout_s) if per_try_timeout_s else remaining, 0.001
-        )
+            conn = await _connect(cluster, pool.connect)
+        timeout_s = _try_timeout(ctx, per_try_timeout_s)
         try:
             result = await _exchange(conn, ctx, head, has_body, chunked, timeout_s)
         except UpstreamReset:
@@ -223,7 +347,7 @@ async def _attempt(
             # try once on a new connection when nothing of the request was lost.
             if conn.requests == 1 or conn.got_bytes or has_body:
                 raise
-            conn = await _connect(cluster, host)
+            conn = await _connect(cluster, pool.connect)
             result = await _exchange(conn, ctx, head, has_body, chunked, timeout_s)
         if result.status == 101 and route.websocket is not None:
             # The connection is the tunnel's now (never pooled): see io/tunnel.py.
@@ -233,25 +357,10 @@ async def _attempt(
             ctx.response = response_from(result)
         ctx.upstream_error = None
         return None
-    except Overflow as exc:
-        ctx.upstream_error = exc
-        ctx.error(exc.status, exc.detail, {"x-meshgate-overflow": exc.which})
-        return None
     except HTTPError as exc:
         if conn is not None:
             conn.abort()
-        if isinstance(exc, UpstreamError):
-            log.warning(
-                "%s %s -> %s (%s): %s",
-                ctx.request.method,
-                ctx.request.path,
-                host.key,
-                cluster.name,
-                exc.detail,
-            )
-        ctx.upstream_error = exc
-        ctx.error(exc.status, exc.detail)
-        return failure_kind(exc)
+        return _failed(ctx, cluster, host, exc)
     except BaseException:
         if conn is not None:
             conn.abort()
@@ -261,7 +370,70 @@ async def _attempt(
         ctx.upstream_s = time.monotonic() - started
 
 
-async def _connect(cluster: Cluster, host: UpstreamHost) -> UpstreamConnection:
+async def _attempt_h2(
+    ctx: RequestContext,
+    cluster: Cluster,
+    host: UpstreamHost,
+    pool: H2Pool,
+    per_try_timeout_s: float | None,
+) -> Failure | None:
+    """`_attempt` on an HTTP/2 upstream."""
+    try:
+        fields = build_h2_request(ctx, host, pool.scheme)
+    except HTTPError as exc:
+        _unsendable(ctx, exc)
+        return None
+    cluster.started(host)
+    ctx.upstream_host = host.key
+    started = time.monotonic()
+    try:
+        head = await _h2_response(ctx, cluster, pool, fields, per_try_timeout_s)
+        ctx.response = response_from(head)
+        ctx.upstream_error = None
+        return None
+    except HTTPError as exc:
+        return _failed(ctx, cluster, host, exc)
+    finally:
+        cluster.finished(host)
+        ctx.upstream_s = time.monotonic() - started
+
+
+def _unsendable(ctx: RequestContext, exc: HTTPError) -> None:
+    """The request cannot be written (a middleware broke a header): our error."""
+    log.error(
+        "%s %s: %s (request id %s)",
+        ctx.request.method,
+        ctx.request.path,
+        exc.detail,
+        ctx.request_id,
+    )
+    ctx.upstream_error = exc  # ours, not the upstream's
+    ctx.error(exc.status, exc.detail)
+
+
+def _failed(
+    ctx: RequestContext, cluster: Cluster, host: UpstreamHost, exc: HTTPError
+) -> Failure | None:
+    """An attempt failed with ``exc``: its error answer; the failure kind."""
+    if isinstance(exc, Overflow):
+        ctx.upstream_error = exc
+        ctx.error(exc.status, exc.detail, {"x-meshgate-overflow": exc.which})
+        return None
+    if isinstance(exc, UpstreamError):
+        log.warning(
+            "%s %s -> %s (%s): %s",
+            ctx.request.method,
+            ctx.request.path,
+            host.key,
+            cluster.name,
+            exc.detail,
+        )
+    ctx.upstream_error = exc
+    ctx.error(exc.status, exc.detail)
+    return failure_kind(exc)
+
+
+async def _connect(cluster: Cluster, connect: Callable[[], Awaitable[C]]) -> C:
     """A new connection within the upstream's connection and pending thresholds."""
     limits = cluster.limits
     if cluster.open_connections() >= cluster.max_connections:
@@ -271,7 +443,7 @@ async def _connect(cluster: Cluster, host: UpstreamHost) -> UpstreamConnection:
         raise Overflow("pending requests")
     cluster.connecting += 1
     try:
-        return await host.pool.connect()
+        return await connect()
     finally:
         cluster.connecting -= 1
         limits.release("pending")
@@ -296,11 +468,14 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
     policy = route.retry
     req = ctx.request
     replay: bytes | None = None  # the request body, kept so a retry can send it again
+    recorded: _Recorded | None = None  # a body of unknown length, kept as it streams out
     length = req.body.length
     if policy is not None and length and length <= route.retry_body_bytes:
         replay = await req.body.read_all(route.retry_body_bytes)
         req.body = BytesBody(replay)
-    # (a longer or streamed body can only be retried when it never left: connect failure)
+    elif policy is not None and length is None:
+        req.body = recorded = _Recorded(req.body, route.retry_body_bytes)
+    # (a longer body can only be retried when it never left: connect failure)
     breaker = cluster.breaker
     hash_key = cluster.hash_key(req) if cluster.config.hash_key is not None else None
     tried: list[UpstreamHost] = []
@@ -349,12 +524,22 @@ async def proxy(ctx: RequestContext, call_next: Next) -> None:
                 _record(breaker, cluster, host, failure, status, local)
             if policy is None or local or attempt > policy.max_retries:
                 break
-            if failure is None and status < 400:
+            grpc_status = (
+                _grpc_status(resp)
+                if failure is None and status == 200 and policy.retries_grpc
+                else None
+            )
+            if failure is None and status < 400 and grpc_status is None:
                 break  # no retry condition covers a success or a redirect
             if not policy.retriable(
-                method=req.method, failure=failure, status=None if failure else status
+                method=req.method,
+                failure=failure,
+                status=None if failure else status,
+                grpc_status=grpc_status,
             ):
                 break
+            if recorded is not None and replay is None:
+                replay = recorded.replay()
             if failure != "connect-failure" and length != 0 and replay is None:
                 break  # the body streamed out and is gone
             delay = policy.backoff_s(attempt, _retry_after(resp) if failure is None else None)
@@ -407,6 +592,52 @@ def _record(
             breaker.record_success(now)
     if cluster.outliers is not None and not local:
         cluster.record(host, now, status, failure)
+
+
+def _grpc_status(resp: Response) -> int | None:
+    """The gRPC status of a trailers-only answer (in its head), if it is one."""
+    value = resp.headers.get("grpc-status")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+class _Recorded(Body):
+    """A request body of unknown length as it streams to the upstream, its bytes kept
+    (up to ``limit``) so that a retry can send it again."""
+
+    __slots__ = ("_body", "_limit", "_parts", "_size", "complete")
+
+    def __init__(self, body: Body, limit: int) -> None:
+        super().__init__(body.length)
+        self._body = body
+        self._limit = limit
+        self._parts: list[bytes] | None = []  # None: past the limit
+        self._size = 0
+        self.complete = False  # read to the end
+
+    def is_complete(self) -> bool:
+        return self._body.is_complete()
+
+    async def read(self) -> bytes:
+        chunk = await self._body.read()
+        parts = self._parts
+        if not chunk:
+            self.complete = True
+            self.trailers = self._body.trailers
+        elif parts is not None:
+            self._size += len(chunk)
+            if self._size > self._limit:
+                self._parts = None
+            else:
+                parts.append(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
+
+    def replay(self) -> bytes | None:
+        """The whole body, when it was read to the end within the limit."""
+        parts = self._parts
+        return b"".join(parts) if self.complete and parts is not None else None
 
 
 def _retry_after(resp: Response) -> float | None:

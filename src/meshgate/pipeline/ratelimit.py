@@ -252,6 +252,7 @@ class _Released(Body):
             self._done()
             raise
         if not chunk:
+            self.trailers = self._body.trailers
             self._done()
         return chunk
 

@@ -23,8 +23,9 @@ from meshgate.core.resources import ResourceLimits
 from meshgate.core.retry import Failure, RetryBudget, WindowedRetryBudget
 from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Request, cookie_value
-from meshgate.io.health import HealthChecker, http_probe, tcp_probe
-from meshgate.io.tls import ClientTls
+from meshgate.io.h2client import H2Pool
+from meshgate.io.health import HealthChecker, grpc_probe, http_probe, tcp_probe
+from meshgate.io.tls import ALPN_H2_ONLY, ClientTls
 from meshgate.io.upstream import Pool
 from meshgate.observability.metrics import UpstreamStats
 from meshgate.upstream.discovery import DiscoveryError, FileSource
@@ -53,7 +54,7 @@ class UpstreamHost:
         host: str,
         port: int,
         weight: int,
-        pool: Pool,
+        pool: Pool | H2Pool,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host
@@ -107,8 +108,15 @@ class Cluster:
         self.name = config.name
         self.config = config
         tls = config.tls
-        # Built once: every pool (and health probe) of the upstream shares it.
-        self.tls = ClientTls(tls) if tls is not None and tls.enabled else None
+        # Built once: every pool (and health probe) of the upstream shares it; an
+        # HTTP/2 upstream's offers ALPN h2 (gRPC probes use it too), its HTTP/1.1 and
+        # TCP probes have their own.
+        self.tls: ClientTls | None = None
+        self.probe_tls: ClientTls | None = None
+        if tls is not None and tls.enabled:
+            http2 = config.protocol == "h2"
+            self.tls = ClientTls(tls, alpn=ALPN_H2_ONLY) if http2 else ClientTls(tls)
+            self.probe_tls = ClientTls(tls) if http2 else self.tls
         self._rng = rng or random.Random()
         self.hosts: list[UpstreamHost] = []  # filled from the registry (end of __init__)
         self.epoch = 0  # moves when membership, health or an ejection changes
@@ -173,8 +181,17 @@ class Cluster:
         self.registry.replace_all(self.name, [self._instance(i) for i in config.instances])
         self._report = True
 
-    def _pool(self, host: str, port: int) -> Pool:
+    def _pool(self, host: str, port: int) -> Pool | H2Pool:
         config = self.config
+        if config.protocol != "http1":
+            return H2Pool(
+                host,
+                port,
+                idle_timeout_s=config.pool.idle_timeout_s,
+                connect_timeout_s=config.connect_timeout_s,
+                read_timeout_s=config.read_timeout_s,
+                tls=self.tls,
+            )
         return Pool(
             host,
             port,
@@ -198,17 +215,14 @@ class Cluster:
             self.source.start()
         hc = self.config.health_check
         if hc is not None and self.health is not None:
-            probe = (
-                http_probe(
-                    hc.path,
-                    hc.host,
-                    hc.expected_statuses,
-                    hc.timeout_s,
-                    tls=self.tls,
+            if hc.type == "http":
+                probe = http_probe(
+                    hc.path, hc.host, hc.expected_statuses, hc.timeout_s, tls=self.probe_tls
                 )
-                if hc.type == "http"
-                else tcp_probe(hc.timeout_s, tls=self.tls)
-            )
+            elif hc.type == "grpc":  # over HTTP/2, as the requests (ALPN h2 with TLS)
+                probe = grpc_probe(hc.service, hc.host, hc.timeout_s, tls=self.tls)
+            else:
+                probe = tcp_probe(hc.timeout_s, tls=self.probe_tls)
             self.checker = HealthChecker(
                 self.name,
                 probe,
