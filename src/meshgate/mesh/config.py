@@ -34,6 +34,11 @@ class AppConfig(_Model):
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(ge=1, le=65535, strict=True, description="The app's own port.")
     connect_timeout_s: PositiveSeconds = 2.0
+    protocol: Literal["http1", "h2c"] = Field(
+        "http1",
+        description="What the app speaks: h2c (HTTP/2 without TLS, e.g. a gRPC server) makes "
+        "callers' sidecars use HTTP/2 over mTLS to this one (registered as protocol: h2).",
+    )
 
 
 class SourceLimit(_Model):

@@ -54,6 +54,7 @@ RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
 CLIENT_TLS_RELOAD_CHECK_S = 1.0
 LOCAL_APP = "local-app"
+PROTOCOL = "protocol"  # instance metadata: what the instance's sidecar wants from callers
 DEREGISTER_TIMEOUT_S = 2.0  # stopping does not wait longer for an unreachable control plane
 DEREGISTER_GRACE_S = 1.0  # after deregistering, before the listeners stop accepting
 
@@ -121,11 +122,19 @@ def inbound_config(config: SidecarConfig, identity: IdentityManager) -> GatewayC
                     "name": LOCAL_APP,
                     "instances": [{"host": app.host, "port": app.port}],
                     "connect_timeout_s": app.connect_timeout_s,
+                    "protocol": app.protocol,
                 }
             ],
             "routes": [{"name": "inbound", "path": "/*", "upstream": LOCAL_APP}],
         }
     )
+
+
+def mesh_protocol(instances: list[InstanceConfig]) -> str:
+    """How callers' sidecars reach a service: ``h2`` (HTTP/2 over mTLS) when its
+    sidecars registered ``protocol: h2`` (their app speaks HTTP/2, e.g. gRPC: trailers
+    need HTTP/2 end to end), else HTTP/1.1."""
+    return "h2" if any(i.metadata.get(PROTOCOL) == "h2" for i in instances) else "http1"
 
 
 def _hosts(key: ServiceKey, own_namespace: str) -> list[str]:
@@ -158,6 +167,7 @@ def outbound_config(
             balancer = "least_request"  # no hash key in an upstream policy
         upstream: dict[str, Any] = {
             "name": key.upstream,
+            "protocol": mesh_protocol(services[key]),
             "instances": [i.model_dump() for i in services[key]],
             "load_balancer": balancer,
             "connect_timeout_s": min(connect_s, timeout_s),
@@ -198,7 +208,8 @@ def outbound_config(
         )
     return GatewayConfig.model_validate(
         {
-            "listener": {"host": out.host, "port": out.port},
+            # h2c with prior knowledge too: gRPC clients call the outbound ports.
+            "listener": {"host": out.host, "port": out.port, "http2": True},
             "admin": {"enabled": False},
             "access_log": config.access_log.model_dump(),
             "tracing": config.tracing.model_dump(),
@@ -335,7 +346,7 @@ class Sidecar:
             host = f"{service}.{namespace or self.config.namespace}"
             server = HttpServer(
                 PinnedHost(self.outbound, host),
-                ListenerConfig(host=out.host, port=port),
+                ListenerConfig(host=out.host, port=port, http2=True),
                 self.outbound.config.max_request_body_bytes,
             )
             await server.start()
@@ -445,10 +456,22 @@ class Sidecar:
     async def _apply(self, changes: Changes) -> None:
         if changes.bundle is not None:
             await self.identity.set_bundle(changes.bundle)
-        if changes.services_added_or_gone or changes.upstream:
+        if changes.services_added_or_gone or changes.upstream or self._protocol_moved(changes):
             await self._rebuild_outbound()
         elif changes.services:
             self._push_instances(changes.services)
+
+    def _protocol_moved(self, changes: Changes) -> bool:
+        """Whether a changed service now wants another protocol than its upstream has."""
+        runtime = self.outbound.current_runtime if self.outbound is not None else None
+        if runtime is None:
+            return False
+        for key in changes.services:
+            cluster = runtime.clusters.get(key.upstream)
+            instances = self.state.instance_list(key)
+            if cluster and instances and cluster.config.protocol != mesh_protocol(instances):
+                return True
+        return False
 
     def _push_instances(self, services: set[ServiceKey]) -> None:
         outbound = self.outbound
@@ -465,8 +488,13 @@ class Sidecar:
         services: dict[ServiceKey, list[InstanceConfig]] = {}
         for key in self.state.services():
             # A cluster keeps its first list in its config (so that a rebuild keeps
-            # it, with its state); the current list is pushed after the rebuild.
-            services[key] = self._rendered.setdefault(key, self.state.instance_list(key))
+            # it, with its state); the current list is pushed after the rebuild. A
+            # service whose protocol moved gets a new cluster, from the current list.
+            current = self.state.instance_list(key)
+            first = self._rendered.get(key)
+            if first is None or mesh_protocol(first) != mesh_protocol(current):
+                first = self._rendered[key] = current
+            services[key] = first
         self._rendered = {k: v for k, v in self._rendered.items() if k in services}
         policies = {key: self.state.upstream_policy(key) for key in services}
         return outbound_config(self.config, self.identity, services, policies)
@@ -501,6 +529,11 @@ class Sidecar:
             await self.inbound.reload_tls()
 
     # -- registration --------------------------------------------------------------
+    def _metadata(self) -> dict[str, str]:
+        app = self.config.app
+        h2 = app is not None and app.protocol == "h2c"
+        return {"spiffe_id": self.identity.spiffe_id.uri, PROTOCOL: "h2" if h2 else "http1"}
+
     async def _keep_registered(self) -> None:
         link = self.config.control_plane
         client = self.identity.client
@@ -513,7 +546,7 @@ class Sidecar:
                         self.config.advertise_host,
                         self.inbound_port,
                         ttl_s=link.instance_ttl_s,
-                        metadata={"spiffe_id": self.identity.spiffe_id.uri},
+                        metadata=self._metadata(),
                     )
                     log.info(
                         "registered %s:%d as %s",
