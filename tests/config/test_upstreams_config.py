@@ -98,10 +98,16 @@ ERRORS = [
         id="grpc-health-check-over-http1",
     ),
     pytest.param(
-        upstream("protocol: http2  #<\n"),
+        upstream("protocol: http3  #<\n"),
         "upstreams[0].protocol",
-        "Input should be 'http1', 'h2' or 'h2c'",
+        "Input should be 'http1', 'h2', 'h2c' or 'auto'",
         id="unknown-protocol",
+    ),
+    pytest.param(
+        upstream("protocol: auto\n"),
+        "upstreams[0]",
+        "protocol auto picks HTTP/2 or HTTP/1.1 by ALPN, which needs tls",
+        id="auto-without-tls",
     ),
     # --- instances and discovery --------------------------------------------------
     pytest.param(
@@ -467,6 +473,9 @@ def test_defaults() -> None:
         ("protocol: h2c\n", "H2Pool", None),
         ("protocol: h2\ntls: {verify: false}\n", "H2Pool", ("h2",)),
         ("tls: {verify: false}\n", "Pool", ("http/1.1",)),
+        ("protocol: http2\n", "H2Pool", None),  # http2 without tls: h2c
+        ("protocol: http2\ntls: {verify: false}\n", "H2Pool", ("h2",)),  # with tls: h2
+        ("protocol: auto\ntls: {verify: false}\n", "AutoPool", ("http/1.1",)),
     ],
 )
 def test_protocol_chooses_the_pool_and_alpn(

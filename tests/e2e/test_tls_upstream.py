@@ -203,3 +203,20 @@ async def test_health_checks_run_over_tls(
     async with httpx.AsyncClient() as client:
         r = await client.get(url(gw, "/headers"))
     assert_json_error(r, 503)
+
+
+async def test_auto_protocol_stays_on_http1_without_alpn_h2(
+    gateway_factory: GatewayFactory, front: TlsFront, upki: UpstreamPki, upstream: TestUpstream
+) -> None:
+    """An HTTPS upstream that does not pick h2 by ALPN gets HTTP/1.1 (protocol: auto)."""
+    ups = tls_upstream(
+        front.port,
+        {"ca_file": upki.ca.cert_file, "server_name": "upstream.test"},
+        protocol="auto",
+    )
+    gw = await gateway_factory(make_config(0, upstreams=ups))
+    async with httpx.AsyncClient() as c:
+        rs = await asyncio.gather(*(c.get(url(gw, "/echo-headers")) for _ in range(5)))
+    assert [r.status_code for r in rs] == [200] * 5
+    assert {rec.version for rec in upstream.requests} == {"HTTP/1.1"}
+    assert type(gw.runtime.clusters["main"].hosts[0].pool).__name__ == "Pool"

@@ -163,13 +163,28 @@ class UpstreamConfig(_Model):
     tls: UpstreamTlsConfig | None = Field(
         None, description="Connect to the instances with TLS (HTTPS); see docs/tls.md."
     )
-    protocol: Literal["http1", "h2", "h2c"] = Field(
+    protocol: Literal["http1", "h2", "h2c", "auto"] = Field(
         "http1",
         description="How requests reach the instances: http1 (HTTP/1.1, one request per "
         "pooled connection), h2 (HTTP/2 over TLS, ALPN h2; needs tls) or h2c (HTTP/2 "
-        "with prior knowledge over plain TCP); HTTP/2 multiplexes the requests on few "
-        "connections, and is what gRPC upstreams need. See docs/http2.md.",
+        "with prior knowledge over plain TCP); http2 is h2 with tls, else h2c; auto "
+        "(needs tls) asks each instance by ALPN once and uses what it picks. HTTP/2 "
+        "multiplexes the requests on few connections, and is what gRPC upstreams need. "
+        "See docs/http2.md.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _http2_alias(cls, data: Any) -> Any:
+        """``protocol: http2`` is h2 when the upstream has tls, else h2c."""
+        if isinstance(data, dict) and data.get("protocol") == "http2":
+            tls = data.get("tls")
+            on = tls is not None and (
+                tls.get("enabled", True) if isinstance(tls, dict) else getattr(tls, "enabled", True)
+            )
+            data = {**data, "protocol": "h2" if on else "h2c"}
+        return data
+
     limits: UpstreamLimitsConfig = UpstreamLimitsConfig()
     retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     circuit_breaker: CircuitBreakerConfig | None = Field(
@@ -195,13 +210,18 @@ class UpstreamConfig(_Model):
         if self.load_balancer == "consistent_hash" and self.hash_key is None:
             raise ValueError(f"upstream {self.name!r}: consistent_hash needs hash_key")
         tls = self.tls is not None and self.tls.enabled
+        if self.protocol == "auto" and not tls:
+            raise ValueError(
+                f"upstream {self.name!r}: protocol auto picks HTTP/2 or HTTP/1.1 by ALPN, "
+                "which needs tls; use http1 or h2c for plain TCP"
+            )
         if self.protocol == "h2" and not tls:
             raise ValueError(
                 f"upstream {self.name!r}: protocol h2 is HTTP/2 over TLS: enable tls, "
                 "or use h2c for HTTP/2 over plain TCP"
             )
         hc = self.health_check
-        if hc is not None and hc.type == "grpc" and self.protocol == "http1":
+        if hc is not None and hc.type == "grpc" and self.protocol in ("http1", "auto"):
             raise ValueError(
                 f"upstream {self.name!r}: health_check type grpc needs protocol h2 or h2c"
             )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from h2.config import H2Configuration
@@ -63,7 +64,7 @@ from meshgate.http.errors import (
 from meshgate.http.messages import Body, BytesBody, Headers
 from meshgate.http.stream import StreamBody
 from meshgate.io.timers import Deadline
-from meshgate.io.upstream import MAX_RESPONSE_HEAD_BYTES, ResponseHead, dial
+from meshgate.io.upstream import MAX_RESPONSE_HEAD_BYTES, Pool, ResponseHead, dial
 
 if TYPE_CHECKING:
     from meshgate.io.tls import ClientTls
@@ -718,3 +719,60 @@ class H2Pool:
             client.going_away = True
             if not client.streams:
                 client.close()
+
+
+class AutoPool:
+    """``protocol: auto``: which HTTP an instance speaks is asked once, by ALPN
+    (``h2``, ``http/1.1``) on a first TLS connection, closed right after; the
+    instance then gets an `H2Pool` or an HTTP/1.1 `Pool` (made by ``make``). A
+    failed probe is an attempt's connect failure; the next attempt asks again."""
+
+    multiplexed = False
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: ClientTls,
+        connect_timeout_s: float,
+        make: Callable[[bool], Pool | H2Pool],
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.connect_timeout_s = connect_timeout_s
+        self._make = make
+        self._probe: asyncio.Task[Pool | H2Pool] | None = None
+        self.open = 0  # no connection is kept before the answer (metrics)
+        self.idle: tuple[()] = ()
+        self.connects = 0
+        self.closed = False
+
+    async def resolve(self) -> Pool | H2Pool:
+        """The instance's pool, asking first if nobody has (concurrent callers share
+        one probe)."""
+        probe = self._probe
+        if probe is None:
+            probe = self._probe = asyncio.get_running_loop().create_task(self._ask())
+        try:
+            return await asyncio.shield(probe)
+        except BaseException:
+            if self._probe is probe and probe.done():
+                self._probe = None  # failed: the next attempt asks again
+            raise
+
+    async def _ask(self) -> Pool | H2Pool:
+        server_name = self.tls.server_name or self.host
+        transport, _ = await dial(
+            asyncio.Protocol, self.host, self.port, self.tls, server_name, self.connect_timeout_s
+        )
+        sslobj = transport.get_extra_info("ssl_object")
+        alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+        transport.close()
+        log.info("%s:%d speaks %s (ALPN)", self.host, self.port, alpn or "http/1.1 (no ALPN)")
+        return self._make(alpn == "h2")
+
+    def close(self) -> None:
+        self.closed = True
+        if self._probe is not None and not self._probe.done():
+            self._probe.cancel()

@@ -28,7 +28,7 @@ from meshgate.http.errors import (
 )
 from meshgate.http.framing import LAST_CHUNK, frame_chunk
 from meshgate.http.messages import HOP_BY_HOP, Body, BytesBody, Headers, Response
-from meshgate.io.h2client import H2Pool, H2Stream
+from meshgate.io.h2client import AutoPool, H2Pool, H2Stream
 from meshgate.io.tunnel import UpgradeResponse
 from meshgate.io.upstream import ResponseHead, UpstreamConnection
 from meshgate.pipeline.context import Next, RequestContext
@@ -324,6 +324,11 @@ async def _attempt(
     route = ctx.route
     assert route is not None and ctx.deadline is not None
     pool = host.pool
+    if isinstance(pool, AutoPool):  # protocol auto, this instance not asked yet
+        try:
+            pool = host.pool = await _connect(cluster, pool.resolve)
+        except HTTPError as exc:
+            return _failed(ctx, cluster, host, exc)
     if isinstance(pool, H2Pool):
         return await _attempt_h2(ctx, cluster, host, pool, per_try_timeout_s)
     try:

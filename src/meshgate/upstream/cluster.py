@@ -23,9 +23,9 @@ from meshgate.core.resources import ResourceLimits
 from meshgate.core.retry import Failure, RetryBudget, WindowedRetryBudget
 from meshgate.http.errors import HTTPError
 from meshgate.http.messages import Request, cookie_value
-from meshgate.io.h2client import H2Pool
+from meshgate.io.h2client import AutoPool, H2Pool
 from meshgate.io.health import HealthChecker, grpc_probe, http_probe, tcp_probe
-from meshgate.io.tls import ALPN_H2_ONLY, ClientTls
+from meshgate.io.tls import ALPN_H2, ALPN_H2_ONLY, ClientTls
 from meshgate.io.upstream import Pool
 from meshgate.observability.metrics import UpstreamStats
 from meshgate.upstream.discovery import DiscoveryError, FileSource
@@ -54,7 +54,7 @@ class UpstreamHost:
         host: str,
         port: int,
         weight: int,
-        pool: Pool | H2Pool,
+        pool: Pool | H2Pool | AutoPool,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host
@@ -113,10 +113,15 @@ class Cluster:
         # TCP probes have their own.
         self.tls: ClientTls | None = None
         self.probe_tls: ClientTls | None = None
+        self.auto_tls: ClientTls | None = None  # protocol auto: asks h2 or http/1.1
+        self.h2_tls: ClientTls | None = None  # protocol auto: the instances that chose h2
         if tls is not None and tls.enabled:
             http2 = config.protocol == "h2"
             self.tls = ClientTls(tls, alpn=ALPN_H2_ONLY) if http2 else ClientTls(tls)
             self.probe_tls = ClientTls(tls) if http2 else self.tls
+            if config.protocol == "auto":
+                self.auto_tls = ClientTls(tls, alpn=ALPN_H2)
+                self.h2_tls = ClientTls(tls, alpn=ALPN_H2_ONLY)
         self._rng = rng or random.Random()
         self.hosts: list[UpstreamHost] = []  # filled from the registry (end of __init__)
         self.epoch = 0  # moves when membership, health or an ejection changes
@@ -181,17 +186,36 @@ class Cluster:
         self.registry.replace_all(self.name, [self._instance(i) for i in config.instances])
         self._report = True
 
-    def _pool(self, host: str, port: int) -> Pool | H2Pool:
+    def _pool(self, host: str, port: int) -> Pool | H2Pool | AutoPool:
         config = self.config
-        if config.protocol != "http1":
-            return H2Pool(
+        if config.protocol == "auto":
+            assert self.auto_tls is not None, "the config model requires tls for auto"
+            return AutoPool(
                 host,
                 port,
-                idle_timeout_s=config.pool.idle_timeout_s,
-                connect_timeout_s=config.connect_timeout_s,
-                read_timeout_s=config.read_timeout_s,
-                tls=self.tls,
+                self.auto_tls,
+                config.connect_timeout_s,
+                lambda h2: (
+                    self._h2_pool(host, port, self.h2_tls) if h2 else self._h1_pool(host, port)
+                ),
             )
+        if config.protocol != "http1":
+            return self._h2_pool(host, port, self.tls)
+        return self._h1_pool(host, port)
+
+    def _h2_pool(self, host: str, port: int, tls: ClientTls | None) -> H2Pool:
+        config = self.config
+        return H2Pool(
+            host,
+            port,
+            idle_timeout_s=config.pool.idle_timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
+            read_timeout_s=config.read_timeout_s,
+            tls=tls,
+        )
+
+    def _h1_pool(self, host: str, port: int) -> Pool:
+        config = self.config
         return Pool(
             host,
             port,
