@@ -2,7 +2,8 @@
 # The project's test command (README "Test it"; .ci/run calls this script).
 # Installs what the tests use on a fresh machine: Debian packages (curl for the
 # e2e tests, redis-server for fleet-wide rate limits, etcd-server for the control
-# plane's HA tests) and the package with its
+# plane's HA tests, nghttp2-client for h2load against the HTTP/2 listener) and the
+# package with its
 # test extras; then ruff, mypy and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   sudo_cmd=()

@@ -530,3 +530,28 @@ async def test_compressed_streamed_response_over_h2(
     assert resp.headers["content-encoding"] == "gzip"
     assert "content-length" not in resp.headers
     assert resp.content == text
+
+
+async def _h2load(*args: str) -> str:
+    """Run h2load (Debian nghttp2-client) to completion, bounded; its report."""
+    proc = await asyncio.create_subprocess_exec(
+        "h2load", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    async with asyncio.timeout(60):
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "h2"])
+async def test_h2load_bounded_run_has_no_failures(
+    gateway_factory: GatewayFactory, upstream: TestUpstream, pki: Pki, tls: bool
+) -> None:
+    """2,000 requests on 4 connections, 16 streams each: every one succeeds."""
+    gw = await gateway_factory(listener=tls_listener(pki) if tls else H2C)
+    target = https(gw, "/headers") if tls else http(gw, "/headers")
+    out = await _h2load("-n", "2000", "-c", "4", "-m", "16", target)
+    assert "requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed" in out, out
+    assert "status codes: 2000 2xx" in out, out
+    assert ("TLS Protocol: TLSv1.3" in out) == tls
+    assert len(upstream.requests) == 2000
