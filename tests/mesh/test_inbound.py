@@ -11,7 +11,7 @@ from cryptography import x509
 
 from meshgate.config.loader import ConfigError
 from meshgate.control.client import ControlPlaneClient
-from tests.mesh.certs import foreign_identity
+from tests.e2e.tls_helpers import CA
 from tests.mesh.conftest import (
     TRUST_DOMAIN,
     Mesh,
@@ -59,8 +59,9 @@ async def test_client_certificate_from_another_ca_is_refused(cp_mesh: Mesh, tmp_
     app = await cp_mesh.app("users")
     users = await cp_mesh.sidecar("users", app)
     # Same trust domain and a plausible SPIFFE ID, but signed by a stranger's CA.
-    cert, key, _ = foreign_identity(tmp_path / "stranger", sid("orders"))
-    ctx = mtls_context(cert, key, str(cp_mesh.bundle_file))
+    stranger = CA(tmp_path / "stranger", "not the mesh CA")
+    pair = stranger.issue("orders", uris=(sid("orders"),), client=True)
+    ctx = mtls_context(pair.cert_file, pair.key_file, str(cp_mesh.bundle_file))
     await refused(users.inbound_port, ctx)
     assert app.hits == []
 

@@ -14,6 +14,16 @@ class HTTPError(Exception):
         self.detail = detail or self.reason
 
 
+class Refused(Exception):
+    """A request the server refuses itself, before (or instead of) the app: the
+    status and detail it answers (a malformed head, a limit, a timeout)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
 class BadRequest(HTTPError):
     status = 400
     reason = "bad request"

@@ -63,6 +63,7 @@ from meshgate.http.errors import (
 )
 from meshgate.http.messages import Body, BytesBody, Headers
 from meshgate.http.stream import StreamBody
+from meshgate.io.flow import WriteFlow
 from meshgate.io.timers import Deadline
 from meshgate.io.upstream import MAX_RESPONSE_HEAD_BYTES, Pool, ResponseHead, dial
 
@@ -384,7 +385,7 @@ class H2Stream:
         self.client.reset(self.id, ErrorCodes.PROTOCOL_ERROR)
 
 
-class H2Client(asyncio.Protocol):
+class H2Client(WriteFlow):
     """One HTTP/2 connection to an upstream instance, carrying many `H2Stream`s."""
 
     def __init__(self, pool: H2Pool) -> None:
@@ -397,7 +398,7 @@ class H2Client(asyncio.Protocol):
         self.ready: asyncio.Future[None] = self.loop.create_future()  # first SETTINGS
         self._write_paused = False
         self._flush_due = False  # a flush_soon is scheduled
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter = None
         self._idle = Deadline(self.loop, self._idle_timed_out)
         # Outbound validation off: the proxy builds the header list from validated
         # requests (lower-case names, no connection-specific field, te only
@@ -471,10 +472,7 @@ class H2Client(asyncio.Protocol):
         """Until the socket's write buffer is below its low-water mark."""
         if not self._write_paused:
             return
-        waiter = self._drain_waiter
-        if waiter is None:
-            waiter = self._drain_waiter = self.loop.create_future()
-        await asyncio.shield(waiter)
+        await asyncio.shield(self._drain_future())
         if self.closed:
             raise UpstreamReset("upstream closed the connection while the body was sent")
 
@@ -509,20 +507,7 @@ class H2Client(asyncio.Protocol):
             self.ready.exception()
         for stream in list(self.streams.values()):
             stream.on_lost(UpstreamReset("upstream closed the connection"))
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake_drain()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:

@@ -51,6 +51,7 @@ from meshgate.http.errors import (
     BodyTooLarge,
     ClientDisconnected,
     HTTPError,
+    Refused,
 )
 from meshgate.http.grpc import error_as_grpc, is_grpc
 from meshgate.http.messages import (
@@ -66,6 +67,7 @@ from meshgate.http.messages import (
 from meshgate.http.paths import normalize_target
 from meshgate.http.stream import StreamBody
 from meshgate.http.tls import TlsInfo
+from meshgate.io.flow import WriteFlow
 from meshgate.io.timers import Deadline
 from meshgate.observability.accesslog import AccessEntry
 
@@ -89,15 +91,6 @@ _NOT_SENT = frozenset(
     | {"content-length"}
 )
 _NO_BODY_STATUS = frozenset({204, 304})
-
-
-class _Refused(Exception):
-    """A request the gateway answers itself, without running the app."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 class _Stream:
@@ -172,12 +165,10 @@ class _Stream:
             body.fail(BodyTimeout(f"no request body data for {timeout:g} s"))
 
 
-class H2ServerProtocol(asyncio.Protocol):
+class H2ServerProtocol(WriteFlow):
     __slots__ = (
         "_deadline",
-        "_drain_waiter",
         "_flush_due",
-        "_write_paused",
         "cfg",
         "client_ip",
         "client_port",
@@ -208,7 +199,7 @@ class H2ServerProtocol(asyncio.Protocol):
         self.streams: dict[int, _Stream] = {}
         self._write_paused = False
         self._flush_due = False  # a flush_soon is scheduled
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter = None
         self._deadline = Deadline(self.loop, self._on_idle_timeout)
         conn = self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         conn.local_settings = Settings(
@@ -244,26 +235,12 @@ class H2ServerProtocol(asyncio.Protocol):
         self._deadline.cancel()
         for stream in self.streams.values():
             self._abandon(stream, ClientDisconnected())
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ClientDisconnected())
-            waiter.exception()  # retrieved here; the writers check `closed`
+        self._fail_drain(ClientDisconnected())
         self.server.connection_closed()
 
     def running(self) -> list[asyncio.Task[None]]:
         """The tasks answering this connection's streams."""
         return [s.task for s in self.streams.values() if s.task is not None]
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     def flush(self) -> None:
         """Write what the h2 state machine has queued."""
@@ -363,11 +340,11 @@ class H2ServerProtocol(asyncio.Protocol):
         stream.receiving = event.stream_ended is None
         self.streams[stream_id] = stream
         self._deadline.clear()  # busy: the idle deadline is set again when streams end
-        request: Request | _Refused
+        request: Request | Refused
         try:
             headers = cast(list[tuple[bytes, bytes]], event.headers or [])  # header_encoding=None
             request = self._request(stream, headers)
-        except _Refused as exc:
+        except Refused as exc:
             request = exc
         stream.task = self.loop.create_task(self._answer(stream, request))
         stream.task.add_done_callback(stream.done)
@@ -404,9 +381,9 @@ class H2ServerProtocol(asyncio.Protocol):
                 stream.continue_expected = True
             fields.append((name, value))
         if size > self.cfg.max_header_bytes:
-            raise _Refused(431, "request header fields too large")
+            raise Refused(431, "request header fields too large")
         if method == "CONNECT":
-            raise _Refused(405, "CONNECT is not supported")
+            raise Refused(405, "CONNECT is not supported")
         # h2 refused a request with neither :authority nor Host, or with both differing.
         if host is None:
             fields.insert(0, ("host", authority))  # what the upstream's HTTP/1.1 needs
@@ -415,7 +392,7 @@ class H2ServerProtocol(asyncio.Protocol):
         if cookies:
             fields.append(("cookie", "; ".join(cookies)))
         if not path.startswith("/"):
-            raise _Refused(400, "the request target must be a path (origin-form)")
+            raise Refused(400, "the request target must be a path (origin-form)")
         if "/." in path or "%2" in path:
             path = normalize_target(path)
         length: int | None = None
@@ -423,7 +400,7 @@ class H2ServerProtocol(asyncio.Protocol):
             length = int(content_length)  # h2 checked it is a number matching the DATA
             limit = self.server.max_body_bytes
             if limit is not None and length > limit:
-                raise _Refused(413, f"request body larger than {limit} bytes")
+                raise Refused(413, f"request body larger than {limit} bytes")
         body: Body
         if not stream.receiving:
             body = BytesBody(b"")
@@ -522,11 +499,11 @@ class H2ServerProtocol(asyncio.Protocol):
             stream.task.cancel()
 
     # --- answering ---------------------------------------------------------
-    async def _answer(self, stream: _Stream, request: Request | _Refused) -> None:
+    async def _answer(self, stream: _Stream, request: Request | Refused) -> None:
         entry: AccessEntry | None = None
         ok = False
         try:
-            if isinstance(request, _Refused):
+            if isinstance(request, Refused):
                 resp = error_response(request.status, request.detail, new_request_id())
                 ok = await self._respond(stream, "GET", resp)
                 return
@@ -700,9 +677,7 @@ class H2ServerProtocol(asyncio.Protocol):
         streams: shielded, so one stream cancelled does not fail the others' wait)."""
         if self.closed:
             raise ClientDisconnected()
-        waiter = self._drain_waiter
-        if waiter is None:
-            waiter = self._drain_waiter = self.loop.create_future()
+        waiter = self._drain_future()
         try:
             async with asyncio.timeout(self.cfg.send_timeout_s):
                 await asyncio.shield(waiter)

@@ -29,6 +29,7 @@ from meshgate.http.errors import (
     BodyTooLarge,
     ClientDisconnected,
     HTTPError,
+    Refused,
 )
 from meshgate.http.framing import (
     LAST_CHUNK,
@@ -50,6 +51,7 @@ from meshgate.http.messages import (
 from meshgate.http.paths import normalize_target
 from meshgate.http.stream import StreamBody
 from meshgate.http.tls import TlsInfo
+from meshgate.io.flow import WriteFlow
 from meshgate.io.h2server import PREFACE, H2ServerProtocol
 from meshgate.io.timers import Deadline
 from meshgate.io.tls import ServerTls, tls_info
@@ -92,15 +94,6 @@ def _last_chunk(body: Body, request: Request | None) -> bytes:
     return last_chunk(trailers.raw())
 
 
-class _Reject(Exception):
-    """Raised inside a parser callback to refuse the request."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
 class _Pending:
     """A request waiting for its response, or a protocol error to answer in order."""
 
@@ -115,7 +108,7 @@ class _Pending:
     )
 
     def __init__(
-        self, request: Request | None, keep_alive: bool, error: _Reject | None = None
+        self, request: Request | None, keep_alive: bool, error: Refused | None = None
     ) -> None:
         self.request = request
         self.keep_alive = keep_alive
@@ -126,7 +119,7 @@ class _Pending:
         self.sent = 0  # response body bytes handed to the transport
 
 
-class HttpServerProtocol(asyncio.Protocol):
+class HttpServerProtocol(WriteFlow):
     # Slots, not a __dict__: more than 30 attributes make CPython give every instance
     # an unshared dict (~1.5 KB per idle connection).
     __slots__ = (
@@ -137,7 +130,6 @@ class HttpServerProtocol(asyncio.Protocol):
         "_current_body",
         "_deadline",
         "_deadline_cb",
-        "_drain_waiter",
         "_head_raw_bytes",
         "_header_bytes",
         "_headers",
@@ -147,7 +139,6 @@ class HttpServerProtocol(asyncio.Protocol):
         "_stopped",
         "_tunnel_early",
         "_url",
-        "_write_paused",
         "cfg",
         "client_ip",
         "client_port",
@@ -190,11 +181,11 @@ class HttpServerProtocol(asyncio.Protocol):
         self._chunked_raw = 0  # raw bytes read while receiving it
         self._chunks = 0
         self._stopped = False  # no more requests will be parsed on this connection
-        self._reject: _Reject | None = None
+        self._reject: Refused | None = None
         # flow control
         self._pause_flags = 0
         self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter = None
         # One deadline at a time: head, body or idle; `_deadline_cb` says which.
         self._deadline = Deadline(self.loop, self._on_deadline)
         self._deadline_cb: Callable[[], None] = self._on_idle_timeout
@@ -242,33 +233,17 @@ class HttpServerProtocol(asyncio.Protocol):
             body = pending.request.body if pending.request is not None else None
             if isinstance(body, StreamBody):
                 body.fail(ClientDisconnected())
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ClientDisconnected())
-            waiter.exception()  # retrieved here; the writer checks `closed`
+        self._fail_drain(ClientDisconnected())
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self.server.connection_closed()
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     async def _drain(self) -> None:
         if self.closed:
             raise ClientDisconnected()
         if not self._write_paused:
             return
-        waiter = self._drain_waiter
-        if waiter is None:
-            waiter = self._drain_waiter = self.loop.create_future()
+        waiter = self._drain_future()
         try:
             async with asyncio.timeout(self.cfg.send_timeout_s):
                 await waiter
@@ -313,7 +288,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def _on_idle_timeout(self) -> None:
         if self._in_head:
-            self._protocol_error(_Reject(408, "request header timeout"))
+            self._protocol_error(Refused(408, "request header timeout"))
         elif not self.queue and self.transport is not None:
             self.transport.close()
 
@@ -336,7 +311,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 # fields, so count raw bytes too (overshoot is at most one read).
                 self._head_raw_bytes += len(data)
                 if self._head_raw_bytes > self.cfg.max_header_bytes:
-                    self._protocol_error(_Reject(431, "request header fields too large"))
+                    self._protocol_error(Refused(431, "request header fields too large"))
             elif chunked_body is not None and chunked_body is self._current_body:
                 self._check_chunk_overhead(chunked_body, len(data))
         except httptools.HttpParserUpgrade as exc:
@@ -350,7 +325,7 @@ class HttpServerProtocol(asyncio.Protocol):
                     self._tunnel_early += data[int(exc.args[0]) :]
             self._stop_reading()
         except httptools.HttpParserError as exc:
-            reject = self._reject or _Reject(400, f"malformed request: {exc}")
+            reject = self._reject or Refused(400, f"malformed request: {exc}")
             self._reject = None
             current = self._current_body
             if current is not None and self._current is not None:
@@ -409,7 +384,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def _raise(self, status: int, detail: str) -> None:
-        self._reject = _Reject(status, detail)
+        self._reject = Refused(status, detail)
         raise self._reject
 
     def on_headers_complete(self) -> None:
@@ -556,7 +531,7 @@ class HttpServerProtocol(asyncio.Protocol):
             if self._current is not None:
                 self._current.keep_alive = False
             self._stop_reading()
-            raise _Reject(413, "request body too large")  # stop the parser here
+            raise Refused(413, "request body too large")  # stop the parser here
         body.feed(data)
         if not self._pause_flags:
             self._set_timer(self.cfg.body_timeout_s, self._on_body_timeout)
@@ -575,7 +550,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._cancel_timer()
         self._pause(_PAUSE_STOPPED)
 
-    def _protocol_error(self, reject: _Reject) -> None:
+    def _protocol_error(self, reject: Refused) -> None:
         """Answer ``reject`` after the requests already queued, then close."""
         self._in_head = False
         self._stop_reading()

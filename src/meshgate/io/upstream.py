@@ -29,6 +29,7 @@ from meshgate.http.errors import (
 from meshgate.http.framing import connection_tokens, framing_too_large
 from meshgate.http.messages import HOP_BY_HOP, BytesBody
 from meshgate.http.stream import StreamBody
+from meshgate.io.flow import WriteFlow
 from meshgate.io.timers import Deadline
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class ResponseHead:
         self.body = body
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(WriteFlow):
     """A keep-alive connection to one upstream instance."""
 
     def __init__(self, pool: Pool) -> None:
@@ -94,7 +95,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_done = True  # our side of the exchange is fully written
         self._response_done = True
         self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter = None
         self._error: Exception | None = None
         # WebSocket: this exchange asked to upgrade; the upstream answered 101 (the
         # connection then belongs to a tunnel, never to the pool); bytes it sent
@@ -189,20 +190,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_chunk_header(self) -> None:
         self._chunks += 1
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake_drain()
-
-    def _wake_drain(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     # --- parser callbacks --------------------------------------------------
     def on_message_begin(self) -> None:
@@ -357,10 +344,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
         if self._write_paused:
-            waiter = self._drain_waiter
-            if waiter is None:
-                waiter = self._drain_waiter = self.loop.create_future()
-            await waiter
+            await self._drain_future()
             if self.closed:
                 raise UpstreamReset("upstream closed the connection while the body was sent")
 

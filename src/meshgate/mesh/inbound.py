@@ -111,13 +111,12 @@ class InboundGuard:
             trace_id = int.from_bytes(secrets.token_bytes(16), "big") or 1
             span_id = int.from_bytes(secrets.token_bytes(8), "big") or 1
             headers.set("traceparent", format_traceparent(trace_id, span_id, False))
-        status = 500
-        try:
-            await call_next()
-            if ctx.response is not None:
-                status = ctx.response.status
-        finally:
-            self.stats.record("inbound", source, self.label, status, time.monotonic() - start)
+        record = self.stats.record
+        await _counted(
+            ctx,
+            call_next,
+            lambda status: record("inbound", source, self.label, status, time.monotonic() - start),
+        )
 
 
 class OutboundTag:
@@ -134,12 +133,25 @@ class OutboundTag:
         headers = ctx.request.headers
         for name in IDENTITY_HEADERS:
             headers.remove(name)
-        status = 500
-        try:
-            await call_next()
-            if ctx.response is not None:
-                status = ctx.response.status
-        finally:
-            route = ctx.route
-            destination = route.name if route is not None else UNKNOWN
-            self.stats.record("outbound", self.label, destination, status, time.monotonic() - start)
+        route = ctx.route
+        destination = route.name if route is not None else UNKNOWN
+        record = self.stats.record
+        await _counted(
+            ctx,
+            call_next,
+            lambda status: record(
+                "outbound", self.label, destination, status, time.monotonic() - start
+            ),
+        )
+
+
+async def _counted(ctx: RequestContext, call_next: Next, record: Callable[[int], None]) -> None:
+    """Run the rest of the chain, then ``record`` the status answered (500 when it
+    raised, or set no response)."""
+    status = 500
+    try:
+        await call_next()
+        if ctx.response is not None:
+            status = ctx.response.status
+    finally:
+        record(status)
