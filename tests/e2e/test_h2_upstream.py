@@ -271,14 +271,19 @@ async def test_upstream_down_is_503_and_non_h2_upstream_502(
         assert_json_error(await c.get(url(gw, "/x")), 502)
 
 
-async def test_tls_h2_upstream_with_alpn(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("protocol", "connections"), [("h2", 1), ("auto", 2)])
+async def test_tls_h2_upstream_with_alpn(
+    gateway_factory: GatewayFactory, tmp_path: Path, protocol: str, connections: int
+) -> None:
+    """h2: ALPN h2 only. auto: asks once (a probe connection closed after the
+    handshake), then the same single HTTP/2 connection carries the requests."""
     ca = CA(tmp_path / "ca")
     pair = ca.issue("upstream", ("upstream.test",), ips=("127.0.0.1",))
     srv = await H2Upstream(tls=tls_context(pair.cert_file, pair.key_file)).start()
     try:
         ups = h2c_upstream(
             srv.port,
-            protocol="h2",
+            protocol=protocol,
             tls={"ca_file": ca.cert_file, "server_name": "upstream.test"},
         )
         gw = await gateway_factory(make_config(0, upstreams=ups, listener=H2C))
@@ -286,7 +291,8 @@ async def test_tls_h2_upstream_with_alpn(gateway_factory: GatewayFactory, tmp_pa
             rs = await asyncio.gather(*(c.get(url(gw, "/headers")) for _ in range(10)))
         assert [r.status_code for r in rs] == [200] * 10
         assert dict(json.loads(rs[0].content))[":scheme"] == "https"
-        assert srv.connections == 1
+        assert type(pool_of(gw)).__name__ == "H2Pool"
+        assert srv.connections == connections
     finally:
         await srv.stop()
 
@@ -355,28 +361,3 @@ async def test_an_answer_before_the_body_stands_when_the_upstream_stops_the_uplo
         await raw.close()
     assert (answer.status, answer.body) == (200, b"early")
     assert h2up.connections == 1
-
-
-async def test_auto_protocol_picks_h2_by_alpn(
-    gateway_factory: GatewayFactory, tmp_path: Path
-) -> None:
-    """protocol: auto asks once (a probe connection closed after the handshake), then
-    the instance's requests share one HTTP/2 connection."""
-    ca = CA(tmp_path / "ca")
-    pair = ca.issue("upstream", ("upstream.test",), ips=("127.0.0.1",))
-    srv = await H2Upstream(tls=tls_context(pair.cert_file, pair.key_file)).start()
-    try:
-        ups = h2c_upstream(
-            srv.port,
-            protocol="auto",
-            tls={"ca_file": ca.cert_file, "server_name": "upstream.test"},
-        )
-        gw = await gateway_factory(make_config(0, upstreams=ups, listener=H2C))
-        async with h2_client() as c:
-            rs = await asyncio.gather(*(c.get(url(gw, "/headers")) for _ in range(10)))
-        assert [r.status_code for r in rs] == [200] * 10
-        assert dict(json.loads(rs[0].content))[":scheme"] == "https"
-        assert type(pool_of(gw)).__name__ == "H2Pool"
-        assert srv.connections == 2  # the ALPN probe, then the one HTTP/2 connection
-    finally:
-        await srv.stop()

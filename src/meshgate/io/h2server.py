@@ -67,6 +67,7 @@ from meshgate.http.messages import (
 from meshgate.http.paths import normalize_target
 from meshgate.http.stream import StreamBody
 from meshgate.http.tls import TlsInfo
+from meshgate.io.dispatch import run_app
 from meshgate.io.flow import WriteFlow
 from meshgate.io.timers import Deadline
 from meshgate.observability.accesslog import AccessEntry
@@ -507,19 +508,9 @@ class H2ServerProtocol(WriteFlow):
                 resp = error_response(request.status, request.detail, new_request_id())
                 ok = await self._respond(stream, "GET", resp)
                 return
-            try:
-                if self.server.access_log is None:
-                    resp = await self.server.app(request)
-                else:
-                    logging_app = self.server.logging_app
-                    assert logging_app is not None  # (the access log is the app's)
-                    entry = AccessEntry(request)
-                    resp = await logging_app(request, entry)
-            except HTTPError as exc:  # e.g. the body broke while the app read it
-                resp = error_response(exc.status, exc.detail, new_request_id())
-            except Exception:
-                log.exception("unhandled error answering %s %s", request.method, request.path)
-                resp = error_response(500, "internal error", new_request_id())
+            if self.server.access_log is not None:
+                entry = AccessEntry(request)
+            resp = await run_app(self.server, request, entry)
             if resp.status == ClientDisconnected.status:  # client gone: nobody to answer
                 await resp.body.aclose()
                 self._reset(stream, ErrorCodes.CANCEL)

@@ -28,7 +28,6 @@ from meshgate.http.errors import (
     BodyTimeout,
     BodyTooLarge,
     ClientDisconnected,
-    HTTPError,
     Refused,
 )
 from meshgate.http.framing import (
@@ -51,6 +50,7 @@ from meshgate.http.messages import (
 from meshgate.http.paths import normalize_target
 from meshgate.http.stream import StreamBody
 from meshgate.http.tls import TlsInfo
+from meshgate.io.dispatch import run_app
 from meshgate.io.flow import WriteFlow
 from meshgate.io.h2server import PREFACE, H2ServerProtocol
 from meshgate.io.timers import Deadline
@@ -590,20 +590,10 @@ class HttpServerProtocol(WriteFlow):
                 if alog is not None:
                     entry = AccessEntry(request)
                 early = request.body.error if isinstance(request.body, StreamBody) else None
-                try:
-                    if early is not None:  # framing already broken: don't involve the app
-                        resp = error_response(early.status, early.detail, new_request_id())
-                    elif entry is None:
-                        resp = await self.server.app(request)
-                    else:
-                        logging_app = self.server.logging_app
-                        assert logging_app is not None
-                        resp = await logging_app(request, entry)
-                except HTTPError as exc:  # e.g. the body broke while the app read it
-                    resp = error_response(exc.status, exc.detail, new_request_id())
-                except Exception:
-                    log.exception("unhandled error answering %s %s", request.method, request.path)
-                    resp = error_response(500, "internal error", new_request_id())
+                if early is not None:  # framing already broken: don't involve the app
+                    resp = error_response(early.status, early.detail, new_request_id())
+                else:
+                    resp = await run_app(self.server, request, entry)
                 if resp.status == ClientDisconnected.status:  # client gone: nobody to answer
                     await resp.body.aclose()
                     self._close()
