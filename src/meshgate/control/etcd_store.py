@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aetcd
 import aetcd.exceptions
@@ -27,7 +27,29 @@ from meshgate.control.watch import Event
 log = logging.getLogger("meshgate.control.etcd")
 
 RECONNECT_DELAY_S = 0.5
+# A request waits for a reconnection (trying every member) at most this many timeouts.
+RECONNECT_WAIT_FACTOR = 3
 T = TypeVar("T")
+
+
+class ChannelClosed(Exception):
+    """An etcd call ended because its client was closed (a reconnection elsewhere)."""
+
+
+async def _open_client(client: aetcd.Client) -> None:
+    await client.connect()
+    await client.status()
+
+
+def _forget_abandoned(
+    abandoned: set[asyncio.Future[Any]],
+) -> Callable[[asyncio.Future[Any]], None]:
+    def done(task: asyncio.Future[Any]) -> None:
+        abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller has long had its TimeoutError
+
+    return done
 
 
 class EtcdStore(Store):
@@ -46,6 +68,7 @@ class EtcdStore(Store):
         self._client: aetcd.Client | None = None
         self._endpoint = 0  # index of the member the client talks to
         self._reconnecting = asyncio.Lock()
+        self._abandoned: set[asyncio.Future[Any]] = set()  # timed-out calls still ending
         self._watcher: asyncio.Task[None] | None = None
         self._watch_started = asyncio.Event()
 
@@ -70,12 +93,10 @@ class EtcdStore(Store):
             host, port = self.endpoints[index]
             client = aetcd.Client(host=host, port=port, timeout=int(max(1, self.timeout_s)))
             try:
-                async with asyncio.timeout(self.timeout_s):
-                    await client.connect()
-                    await client.status()
-            except (aetcd.exceptions.ClientError, TimeoutError, OSError) as exc:
+                await self._bounded(_open_client(client))
+            except (aetcd.exceptions.ClientError, ChannelClosed, TimeoutError, OSError) as exc:
                 problems.append(f"{host}:{port}: {exc or type(exc).__name__}")
-                await client.close()
+                await self._close_quietly(client)
                 continue
             self._endpoint = index
             return client
@@ -92,9 +113,13 @@ class EtcdStore(Store):
             self._client = await self._connect(self._endpoint + 1)
         # Closing the channel of a dead member is bounded too (and outside the lock: the
         # callers waiting for the reconnection must not wait for it).
+        await self._close_quietly(failed)
+
+    async def _close_quietly(self, client: aetcd.Client) -> None:
+        """Close a client, bounded: a channel to a member going away can take a
+        gRPC reconnection backoff (tens of seconds) to close."""
         with contextlib.suppress(Exception):  # TimeoutError included
-            async with asyncio.timeout(self.timeout_s):
-                await failed.close()
+            await self._bounded(client.close())
 
     async def _call(self, op: Callable[[aetcd.Client], Awaitable[T]]) -> T:
         """``op`` on the current client, bounded by ``timeout_s`` (the client's own RPC
@@ -103,19 +128,44 @@ class EtcdStore(Store):
         answer: `StoreUnavailable` (the API says 503)."""
         client = self.client
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await op(client)
+            return await self._bounded(op(client))
         except (
             aetcd.exceptions.ConnectionFailedError,
             aetcd.exceptions.ConnectionTimeoutError,
+            ChannelClosed,
             TimeoutError,
         ):
-            await self._reconnect(client)
+            # Bounded: another caller (the watch) may hold the reconnection longer.
+            try:
+                await self._bounded(self._reconnect(client), RECONNECT_WAIT_FACTOR)
+            except TimeoutError:
+                raise StoreUnavailable(
+                    f"etcd: no member answered within {self.timeout_s * RECONNECT_WAIT_FACTOR:g} s"
+                ) from None
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await op(self.client)
+            return await self._bounded(op(self.client))
         except TimeoutError:
             raise StoreUnavailable(f"etcd: no answer within {self.timeout_s:g} s") from None
+        except ChannelClosed as exc:
+            raise StoreUnavailable(str(exc)) from None
+
+    async def _bounded(self, call: Awaitable[T], timeouts: float = 1.0) -> T:
+        """``call``'s result, or TimeoutError after ``timeouts`` x ``timeout_s`` even
+        when the call does not give up when cancelled (asyncio.timeout would wait for
+        it): a gRPC call to a member going away was seen to ignore its cancellation
+        for 30 s. It then ends in the background."""
+        task = asyncio.ensure_future(call)
+        done, _ = await asyncio.wait({task}, timeout=self.timeout_s * timeouts)
+        if task in done:
+            if task.cancelled():
+                # Not us: closing the client of a member that went away (another
+                # caller reconnected) cancels the gRPC calls still on its channel.
+                raise ChannelClosed("etcd: the call's channel was closed")
+            return task.result()
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(_forget_abandoned(self._abandoned))
+        raise TimeoutError
 
     async def open(self) -> None:
         self._client = await self._connect()
