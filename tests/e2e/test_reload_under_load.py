@@ -197,6 +197,8 @@ async def test_sigterm_during_load_completes_every_accepted_request(
                     failures.append(f"{rid}: {r.status_code}")
 
     async with httpx.AsyncClient(timeout=5) as admin:
+        # The admin listener starts just after the data port the fixture waited for.
+        await eventually(lambda: can_connect(admin_port), 5.0)
         assert (await admin.get(ready_url)).status_code == 200
         clients = [asyncio.create_task(client_loop(n)) for n in range(10)]
         try:
