@@ -72,6 +72,37 @@ class WatchResult:
     events: list[dict[str, Any]]  # snapshot: items {key, revision, value}
 
 
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    """What a workload certificate says: its SPIFFE ID, validity and serial."""
+
+    spiffe_id: SpiffeId
+    not_before: float
+    not_after: float
+    serial: int
+
+
+def read_cert(path: Path) -> CertInfo:
+    """The leaf certificate in ``path`` (PEM, leaf first): OSError when unreadable,
+    ValueError saying what is wrong when it is no certificate or has no SPIFFE ID
+    (first URI SAN)."""
+    try:
+        cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+    except ValueError as exc:
+        raise ValueError(f"no PEM certificate ({exc})") from None
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sid = SpiffeId.parse(san.get_values_for_type(x509.UniformResourceIdentifier)[0])
+    except (x509.ExtensionNotFound, IndexError, ValueError) as exc:
+        raise ValueError(f"no SPIFFE ID in the certificate ({exc})") from None
+    return CertInfo(
+        sid,
+        cert.not_valid_before_utc.timestamp(),
+        cert.not_valid_after_utc.timestamp(),
+        cert.serial_number,
+    )
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, readable by the owner only."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -116,15 +147,9 @@ class ControlPlaneClient:
         cert_path, key_path = self._paths()
         if not cert_path.exists() or not key_path.exists():
             return None
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sid = SpiffeId.parse(san.get_values_for_type(x509.UniformResourceIdentifier)[0])
+        info = read_cert(cert_path)
         return Identity(
-            sid,
-            str(cert_path),
-            str(key_path),
-            cert.not_valid_before_utc.timestamp(),
-            cert.not_valid_after_utc.timestamp(),
+            info.spiffe_id, str(cert_path), str(key_path), info.not_before, info.not_after
         )
 
     async def set_bundle(self, roots: list[str]) -> None:

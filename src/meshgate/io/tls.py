@@ -62,7 +62,7 @@ class ServerTls:
         self.config = config
         self.alpn = alpn
         self._doc = doc
-        self._stamps = _stamps(config.files())
+        self._stamps = file_stamps(config.files())
         self._contexts = self._build()
         self.context = self._new_context()  # the front: options shared by every handshake
         default = config.certificates[0]
@@ -160,7 +160,7 @@ class ServerTls:
 
     async def check_reload(self) -> bool:
         """Reload when a file changed since the last load; True when new ones serve."""
-        stamps = await asyncio.to_thread(_stamps, self.config.files())
+        stamps = await asyncio.to_thread(file_stamps, self.config.files())
         if stamps == self._stamps:
             return False
         try:
@@ -183,7 +183,7 @@ class ServerTls:
                 await task
 
 
-def _stamps(paths: list[str]) -> tuple[tuple[int, int, int], ...]:
+def file_stamps(paths: list[str]) -> tuple[tuple[int, int, int], ...]:
     """(mtime ns, size, inode) of each file; zeros for a missing one."""
     out = []
     for path in paths:
@@ -248,7 +248,7 @@ class ClientTls:
         self.spiffe_id = config.spiffe_id
         self._clock = clock
         self._files = config.files()
-        self._stamps = _stamps(self._files)
+        self._stamps = file_stamps(self._files)
         self._context = client_context(config, alpn)
         self._checked_at = clock()
 
@@ -257,7 +257,7 @@ class ClientTls:
         now = self._clock()
         if self._files and now - self._checked_at >= self.config.reload_check_s:
             self._checked_at = now
-            stamps = _stamps(self._files)
+            stamps = file_stamps(self._files)
             if stamps != self._stamps:
                 self._stamps = stamps
                 try:

@@ -19,13 +19,12 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
 from meshgate.control.ca import SpiffeId
-from meshgate.control.client import ControlPlaneClient, ControlPlaneError
+from meshgate.control.client import CertInfo, ControlPlaneClient, ControlPlaneError
+from meshgate.control.client import read_cert as read_workload_cert
+from meshgate.io.tls import file_stamps
 from meshgate.mesh.config import ControlPlaneLink, SidecarConfig, StaticMesh
 
 log = logging.getLogger("meshgate.mesh.identity")
@@ -40,32 +39,14 @@ class IdentityError(Exception):
     """No usable identity (says why: no token, refused, unreadable files...)."""
 
 
-@dataclass(frozen=True, slots=True)
-class CertInfo:
-    spiffe_id: SpiffeId
-    not_before: float
-    not_after: float
-    serial: int
-
-
 def read_cert(path: str) -> CertInfo:
     """The SPIFFE ID and validity of the leaf certificate in ``path`` (IdentityError)."""
     try:
-        cert = x509.load_pem_x509_certificates(Path(path).read_bytes())[0]
-    except (OSError, ValueError) as exc:
+        return read_workload_cert(Path(path))
+    except OSError as exc:
         raise IdentityError(f"{path}: no PEM certificate ({exc})") from None
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        sid = SpiffeId.parse(uris[0])
-    except (x509.ExtensionNotFound, IndexError, ValueError) as exc:
-        raise IdentityError(f"{path}: no SPIFFE ID in the certificate ({exc})") from None
-    return CertInfo(
-        sid,
-        cert.not_valid_before_utc.timestamp(),
-        cert.not_valid_after_utc.timestamp(),
-        cert.serial_number,
-    )
+    except ValueError as exc:
+        raise IdentityError(f"{path}: {exc}") from None
 
 
 class IdentityManager:
@@ -248,10 +229,10 @@ class IdentityManager:
         await self._changed()
 
     async def _watch_static(self) -> None:
-        stamp = _stamp(self.cert_file)
+        stamp = file_stamps([self.cert_file])
         while True:
             await asyncio.sleep(STATIC_CHECK_S)
-            now = _stamp(self.cert_file)
+            now = file_stamps([self.cert_file])
             if now == stamp:
                 continue
             stamp = now
@@ -277,11 +258,3 @@ class IdentityManager:
             await asyncio.gather(task, return_exceptions=True)
         if self.client is not None:
             await self.client.aclose()
-
-
-def _stamp(path: str) -> tuple[int, int]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return (0, 0)
-    return (st.st_mtime_ns, st.st_size)
