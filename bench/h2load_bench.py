@@ -32,6 +32,7 @@ from run import (
     BenchError,
     Context,
     ProcessSet,
+    add_common_args,
     collect_info,
     free_port,
     log,
@@ -88,12 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--streams", type=int, default=10, help="max concurrent streams per client")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--proxy-cpu", type=int, default=0)
-    p.add_argument("--load-cpu", type=int, default=1)
-    p.add_argument("--no-pin", action="store_true")
-    p.add_argument("--start-timeout", type=float, default=30.0)
     p.add_argument("--meshgate-cmd")
-    p.add_argument("--json", action="store_true")
+    add_common_args(p)
     args = p.parse_args(argv)
     args.upstream, args.connections, args.duration, args.warmup = "auto", 0, 0, 0
     args.middleware = "builtins"

@@ -31,6 +31,7 @@ from run import (
     Context,
     ProcessSet,
     Result,
+    add_common_args,
     collect_info,
     free_port,
     log,
@@ -86,12 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--proxy-cpu", type=int, default=0)
-    p.add_argument("--load-cpu", type=int, default=1)
-    p.add_argument("--no-pin", action="store_true")
     p.add_argument("--upstream", choices=("auto", "nginx", "python"), default="auto")
-    p.add_argument("--start-timeout", type=float, default=30.0)
-    p.add_argument("--json", action="store_true")
+    add_common_args(p)
     args = p.parse_args(argv)
     args.middleware = "builtins"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))

@@ -887,6 +887,15 @@ def print_table(
             print(f"{name} per-core ratio by round: {shown} (median above)")
 
 
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Pinning, start-up and output options every bench script takes."""
+    p.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy (default 0)")
+    p.add_argument("--load-cpu", type=int, default=1, help="CPU for upstream and wrk (default 1)")
+    p.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    p.add_argument("--start-timeout", type=float, default=30.0, help="seconds to become ready")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Benchmark meshgate against nginx, a bare Python proxy and direct upstream."
@@ -921,11 +930,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--meshgate-cmd", help="command to use instead of 'meshgate', e.g. 'python -m meshgate'"
     )
-    p.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy (default 0)")
-    p.add_argument("--load-cpu", type=int, default=1, help="CPU for upstream and wrk (default 1)")
-    p.add_argument("--no-pin", action="store_true", help="do not use taskset")
-    p.add_argument("--start-timeout", type=float, default=30.0, help="seconds to become ready")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    add_common_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="echo raw wrk output to stderr")
     args = p.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]

@@ -29,6 +29,7 @@ from run import (
     BenchError,
     Context,
     ProcessSet,
+    add_common_args,
     collect_info,
     free_port,
     log,
@@ -112,12 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--proxy-cpu", type=int, default=0)
-    p.add_argument("--load-cpu", type=int, default=1)
-    p.add_argument("--no-pin", action="store_true")
-    p.add_argument("--start-timeout", type=float, default=30.0)
     p.add_argument("--meshgate-cmd")
-    p.add_argument("--json", action="store_true")
+    add_common_args(p)
     args = p.parse_args(argv)
     args.upstream, args.connections, args.duration, args.warmup = "nginx", 1, 0, 0
     args.middleware = "builtins"
