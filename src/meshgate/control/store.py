@@ -17,6 +17,7 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -150,9 +151,15 @@ CREATE INDEX IF NOT EXISTS kv_lease ON kv (lease);
 
 
 class SQLiteStore(Store):
-    """One file, one process. sqlite3 runs in a worker thread (`asyncio.to_thread`),
-    one operation at a time. Leases live in a `LeaseTable` mirrored to the file;
-    after a restart each lease gets a full TTL again (as etcd does on a new leader)."""
+    """One file, one process. sqlite3 runs in one dedicated worker thread, so
+    operations run one at a time in the order they were asked for, even when a
+    caller is cancelled while its operation runs (the thread finishes it; the next
+    one waits its turn). A write's change event is scheduled on the event loop by
+    that thread right after its commit, so watchers see every committed revision,
+    in order, whether or not its caller is still waiting. An operation cancelled
+    before the thread took it up is not made. Leases live in a `LeaseTable`
+    mirrored to the file; after a restart each lease gets a full TTL again (as etcd
+    does on a new leader)."""
 
     def __init__(
         self, path: str, *, history: int = 10_000, clock: Callable[[], float] = time.time
@@ -162,7 +169,8 @@ class SQLiteStore(Store):
         self.clock = clock
         self.leases = LeaseTable()
         self._db: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._thread: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._rev = 0
 
@@ -180,15 +188,15 @@ class SQLiteStore(Store):
             self.leases.restore(int(lease_id), float(ttl_s), max(float(expires_at), now + ttl_s))
         self._db = db
 
-    def _write(self, sql: list[tuple[str, tuple[object, ...]]]) -> int:
-        """Run ``sql`` plus the revision bump in one transaction; the new revision."""
-        db = self._db
-        assert db is not None
+    def _write(self, stmt: str, args: tuple[object, ...], key: str, value: str | None) -> int:
+        """Run ``stmt`` (``_REV`` in ``args`` stands for the new revision) plus the
+        revision bump in one transaction; schedule the change event; the revision."""
+        db, loop = self._db, self._loop
+        assert db is not None and loop is not None
         rev = self._rev + 1
         db.execute("BEGIN IMMEDIATE")
         try:
-            for stmt, args in sql:
-                db.execute(stmt, tuple(rev if a is _REV else a for a in args))
+            db.execute(stmt, tuple(rev if a is _REV else a for a in args))
             db.execute(
                 "INSERT INTO meta(name, value) VALUES('revision', ?) "
                 "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
@@ -199,17 +207,22 @@ class SQLiteStore(Store):
             db.execute("ROLLBACK")
             raise
         self._rev = rev
+        loop.call_soon_threadsafe(self._publish, Event(rev, key, value))
         return rev
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        async with self._lock:
-            return await asyncio.to_thread(fn)
+        if self._thread is None or self._loop is None:
+            raise StoreUnavailable(f"sqlite {self.path}: the store is closed")
+        return await self._loop.run_in_executor(self._thread, fn)
 
     # -- interface --------------------------------------------------------------
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         try:
-            await asyncio.to_thread(self._open_sync)
+            await self._run(self._open_sync)
         except (sqlite3.Error, OSError) as exc:
+            await self._stop_thread()
             raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
         self.log = WatchLog(self._rev, self.history)
         self._sweeper = asyncio.create_task(self._sweep(), name="sqlite-lease-sweeper")
@@ -221,8 +234,15 @@ class SQLiteStore(Store):
                 await self._sweeper
             self._sweeper = None
         if self._db is not None:
-            db, self._db = self._db, None
-            await asyncio.to_thread(db.close)
+            db = self._db
+            await self._run(db.close)  # after every operation already queued
+            self._db = None
+        await self._stop_thread()
+
+    async def _stop_thread(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await asyncio.to_thread(thread.shutdown, wait=True)
 
     async def revision(self) -> int:
         return self._rev
@@ -252,20 +272,16 @@ class SQLiteStore(Store):
     async def put(self, key: str, value: str, lease: int | None = None) -> int:
         if lease is not None and lease not in self.leases:
             raise KeyError(f"lease {lease} does not exist")
-        rev = await self._run(
+        return await self._run(
             lambda: self._write(
-                [
-                    (
-                        "INSERT INTO kv(key, value, revision, lease) VALUES(?, ?, ?, ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value, "
-                        "revision=excluded.revision, lease=excluded.lease",
-                        (key, value, _REV, lease),
-                    )
-                ]
+                "INSERT INTO kv(key, value, revision, lease) VALUES(?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value, "
+                "revision=excluded.revision, lease=excluded.lease",
+                (key, value, _REV, lease),
+                key,
+                value,
             )
         )
-        self._publish(Event(rev, key, value))
-        return rev
 
     async def create(self, key: str, value: str) -> bool:
         def q() -> int | None:
@@ -273,27 +289,22 @@ class SQLiteStore(Store):
             if self._db.execute("SELECT 1 FROM kv WHERE key=?", (key,)).fetchone():
                 return None
             return self._write(
-                [("INSERT INTO kv(key, value, revision) VALUES(?, ?, ?)", (key, value, _REV))]
+                "INSERT INTO kv(key, value, revision) VALUES(?, ?, ?)",
+                (key, value, _REV),
+                key,
+                value,
             )
 
-        rev = await self._run(q)
-        if rev is None:
-            return False
-        self._publish(Event(rev, key, value))
-        return True
+        return await self._run(q) is not None
 
     async def delete(self, key: str) -> bool:
         def q() -> int | None:
             assert self._db is not None
             if not self._db.execute("SELECT 1 FROM kv WHERE key=?", (key,)).fetchone():
                 return None
-            return self._write([("DELETE FROM kv WHERE key=?", (key,))])
+            return self._write("DELETE FROM kv WHERE key=?", (key,), key, None)
 
-        rev = await self._run(q)
-        if rev is None:
-            return False
-        self._publish(Event(rev, key, None))
-        return True
+        return await self._run(q) is not None
 
     async def grant(self, ttl_s: float) -> int:
         lease_id = secrets.randbits(62) + 1
@@ -329,20 +340,17 @@ class SQLiteStore(Store):
     async def _drop_leases(self, lease_ids: builtins.list[int]) -> None:
         """Delete the leases and every key attached to them (one revision per key)."""
 
-        def q() -> builtins.list[tuple[int, str]]:
+        def q() -> None:
             assert self._db is not None
-            out = []
             for lease_id in lease_ids:
                 keys = [
                     r[0] for r in self._db.execute("SELECT key FROM kv WHERE lease=?", (lease_id,))
                 ]
                 for key in keys:
-                    out.append((self._write([("DELETE FROM kv WHERE key=?", (key,))]), key))
+                    self._write("DELETE FROM kv WHERE key=?", (key,), key, None)
                 self._db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
-            return out
 
-        for rev, key in await self._run(q):
-            self._publish(Event(rev, key, None))
+        await self._run(q)
 
     async def _sweep(self) -> None:
         """Expire leases at their deadlines (checked at least every second)."""
