@@ -127,6 +127,7 @@ class Limit:
         "parts",
         "policy_text",
         "quoted",
+        "read_key",
         "redis",
         "scope",
     )
@@ -190,6 +191,12 @@ class Limit:
         if self.concurrency is not None and previous is not None:
             self.concurrency = previous.concurrency
         self.backend = config.backend
+        # What a check calls for the key: the one key part itself when nothing else
+        # decides (no source filter, no fallback bucket), else `key`.
+        simple = len(self.parts) == 1 and self.applies is None
+        self.read_key: KeyPart = (
+            self.parts[0] if simple and config.on_missing_key != "fallback" else self.key
+        )
 
     def reset_text(self, reset_at: float) -> str:
         """``x-ratelimit-reset`` for ``reset_at`` (cached: it changes once a window)."""
@@ -312,7 +319,7 @@ class _Verdict:
 class RateLimitStage:
     """The middleware enforcing a route's limits."""
 
-    __slots__ = ("entries", "header_names", "headers", "limits", "stats", "warnings")
+    __slots__ = ("_one", "entries", "header_names", "headers", "limits", "stats", "warnings")
 
     def __init__(
         self, limits: Sequence[Limit], headers: str, warnings: WarningClock | None = None
@@ -323,6 +330,8 @@ class RateLimitStage:
         self.entries = tuple((limit, self.stats[limit.label]) for limit in self.limits)
         self.warnings = warnings or WarningClock()
         self.header_names = HEADER_NAMES[headers]
+        # The usual route: one limit, no verdict to combine (see decide_local).
+        self._one = self.entries[0] if len(self.entries) == 1 else None
 
     def explain(self, ctx: RequestContext) -> list[str]:
         """For `meshgate explain`: each limit and the key this request counts under."""
@@ -383,10 +392,10 @@ class RateLimitStage:
         False: denied, the 429 is set. True: go on; the most restrictive decision's
         headers wait in ``ctx.late_headers``.
         """
-        entries = self.entries
-        if len(entries) == 1:  # the usual route: one limit, no verdict to combine
-            limit, stats = entries[0]
-            key = limit.key(ctx)
+        one = self._one
+        if one is not None:
+            limit, stats = one
+            key = limit.read_key(ctx)
             if key is None:
                 stats.skipped += 1
                 return True
@@ -396,11 +405,20 @@ class RateLimitStage:
                 self._deny(ctx, limit, decision)
                 return False
             stats.allowed += 1
-            if self.header_names:
+            if self.headers == "seed":  # the default, without a call to _fields
+                ctx.late_headers = (
+                    self.header_names,
+                    [
+                        ("x-ratelimit-limit", limit.limit_text),
+                        ("x-ratelimit-remaining", str(decision.remaining)),
+                        ("x-ratelimit-reset", limit.reset_text(decision.reset_at)),
+                    ],
+                )
+            elif self.header_names:
                 ctx.late_headers = (self.header_names, self._fields(limit, decision))
             return True
         verdict = _Verdict()
-        for limit, stats in entries:
+        for limit, stats in self.entries:
             key = limit.key(ctx)
             if key is None:
                 stats.skipped += 1
