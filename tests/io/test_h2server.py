@@ -346,3 +346,60 @@ async def test_expect_100_continue_is_answered_when_the_app_reads_the_body() -> 
     peer.h2.send_data(1, b"after 100", end_stream=True)
     peer.send()
     assert await peer.answer(1) == (200, b"after 100")
+
+
+async def test_response_fields_as_http2_sends_them() -> None:
+    """Connection-specific fields dropped, values trimmed, and the values new on
+    every response (request id, response time) sent never-indexed: they do not
+    fill the client's HPACK table."""
+
+    async def app(request: Request) -> Response:
+        return Response(
+            200,
+            [
+                ("x-request-id", request.path[1:]),
+                ("x-response-time", "0.42ms"),
+                ("x-padded", "  value \t"),
+                ("connection", "close"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("content-type", "text/plain"),
+            ],
+            b"ok",
+        )
+
+    peer = Peer(make_server(app))
+    peer.send()
+    for stream_id in (1, 3):
+        peer.request(stream_id, f"/id-{stream_id}")
+        # Literals go out as they are (no Huffman coding): readable in the raw bytes.
+        marker = f"id-{stream_id}".encode()
+        await eventually(lambda: marker in bytes(peer.transport.out))
+        assert b"0.42ms" in bytes(peer.transport.out)
+        assert await peer.answer(stream_id) == (200, b"ok")
+        headers = peer.of(ResponseReceived, stream_id)[0].headers
+        fields = {bytes(n): bytes(v) for n, v in headers}
+        assert fields[b"x-request-id"] == f"id-{stream_id}".encode()
+        assert fields[b"x-padded"] == b"value"
+        assert not {b"connection", b"keep-alive", b"te"} & fields.keys()
+        kinds = {bytes(n): type(h).__name__ for h in headers for n in [h[0]]}
+        assert kinds[b"x-request-id"] == "NeverIndexedHeaderTuple"
+        assert kinds[b"x-response-time"] == "NeverIndexedHeaderTuple"
+        assert kinds[b"content-type"] == "HeaderTuple"
+    # The second response found content-type in the table the first one filled.
+    table = [bytes(name) for name, _ in peer.h2.decoder.header_table.dynamic_entries]
+    assert b"content-type" in table and b"x-request-id" not in table
+
+
+async def test_a_nul_or_pseudo_header_name_in_a_response_is_answered_500() -> None:
+    async def app(request: Request) -> Response:
+        if request.path == "/nul":
+            return Response(200, [("x-bad", "a\x00b")], b"never sent")
+        return Response(200, [(":fake", "x")], b"never sent")
+
+    peer = Peer(make_server(app))
+    peer.send()
+    peer.request(1, "/nul")
+    peer.request(3, "/pseudo")
+    assert (await peer.answer(1))[0] == 500
+    assert (await peer.answer(3))[0] == 500
