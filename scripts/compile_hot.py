@@ -23,7 +23,7 @@ SRC_PKG = REPO_ROOT / "src" / "meshgate"
 BUILD_DIR = REPO_ROOT / "build" / "compiled"
 # Written last, listing the compiled modules: tests/conftest.py checks with it (when
 # MESHGATE_EXPECT_COMPILED=1) that each of them is imported from its extension.
-MANIFEST = BUILD_DIR / "COMPILED_MODULES.txt"
+MANIFEST_NAME = "COMPILED_MODULES.txt"
 
 # The request path, chosen by measurement (docs/performance.md, "Compiled build").
 HOT_MODULES = (
@@ -37,24 +37,24 @@ HOT_MODULES = (
 )
 
 
-def copy_package() -> None:
-    """A fresh copy of src/meshgate in build/compiled (old extensions removed)."""
-    if BUILD_DIR.exists():
-        shutil.rmtree(BUILD_DIR)
-    BUILD_DIR.mkdir(parents=True)
+def copy_package(out: Path) -> None:
+    """A fresh copy of src/meshgate in ``out`` (old extensions removed)."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     shutil.copytree(
         SRC_PKG,
-        BUILD_DIR / "meshgate",
+        out / "meshgate",
         ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c", "*.pyc"),
     )
 
 
-def compile_modules(jobs: int) -> list[Path]:
+def compile_modules(out: Path, modules: list[str], jobs: int) -> list[Path]:
     from mypyc.build import mypycify
     from setuptools import setup
 
-    paths = [f"meshgate/{module}" for module in HOT_MODULES]
-    os.chdir(BUILD_DIR)
+    paths = [f"meshgate/{module}" for module in modules]
+    os.chdir(out)
     # mypy's options for the whole type check mypyc does (it follows every import);
     # pyproject's [tool.mypy] is not read from here, so the relevant flags are given.
     extensions = mypycify(
@@ -67,27 +67,37 @@ def compile_modules(jobs: int) -> list[Path]:
         ext_modules=extensions,
         script_args=["build_ext", "--inplace", "--build-temp", "temp", f"-j{jobs}"],
     )
-    shutil.rmtree(BUILD_DIR / "temp", ignore_errors=True)
-    shutil.rmtree(BUILD_DIR / "build", ignore_errors=True)
-    return sorted(BUILD_DIR.rglob("*.so"))
+    shutil.rmtree(out / "temp", ignore_errors=True)
+    shutil.rmtree(out / "build", ignore_errors=True)
+    return sorted(out.rglob("*.so"))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="parallel C compiles (default 2)")
     parser.add_argument("--list", action="store_true", help="print the module list and exit")
+    parser.add_argument(
+        "--out", type=Path, default=BUILD_DIR, help=f"build directory (default {BUILD_DIR})"
+    )
+    parser.add_argument(
+        "--modules",
+        help="comma-separated paths under meshgate/ to compile instead of the list here "
+        "(to try a module set)",
+    )
     args = parser.parse_args()
+    modules = args.modules.split(",") if args.modules else list(HOT_MODULES)
     if args.list:
-        print("\n".join(HOT_MODULES))
+        print("\n".join(modules))
         return 0
+    out = args.out.resolve()
     started = time.monotonic()
-    copy_package()
-    libraries = compile_modules(args.jobs)
-    print(f"compiled in {time.monotonic() - started:.0f} s into {BUILD_DIR}:")
+    copy_package(out)
+    libraries = compile_modules(out, modules, args.jobs)
+    print(f"compiled in {time.monotonic() - started:.0f} s into {out}:")
     names = []
-    for module in HOT_MODULES:
+    for module in modules:
         name = "meshgate." + module.removesuffix(".py").replace("/", ".")
-        stem = BUILD_DIR / "meshgate" / module.removesuffix(".py")
+        stem = out / "meshgate" / module.removesuffix(".py")
         built = [
             lib
             for lib in libraries
@@ -98,9 +108,9 @@ def main() -> int:
             return 1
         names.append(name)
     for lib in libraries:
-        if lib.parent == BUILD_DIR:
+        if lib.parent == out:
             print(f"  runtime: {lib.name}")
-    MANIFEST.write_text("".join(f"{name}\n" for name in names))
+    (out / MANIFEST_NAME).write_text("".join(f"{name}\n" for name in names))
     return 0
 
 
