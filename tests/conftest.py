@@ -32,6 +32,13 @@ def _compiled_modules() -> tuple[str, list[str]]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # PYTHONPATH entries made absolute, for the subprocesses the tests start in other
+    # directories (gateways run in tmp_path): with PYTHONPATH=build/compiled as given
+    # they would miss the build and import the editable install of src/ instead.
+    path = os.environ.get("PYTHONPATH")
+    if path:
+        entries = path.split(os.pathsep)
+        os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p else p for p in entries)
     # MESHGATE_EXPECT_COMPILED=1 (scripts/test.sh's run on build/compiled): fail at once
     # unless meshgate comes from the mypyc build and every module it compiled is imported
     # from its extension, so a run meant for the compiled build cannot test pure Python
