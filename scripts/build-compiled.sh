@@ -17,3 +17,4 @@ if ! python3 scripts/compile_hot.py "$@" >build/compiled-build.log 2>&1; then
   exit 1
 fi
 sed -n '/^compiled in /,$p' build/compiled-build.log
+echo "build-compiled.sh: done in ${SECONDS} s"

@@ -143,4 +143,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Skip the interpreter's teardown of mypy's build state (~17 s here): every file is
+    # written and closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
