@@ -61,6 +61,8 @@ TARGETS = ("direct", "nginx", "bare", "meshgate")
 # full: the issue's full chain on one route (request id, CORS for the request's Origin,
 # JWT verify, a rate limit, metrics, access log to a file); workers2: meshgate
 # --workers 2, not pinned (its workers share both CPUs with wrk and the upstream).
+# compiled: the meshgate target's gateway run from the mypyc build of its hot modules
+# (PYTHONPATH=build/compiled, made by scripts/build-compiled.sh).
 EXTRA_TARGETS = (
     "aiohttp",
     "caddy",
@@ -73,6 +75,7 @@ EXTRA_TARGETS = (
     "cache",
     "full",
     "workers2",
+    "compiled",
 )
 ALL_TARGETS = TARGETS + EXTRA_TARGETS
 JWT_SECRET = "bench-secret-of-at-least-32-bytes!!"
@@ -94,6 +97,7 @@ RATIOS = (
     ("full", "nginx"),
     ("full", "meshgate"),
     ("workers2", "meshgate"),
+    ("compiled", "meshgate"),
 )
 PROC = Path("/proc")
 MAX_ERROR_RATE = 0.01
@@ -395,6 +399,37 @@ def meshgate_command(override: str | None) -> tuple[list[str], dict[str, str]]:
     src = str(REPO_ROOT / "src")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     return [sys.executable, "-m", "meshgate"], env
+
+
+COMPILED_DIR = REPO_ROOT / "build" / "compiled"
+
+
+def compiled_command(override: str | None) -> tuple[list[str], dict[str, str]]:
+    """`meshgate_command` with the compiled build first on PYTHONPATH, checked to be what
+    the gateway imports."""
+    manifest = COMPILED_DIR / "COMPILED_MODULES.txt"
+    if not manifest.is_file():
+        raise BenchError(
+            f"compiled: no build in {COMPILED_DIR}: run scripts/build-compiled.sh first"
+        )
+    base, env = meshgate_command(override)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(COMPILED_DIR), env.get("PYTHONPATH")) if p)
+    modules = manifest.read_text().split()
+    check = (
+        "import importlib, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    f = importlib.import_module(name).__file__ or ''\n"
+        "    if not f.endswith('.so'): sys.exit(f'{name} imported from {f}')\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", check, *modules], env=env, capture_output=True, text=True
+    )
+    if found.returncode != 0:
+        raise BenchError(
+            "compiled: the build is not what Python imports (run scripts/build-compiled.sh "
+            f"first): {found.stderr.strip()[-300:]}"
+        )
+    return base, env
 
 
 def wait_ready(proc: Proc, port: int, timeout_s: float, headers: Sequence[str] = ()) -> None:
@@ -725,8 +760,12 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
             cors=target == "full",
         )
         cfg.write_text(yaml_text)
-        base, env = meshgate_command(ctx.args.meshgate_cmd)
-        ctx.info["meshgate_cmd"] = shlex.join(base)
+        if target == "compiled":
+            base, env = compiled_command(ctx.args.meshgate_cmd)
+            ctx.info["compiled_build"] = env["PYTHONPATH"]
+        else:
+            base, env = meshgate_command(ctx.args.meshgate_cmd)
+            ctx.info["meshgate_cmd"] = shlex.join(base)
         if target == "workers2":
             cmd = [*base, "gateway", "-c", str(cfg), "--workers", "2"]
         else:

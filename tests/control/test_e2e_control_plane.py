@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+import meshgate
 from meshgate.control.client import ControlPlaneClient, ControlPlaneError
 from meshgate.control.service import token_hash
 from tests.etcd_server import (  # noqa: F401 (fixtures)
@@ -33,14 +34,14 @@ from tests.etcd_server import (  # noqa: F401 (fixtures)
     etcd_server,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "e2e-admin-token"
 START_TIMEOUT_S = 20.0
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    src = str(REPO_ROOT / "src")
+    # where the tests' meshgate comes from (src/, or build/compiled in the compiled run)
+    src = str(Path(meshgate.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(
         [src, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
     )

@@ -10,9 +10,12 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+import meshgate
 from tests.mesh.conftest import TRUST_DOMAIN, Mesh, admin_url, body_of, proxy_client
 
-REPO = Path(__file__).resolve().parents[2]
+# Where the tests' meshgate comes from (src/, or build/compiled in the compiled run):
+# the subprocesses run the same build.
+PACKAGE_ROOT = Path(meshgate.__file__).resolve().parent.parent
 
 
 def samples(text: str, name: str) -> list[dict[str, str]]:
@@ -97,7 +100,7 @@ async def run_cli(*args: str, timeout_s: float = 30) -> tuple[int, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        env={**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)},
     )
     try:
         async with asyncio.timeout(timeout_s):

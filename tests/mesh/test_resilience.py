@@ -19,6 +19,7 @@ import httpx
 import pytest
 from cryptography import x509
 
+import meshgate
 from meshgate.mesh.config import SidecarConfig
 from meshgate.mesh.sidecar import Sidecar
 from tests.mesh.conftest import (
@@ -30,7 +31,9 @@ from tests.mesh.conftest import (
     proxy_client,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+# Where the tests' meshgate comes from (src/, or build/compiled in the compiled run):
+# the subprocesses run the same build.
+PACKAGE_ROOT = Path(meshgate.__file__).resolve().parent.parent
 
 
 @dataclass
@@ -179,7 +182,7 @@ class SidecarProcess:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> SidecarProcess:
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

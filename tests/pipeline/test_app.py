@@ -236,13 +236,7 @@ async def test_raise_after_response_set_gives_500_and_closes_body(
     app: GatewayApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     closed: list[bytes] = []
-    real_aclose = BytesBody.aclose
-
-    async def spy(self: BytesBody) -> None:
-        closed.append(self._data or b"")
-        await real_aclose(self)
-
-    monkeypatch.setattr(BytesBody, "aclose", spy)
+    monkeypatch.setattr(sample_plugins, "closed_bodies", closed)
     resp = await app(request("GET", "/boom-after-response"))
     assert resp.status == 500
     assert closed == [b"partial"]

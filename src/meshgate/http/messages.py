@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator
+from operator import itemgetter
 from random import getrandbits
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
+
+from mypy_extensions import mypyc_attr
 
 from meshgate.http.errors import BodyTooLarge
 
@@ -35,7 +38,9 @@ class Headers:
     @classmethod
     def from_lower(cls, items: list[tuple[str, str]]) -> Headers:
         """Wrap a list whose names are already lower-case (no copy)."""
-        h = cls.__new__(cls)
+        # cls() rather than cls.__new__(cls): mypyc (the compiled build) cannot compile
+        # a __new__ call on a class it compiles
+        h = cls()
         h._items = items
         return h
 
@@ -124,7 +129,9 @@ class Headers:
         return Headers.from_lower(list(self._items))
 
     def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self._items)
+        # map, not a generator expression: mypyc (the compiled build) turns a returned
+        # generator expression into a list, which is not an iterator
+        return map(itemgetter(0), self._items)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -138,6 +145,9 @@ class Headers:
         return f"Headers({self._items!r})"
 
 
+# Interpreted subclasses of these (other modules', plugins', tests') are allowed when
+# this module is compiled (scripts/compile_hot.py); a no-op in pure Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Body:
     """An async stream of byte chunks; ``read()`` returns b"" at the end.
 
@@ -175,11 +185,26 @@ class Body:
         """Give up on the rest of the body."""
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
+        return _Chunks(self)
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        while chunk := await self.read():
-            yield chunk
+
+class _Chunks:
+    """``async for chunk in body``: ``read()`` until b"". A class rather than an async
+    generator, which mypyc (the compiled build) does not compile."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: Body) -> None:
+        self._body = body
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._body.read()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 HOP_BY_HOP = frozenset(
@@ -198,6 +223,7 @@ HOP_BY_HOP = frozenset(
 """Fields that describe one connection, never forwarded (plus any ``proxy-*``)."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class BytesBody(Body):
     """A body that is already in memory."""
 
@@ -289,6 +315,7 @@ class Request:
         return f"<Request {self.method} {self.target}>"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Response:
     """Status, headers and a body (bytes or a stream)."""
 

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import asyncio
 
+from mypy_extensions import mypyc_attr
 
+
+# Compiled in the mypyc build (scripts/compile_hot.py) with its HTTP/1.1 subclasses; the
+# HTTP/2 protocols subclassing it stay interpreted.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WriteFlow(asyncio.Protocol):
     """Base of a protocol with a ``loop``; its ``__init__`` sets ``_write_paused``
     (False) and ``_drain_waiter`` (None)."""
 
-    __slots__ = ("_drain_waiter", "_write_paused")
+    # loop is a slot here, not in the subclasses: in the compiled build an interpreted
+    # subclass's own "loop" slot would hide the compiled class's attribute
+    __slots__ = ("_drain_waiter", "_write_paused", "loop")
 
     loop: asyncio.AbstractEventLoop
     _write_paused: bool

@@ -211,7 +211,6 @@ class H2ServerProtocol(WriteFlow):
         "conn",
         "draining",
         "goaway_last",
-        "loop",
         "server",
         "streams",
         "tls",

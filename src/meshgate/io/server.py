@@ -144,7 +144,6 @@ class HttpServerProtocol(WriteFlow):
         "client_port",
         "closed",
         "draining",
-        "loop",
         "parser",
         "queue",
         "server",

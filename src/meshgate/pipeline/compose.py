@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
+from mypy_extensions import mypyc_attr
+
 from meshgate.pipeline.context import Middleware, RequestContext
 
 Handler = Callable[[RequestContext], Awaitable[None]]
 
 
+# A plain Python class in the compiled build too (scripts/compile_hot.py): mypyc does
+# not compile a native subclass of RuntimeError. A no-op in pure Python.
+@mypyc_attr(native_class=False)
 class NextCalledTwice(RuntimeError):
     """A middleware awaited ``call_next()`` more than once."""
 

@@ -12,6 +12,8 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from meshgate.config.models import InstanceConfig, UpstreamConfig
 from meshgate.config.resilience import RetryBudgetConfig
 from meshgate.core.balancer import Balancer, ConsistentHash, make_balancer
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshgate.cluster")
 
 
+# A plain Python class in the compiled build too (scripts/compile_hot.py): as a native
+# class its status/reason overrides were instance defaults that HTTPError's __init__
+# never set, so it answered 500. A no-op in pure Python.
+@mypyc_attr(native_class=False)
 class NoHealthyUpstream(HTTPError):
     """Every instance is unhealthy (or there is none): the seed's 503."""
 
