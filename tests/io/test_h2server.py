@@ -374,7 +374,7 @@ async def test_response_fields_as_http2_sends_them() -> None:
         peer.request(stream_id, f"/id-{stream_id}")
         # Literals go out as they are (no Huffman coding): readable in the raw bytes.
         marker = f"id-{stream_id}".encode()
-        await eventually(lambda: marker in bytes(peer.transport.out))
+        await eventually(lambda marker=marker: marker in bytes(peer.transport.out))
         assert b"0.42ms" in bytes(peer.transport.out)
         assert await peer.answer(stream_id) == (200, b"ok")
         headers = peer.of(ResponseReceived, stream_id)[0].headers
