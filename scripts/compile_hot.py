@@ -47,6 +47,9 @@ HOT_MODULES = (
     "core/balancer.py",
     "io/upstream.py",
     "observability/metrics.py",
+    # an in-process rate limit on the route (issue 4: its cost against the bare route)
+    "core/ratelimit.py",
+    "pipeline/ratelimit.py",
 )
 # Left interpreted, on the same path:
 # - core/retry.py and core/resources.py: RetryPolicy.build/backoff_s and

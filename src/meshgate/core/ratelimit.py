@@ -91,9 +91,15 @@ class Algorithm(Protocol[S]):
         ...
 
 
-def _check_count(what: str, value: int) -> None:
+def _check_count(what: str, value: int | float) -> int:
+    """``value``, when it is an integer >= 1. The counts the classes take are typed
+    ``int | float`` so that a compiled build (scripts/compile_hot.py) passes a wrong
+    one on as it is to this check, whose error names it, as pure Python does (typed
+    int, mypyc refuses a float with its own TypeError; typed float, it turns 5 into
+    5.0)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise RateLimitError(f"{what} must be an integer >= 1, got {value!r}")
+    return value
 
 
 def _check_positive(what: str, value: float) -> None:
@@ -142,10 +148,9 @@ class SlidingWindow:
 
     kind = "sliding_window"
 
-    def __init__(self, limit: int, window_s: float) -> None:
-        _check_count("sliding window limit", limit)
+    def __init__(self, limit: int | float, window_s: float) -> None:
+        self.limit = _check_count("sliding window limit", limit)
         _check_positive("sliding window window_s", window_s)
-        self.limit = limit
         self.window_s = window_s
 
     def new_state(self, now: float) -> SlidingWindowState:
@@ -217,20 +222,20 @@ class TokenBucket:
 
     kind = "token_bucket"
 
-    def __init__(self, rate_per_s: float, burst: int) -> None:
+    def __init__(self, rate_per_s: float, burst: int | float) -> None:
         _check_positive("token bucket rate_per_s", rate_per_s)
-        _check_count("token bucket burst", burst)
+        count = _check_count("token bucket burst", burst)
         interval = 1.0 / rate_per_s
-        if not burst * interval < math.inf:
+        if not count * interval < math.inf:
             raise RateLimitError(
                 f"token bucket rate_per_s is too small for burst {burst}, got {rate_per_s!r}"
             )
         self.rate_per_s = rate_per_s
-        self.burst = burst
+        self.burst = count
         self._interval = interval
         # how far the theoretical arrival time may run ahead of now: the burst, plus
         # the tolerance for early requests
-        self._burst_span = burst * interval
+        self._burst_span = count * interval
         self._span = self._burst_span + min(_EARLY_S, interval * _EARLY_MAX_FRACTION)
 
     def new_state(self, now: float) -> TokenBucketState:
@@ -283,12 +288,11 @@ class LocalLimiter:
     __slots__ = ("_algorithm", "_clock", "_max_keys", "_new_keys", "_states")
 
     def __init__(
-        self, algorithm: Algorithm[Any], clock: Callable[[], float], max_keys: int = 100_000
+        self, algorithm: Algorithm[Any], clock: Callable[[], float], max_keys: int | float = 100_000
     ) -> None:
-        _check_count("max_keys", max_keys)
+        self._max_keys = _check_count("max_keys", max_keys)
         self._algorithm = algorithm
         self._clock = clock
-        self._max_keys = max_keys
         self._new_keys = 0
         self._states: OrderedDict[str, Any] = OrderedDict()
 
@@ -343,11 +347,10 @@ class ConcurrencyLimiter:
 
     __slots__ = ("_denied", "_in_flight", "max_in_flight")
 
-    def __init__(self, max_in_flight: int) -> None:
-        _check_count("concurrency max_in_flight", max_in_flight)
-        self.max_in_flight = max_in_flight
+    def __init__(self, max_in_flight: int | float) -> None:
+        self.max_in_flight = count = _check_count("concurrency max_in_flight", max_in_flight)
         self._in_flight: dict[str, int] = {}
-        self._denied = Decision(False, max_in_flight, 0, 0.0, 0.0)
+        self._denied = Decision(False, count, 0, 0.0, 0.0)
 
     def __len__(self) -> int:
         """The number of keys with requests in flight."""

@@ -254,7 +254,10 @@ class GatewayApp:
                 fields.append((REQUEST_ID_HEADER, ctx.request_id))
             if late is not None:
                 fields += late[1]
-                names = names | late[0]
+                union = route.late_names.get(late[0])
+                if union is None:
+                    union = route.late_names[late[0]] = names | late[0]
+                names = union
             resp.headers.set_fields(fields, names)
         elif late is not None:
             resp.headers.set_fields(late[1], late[0])

@@ -16,6 +16,8 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from mypy_extensions import mypyc_attr
+
 from meshgate.config.ratelimit import LimitConfig, RateLimitConfig
 from meshgate.core.clientip import client_ip, parse_networks
 from meshgate.core.matchers import parse_query
@@ -235,6 +237,8 @@ class Limit:
         return f"{self.label} [{self.scope}, {c.backend}]: {what} by {'+'.join(c.key)}"
 
 
+# A plain Python class in the compiled build too (see upstream/cluster.NoHealthyUpstream).
+@mypyc_attr(native_class=False)
 class RateLimitUnavailable(HTTPError):
     """A Redis limit could not be checked and fail_open is off."""
 

@@ -90,6 +90,7 @@ class CompiledRoute:
         "guard",
         "handler",
         "ip_guard",
+        "late_names",
         "middleware",
         "mirror",
         "name",
@@ -203,6 +204,9 @@ class CompiledRoute:
             )
             if on
         )
+        # builtin_names | the names of a request's late headers (GatewayApp), per set
+        # of late names: one union per route instead of one per request.
+        self.late_names: dict[frozenset[str], frozenset[str]] = {}
         self.handler: Handler = terminal(proxy) if layers == [proxy] else compose(layers)
         if cache is not None:  # what a background refresh of the cache runs
             cache.inner = compose(self.stages[self.stages.index(cache) + 1 :])
