@@ -760,7 +760,7 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
             cors=target == "full",
         )
         cfg.write_text(yaml_text)
-        if target == "compiled":
+        if target == "compiled" or ctx.args.build == "compiled":
             base, env = compiled_command(ctx.args.meshgate_cmd)
             ctx.info["compiled_build"] = env["PYTHONPATH"]
         else:
@@ -824,6 +824,7 @@ def collect_info(args: argparse.Namespace, pinning: Pinning) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "middleware": args.middleware,
+        "build": getattr(args, "build", "pure"),  # scripts sharing collect_info lack it
         "git_rev": git_rev(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -888,7 +889,7 @@ def print_table(
 ) -> None:
     print(
         f"upstream={info['upstream']}  connections={info['connections']}  "
-        f"duration={info['duration_s']}s  middleware={info['middleware']}  "
+        f"duration={info['duration_s']}s  middleware={info['middleware']}  build={info['build']}  "
         f"git={info['git_rev'] or '-'}  load1m={info['loadavg_1m_before']}"
     )
     print(f"pinning: {info['pinning']}")
@@ -965,6 +966,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("auto", "nginx", "python"),
         default="auto",
         help="upstream server: nginx if installed (auto), or bench/fast_upstream.py",
+    )
+    p.add_argument(
+        "--build",
+        choices=("pure", "compiled"),
+        default="pure",
+        help="compiled: every meshgate target runs from build/compiled (scripts/build-compiled.sh)",
     )
     p.add_argument(
         "--meshgate-cmd", help="command to use instead of 'meshgate', e.g. 'python -m meshgate'"
