@@ -24,7 +24,7 @@ from h2.events import (
 from h2.settings import SettingCodes
 
 from meshgate.config.models import ListenerConfig
-from meshgate.http.messages import Request, Response
+from meshgate.http.messages import Headers, Request, Response
 from meshgate.io.h2server import H2ServerProtocol
 from meshgate.io.server import HttpServer, HttpServerProtocol, _PrefaceSniffer
 
@@ -356,15 +356,17 @@ async def test_response_fields_as_http2_sends_them() -> None:
     async def app(request: Request) -> Response:
         return Response(
             200,
-            [
-                ("x-request-id", request.path[1:]),
-                ("x-response-time", "0.42ms"),
-                ("x-padded", "  value \t"),
-                ("connection", "close"),
-                ("keep-alive", "timeout=5"),
-                ("te", "trailers"),
-                ("content-type", "text/plain"),
-            ],
+            Headers(
+                [
+                    ("x-request-id", request.path[1:]),
+                    ("x-response-time", "0.42ms"),
+                    ("x-padded", "  value \t"),
+                    ("connection", "close"),
+                    ("keep-alive", "timeout=5"),
+                    ("te", "trailers"),
+                    ("content-type", "text/plain"),
+                ]
+            ),
             b"ok",
         )
 
@@ -394,8 +396,8 @@ async def test_response_fields_as_http2_sends_them() -> None:
 async def test_a_nul_or_pseudo_header_name_in_a_response_is_answered_500() -> None:
     async def app(request: Request) -> Response:
         if request.path == "/nul":
-            return Response(200, [("x-bad", "a\x00b")], b"never sent")
-        return Response(200, [(":fake", "x")], b"never sent")
+            return Response(200, Headers([("x-bad", "a\x00b")]), b"never sent")
+        return Response(200, Headers([(":fake", "x")]), b"never sent")
 
     peer = Peer(make_server(app))
     peer.send()
