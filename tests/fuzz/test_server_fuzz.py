@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from meshgate.config.models import ListenerConfig
 from meshgate.http.messages import Request, Response
 from meshgate.io.server import HttpServer, HttpServerProtocol
+from tests.memory_transport import MemoryTransport
 
 VALID = [
     b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -26,34 +27,6 @@ VALID = [
 ]
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 ALLOWED = {100, 200, 400, 405, 408, 413, 431, 501}
-
-
-class MemoryTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.data += data
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 4321) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
 
 
 async def app(request: Request) -> Response:

@@ -10,25 +10,7 @@ import pytest
 from meshgate.config.models import ListenerConfig
 from meshgate.http.messages import Headers, Request, Response
 from meshgate.io.server import HttpServer, HttpServerProtocol
-
-
-class MemoryTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.data += data
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 4321) if name == "peername" else default
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
+from tests.memory_transport import MemoryTransport
 
 
 async def answer(fields: list[tuple[str, str]]) -> bytes:
