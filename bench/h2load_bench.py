@@ -35,9 +35,9 @@ from run import (
     add_common_args,
     collect_info,
     free_port,
+    gateway_command,
     log,
     make_pinning,
-    meshgate_command,
     nginx_conf,
     start_nginx,
     start_upstream,
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
         )
-        base, env = meshgate_command(args.meshgate_cmd)
+        base, env = gateway_command(args.build, args.meshgate_cmd)
         cmd = [*pinning.proxy, *base, "gateway", "-c", str(cfg), "--workers", "1"]
         procs.spawn("meshgate", cmd, log_path=tmp / "meshgate.log", env=env)
         warm = argparse.Namespace(**{**vars(args), "requests": 2000})

@@ -34,6 +34,7 @@ from run import (
     add_common_args,
     collect_info,
     free_port,
+    gateway_command,
     log,
     make_pinning,
     parse_wrk,
@@ -61,7 +62,8 @@ def start_target(ctx: Context, target: str, app_port: int) -> int:
     ports_file = ctx.tmp / "mesh-ports.json"
     cmd = [*ctx.pinning.proxy, sys.executable, str(BENCH_DIR / "mesh_stack.py")]
     cmd += ["--app-port", str(app_port), "--out", str(ports_file)]
-    proc = ctx.procs.spawn("mesh", cmd, log_path=ctx.tmp / "mesh.log")
+    _, env = gateway_command(ctx.args.build, None)  # PYTHONPATH of the build
+    proc = ctx.procs.spawn("mesh", cmd, log_path=ctx.tmp / "mesh.log", env=env)
     deadline = time.monotonic() + ctx.args.start_timeout
     while not ports_file.exists():
         if proc.popen.poll() is not None or time.monotonic() > deadline:

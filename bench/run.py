@@ -404,6 +404,13 @@ def meshgate_command(override: str | None) -> tuple[list[str], dict[str, str]]:
 COMPILED_DIR = REPO_ROOT / "build" / "compiled"
 
 
+def gateway_command(build: str, override: str | None) -> tuple[list[str], dict[str, str]]:
+    """The command and environment running meshgate from ``build`` (``--build``)."""
+    if build == "compiled":
+        return compiled_command(override)
+    return meshgate_command(override)
+
+
 def compiled_command(override: str | None) -> tuple[list[str], dict[str, str]]:
     """`meshgate_command` with the compiled build first on PYTHONPATH, checked to be what
     the gateway imports."""
@@ -760,11 +767,11 @@ def start_proxy(ctx: Context, target: str, upstream_port: int) -> tuple[Proc, in
             cors=target == "full",
         )
         cfg.write_text(yaml_text)
-        if target == "compiled" or ctx.args.build == "compiled":
-            base, env = compiled_command(ctx.args.meshgate_cmd)
+        build = "compiled" if target == "compiled" else ctx.args.build
+        base, env = gateway_command(build, ctx.args.meshgate_cmd)
+        if build == "compiled":
             ctx.info["compiled_build"] = env["PYTHONPATH"]
         else:
-            base, env = meshgate_command(ctx.args.meshgate_cmd)
             ctx.info["meshgate_cmd"] = shlex.join(base)
         if target == "workers2":
             cmd = [*base, "gateway", "-c", str(cfg), "--workers", "2"]
@@ -824,7 +831,7 @@ def collect_info(args: argparse.Namespace, pinning: Pinning) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "middleware": args.middleware,
-        "build": getattr(args, "build", "pure"),  # scripts sharing collect_info lack it
+        "build": args.build,
         "git_rev": git_rev(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -934,6 +941,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")
     p.add_argument("--start-timeout", type=float, default=30.0, help="seconds to become ready")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument(
+        "--build",
+        choices=("pure", "compiled"),
+        default="pure",
+        help="compiled: meshgate runs from build/compiled (scripts/build-compiled.sh)",
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -966,12 +979,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("auto", "nginx", "python"),
         default="auto",
         help="upstream server: nginx if installed (auto), or bench/fast_upstream.py",
-    )
-    p.add_argument(
-        "--build",
-        choices=("pure", "compiled"),
-        default="pure",
-        help="compiled: every meshgate target runs from build/compiled (scripts/build-compiled.sh)",
     )
     p.add_argument(
         "--meshgate-cmd", help="command to use instead of 'meshgate', e.g. 'python -m meshgate'"

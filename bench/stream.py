@@ -37,9 +37,9 @@ from run import (
     add_common_args,
     collect_info,
     free_port,
+    gateway_command,
     log,
     make_pinning,
-    meshgate_command,
     nginx_conf,
     start_nginx,
 )
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         mg_port = free_port()
         cfg = tmp / "gateway.yaml"
         cfg.write_text(gateway_yaml(mg_port, up_port, sink_port))
-        base, env = meshgate_command(args.meshgate_cmd)
+        base, env = gateway_command(args.build, args.meshgate_cmd)
         cmd = [*pinning.proxy, *base, "gateway", "-c", str(cfg), "--workers", "1"]
         mg = procs.spawn("meshgate", cmd, log_path=tmp / "meshgate.log", env=env)
         _ready(mg_port, args.start_timeout)
