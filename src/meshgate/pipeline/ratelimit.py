@@ -409,16 +409,7 @@ class RateLimitStage:
                 self._deny(ctx, limit, decision)
                 return False
             stats.allowed += 1
-            if self.headers == "seed":  # the default, without a call to _fields
-                ctx.late_headers = (
-                    self.header_names,
-                    [
-                        ("x-ratelimit-limit", limit.limit_text),
-                        ("x-ratelimit-remaining", str(decision.remaining)),
-                        ("x-ratelimit-reset", limit.reset_text(decision.reset_at)),
-                    ],
-                )
-            elif self.header_names:
+            if self.header_names:
                 ctx.late_headers = (self.header_names, self._fields(limit, decision))
             return True
         verdict = _Verdict()
