@@ -101,7 +101,7 @@ def test_describe_and_kind() -> None:
 def test_decisions_are_frozen_and_built_fully() -> None:
     # checks build decisions with a fast private constructor: it must set every field
     # and give objects equal to (and hashing like) the class's own
-    fast = _decision(False, 10, 3, 1010.0, 2.5)
+    fast = _decision((False, 10, 3, 1010.0, 2.5))
     assert fast == Decision(
         allowed=False, limit=10, remaining=3, reset_at=1010.0, retry_after_s=2.5
     )
@@ -530,6 +530,29 @@ def test_an_idle_state_decides_like_a_new_one(
     fresh = algorithm.new_state(first)
     for now, cost in timed:
         assert algorithm.check(state, now, cost) == algorithm.check(fresh, now, cost)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(["window", "bucket"]),
+    timeline=st.lists(st.tuples(st.integers(0, 300), st.integers(1, 5)), max_size=40),
+)
+def test_decide_answers_as_check_does(kind: str, timeline: list[tuple[int, int]]) -> None:
+    # decide (a plain tuple, the gateway's hot path) and check (a Decision) are one
+    # algorithm: the same answers and the same state changes, through LocalLimiter too
+    algorithm: Algorithm[Any] = SlidingWindow(4, 1.5) if kind == "window" else TokenBucket(2.0, 4)
+    timeline.sort()
+    checked, decided = algorithm.new_state(0.0), algorithm.new_state(0.0)
+    clock = Clock(0.0)
+    by_check, by_decide = LocalLimiter(algorithm, clock), LocalLimiter(algorithm, clock)
+    for tick, cost in timeline:
+        now = clock.now = tick / 16
+        decision = algorithm.check(checked, now, cost)
+        outcome = algorithm.decide(decided, now, cost)
+        assert type(outcome) is tuple
+        assert decision == outcome
+        assert by_check.check("k", cost) == decision
+        assert by_decide.decide("k", cost) == outcome
 
 
 # --------------------------------------------------------------------------- LocalLimiter

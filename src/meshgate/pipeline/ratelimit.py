@@ -25,6 +25,7 @@ from meshgate.core.ratelimit import (
     ConcurrencyLimiter,
     Decision,
     LocalLimiter,
+    Outcome,
     SlidingWindow,
     TokenBucket,
 )
@@ -116,14 +117,13 @@ class Limit:
     """One configured limit, compiled: its key reader and its backend."""
 
     __slots__ = (
-        "_reset_at",
-        "_reset_text",
         "applies",
         "backend",
         "concurrency",
         "config",
         "fail_open",
         "label",
+        "limit_field",
         "limit_text",
         "local",
         "parts",
@@ -131,6 +131,8 @@ class Limit:
         "quoted",
         "read_key",
         "redis",
+        "reset_at",
+        "reset_field",
         "scope",
     )
 
@@ -178,8 +180,10 @@ class Limit:
             policy = (config.limit, 0)
         quota, window = policy
         self.limit_text = str(quota)  # what x-ratelimit-limit says
-        self._reset_at = -1.0
-        self._reset_text = ""
+        self.limit_field = ("x-ratelimit-limit", self.limit_text)
+        # x-ratelimit-reset for the decisions resetting at reset_at (see reset_field_at)
+        self.reset_at = -1.0
+        self.reset_field = ("x-ratelimit-reset", "")
         self.quoted = '"' + self.label.replace('"', "").replace("\\", "") + '"'
         self.policy_text = f"{self.quoted};q={quota}" + (f";w={window}" if window else "")
         if algorithm is not None:
@@ -200,12 +204,13 @@ class Limit:
             self.parts[0] if simple and config.on_missing_key != "fallback" else self.key
         )
 
-    def reset_text(self, reset_at: float) -> str:
-        """``x-ratelimit-reset`` for ``reset_at`` (cached: it changes once a window)."""
-        if reset_at != self._reset_at:
-            self._reset_at = reset_at
-            self._reset_text = str(math.ceil(reset_at))
-        return self._reset_text
+    def reset_field_at(self, reset_at: float) -> tuple[str, str]:
+        """The ``x-ratelimit-reset`` field for ``reset_at``: kept, as it changes once
+        a window for a sliding window (a token bucket's moves with every request)."""
+        if reset_at != self.reset_at:
+            self.reset_at = reset_at
+            self.reset_field = ("x-ratelimit-reset", str(math.ceil(reset_at)))
+        return self.reset_field
 
     def identity(self, settings: RateLimitConfig) -> tuple[str, str, str, int]:
         """Limits with the same identity keep their local state across a reload."""
@@ -304,20 +309,21 @@ class _Verdict:
     __slots__ = ("denied", "worst")
 
     def __init__(self) -> None:
-        self.denied: tuple[Limit, Decision] | None = None
-        self.worst: tuple[Limit, Decision] | None = None
+        self.denied: tuple[Limit, Outcome] | None = None
+        self.worst: tuple[Limit, Outcome] | None = None
 
-    def add(self, limit: Limit, stats: LimitStats, decision: Decision) -> None:
-        if decision.allowed:
+    def add(self, limit: Limit, stats: LimitStats, outcome: Outcome) -> None:
+        allowed, _, remaining, _, retry_after_s = outcome
+        if allowed:
             stats.allowed += 1
         else:
             stats.limited += 1
             denied = self.denied
-            if denied is None or decision.retry_after_s > denied[1].retry_after_s:
-                self.denied = (limit, decision)
+            if denied is None or retry_after_s > denied[1][4]:
+                self.denied = (limit, outcome)
         worst = self.worst
-        if limit.concurrency is None and (worst is None or decision.remaining < worst[1].remaining):
-            self.worst = (limit, decision)
+        if limit.concurrency is None and (worst is None or remaining < worst[1][2]):
+            self.worst = (limit, outcome)
 
 
 class RateLimitStage:
@@ -361,18 +367,19 @@ class RateLimitStage:
                     stats.skipped += 1
                     continue
                 local = limit.local
+                outcome: Outcome
                 if local is not None:
-                    decision = local.check(key)
+                    outcome = local.decide(key)
                 elif limit.concurrency is not None:
-                    decision = limit.concurrency.acquire(key)
-                    if decision.allowed:
+                    outcome = limit.concurrency.acquire(key)
+                    if outcome[0]:
                         held.append((limit.concurrency, key))
                 else:
                     remote = await self._remote(limit, key, stats)
                     if remote is None:  # Redis unavailable, failing open
                         continue
-                    decision = remote
-                verdict.add(limit, stats, decision)
+                    outcome = remote
+                verdict.add(limit, stats, outcome)
             if verdict.denied is not None:
                 _release(held)
                 self._deny(ctx, *verdict.denied)
@@ -403,14 +410,14 @@ class RateLimitStage:
             if key is None:
                 stats.skipped += 1
                 return True
-            decision = limit.local.check(key)  # type: ignore[union-attr]
-            if not decision.allowed:
+            outcome = limit.local.decide(key)  # type: ignore[union-attr]
+            if not outcome[0]:
                 stats.limited += 1
-                self._deny(ctx, limit, decision)
+                self._deny(ctx, limit, outcome)
                 return False
             stats.allowed += 1
             if self.header_names:
-                ctx.late_headers = (self.header_names, self._fields(limit, decision))
+                ctx.late_headers = (self.header_names, self._fields(limit, outcome))
             return True
         verdict = _Verdict()
         for limit, stats in self.entries:
@@ -418,7 +425,7 @@ class RateLimitStage:
             if key is None:
                 stats.skipped += 1
                 continue
-            verdict.add(limit, stats, limit.local.check(key))  # type: ignore[union-attr]
+            verdict.add(limit, stats, limit.local.decide(key))  # type: ignore[union-attr]
         if verdict.denied is not None:
             self._deny(ctx, *verdict.denied)
             return False
@@ -426,10 +433,10 @@ class RateLimitStage:
             ctx.late_headers = (self.header_names, self._fields(*verdict.worst))
         return True
 
-    def _deny(self, ctx: RequestContext, limit: Limit, decision: Decision) -> None:
+    def _deny(self, ctx: RequestContext, limit: Limit, outcome: Outcome) -> None:
         answer = ctx.error(429, "rate limit exceeded")
-        fields = self._fields(limit, decision)
-        fields.append(("retry-after", str(max(1, math.ceil(min(decision.retry_after_s, 1e9))))))
+        fields = self._fields(limit, outcome)
+        fields.append(("retry-after", str(max(1, math.ceil(min(outcome[4], 1e9))))))
         answer.headers.set_fields(fields)
 
     async def _remote(self, limit: Limit, key: str, stats: LimitStats) -> Decision | None:
@@ -450,25 +457,26 @@ class RateLimitStage:
                 return None
             raise RateLimitUnavailable() from None
 
-    def _fields(self, limit: Limit, decision: Decision) -> list[tuple[str, str]]:
-        """The rate-limit header fields for ``decision`` in the configured style."""
+    def _fields(self, limit: Limit, outcome: Outcome) -> list[tuple[str, str]]:
+        """The rate-limit header fields for ``outcome`` in the configured style."""
+        _, _, remaining, reset_at, _ = outcome
         mode = self.headers
         if mode == "seed" and limit.concurrency is None:  # the default, in one list
-            return [
-                ("x-ratelimit-limit", limit.limit_text),
-                ("x-ratelimit-remaining", str(decision.remaining)),
-                ("x-ratelimit-reset", limit.reset_text(decision.reset_at)),
-            ]
+            if reset_at == limit.reset_at:  # the usual case: no call
+                reset = limit.reset_field
+            else:
+                reset = limit.reset_field_at(reset_at)
+            return [limit.limit_field, ("x-ratelimit-remaining", str(remaining)), reset]
         fields: list[tuple[str, str]] = []
         if mode == "seed" or mode == "both":
-            fields.append(("x-ratelimit-limit", limit.limit_text))
-            fields.append(("x-ratelimit-remaining", str(decision.remaining)))
+            fields.append(limit.limit_field)
+            fields.append(("x-ratelimit-remaining", str(remaining)))
             if limit.concurrency is None:  # an in-flight count has no reset time
-                fields.append(("x-ratelimit-reset", limit.reset_text(decision.reset_at)))
+                fields.append(limit.reset_field_at(reset_at))
         if mode == "ietf" or mode == "both":
-            reset = max(0, math.ceil(decision.reset_at - time.time()))
+            reset_s = max(0, math.ceil(reset_at - time.time()))
             fields.append(("ratelimit-policy", limit.policy_text))
-            fields.append(("ratelimit", f"{limit.quoted};r={decision.remaining};t={reset}"))
+            fields.append(("ratelimit", f"{limit.quoted};r={remaining};t={reset_s}"))
         return fields
 
 
