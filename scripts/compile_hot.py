@@ -84,7 +84,7 @@ def copy_package(out: Path) -> None:
     )
 
 
-def compile_modules(out: Path, modules: list[str], jobs: int) -> list[Path]:
+def compile_modules(out: Path, modules: list[str], jobs: int, keep_c: bool) -> list[Path]:
     from mypyc.build import mypycify
     from setuptools import setup
 
@@ -103,7 +103,8 @@ def compile_modules(out: Path, modules: list[str], jobs: int) -> list[Path]:
         script_args=["build_ext", "--inplace", "--build-temp", "temp", f"-j{jobs}"],
     )
     shutil.rmtree(out / "temp", ignore_errors=True)
-    shutil.rmtree(out / "build", ignore_errors=True)
+    if not keep_c:
+        shutil.rmtree(out / "build", ignore_errors=True)
     return sorted(out.rglob("*.so"))
 
 
@@ -119,6 +120,11 @@ def main() -> int:
         help="comma-separated paths under meshgate/ to compile instead of the list here "
         "(to try a module set)",
     )
+    parser.add_argument(
+        "--keep-c",
+        action="store_true",
+        help="keep the generated C in <out>/build (to read what a line compiled to)",
+    )
     args = parser.parse_args()
     modules = args.modules.split(",") if args.modules else list(HOT_MODULES)
     if args.list:
@@ -127,7 +133,7 @@ def main() -> int:
     out = args.out.resolve()
     started = time.monotonic()
     copy_package(out)
-    libraries = compile_modules(out, modules, args.jobs)
+    libraries = compile_modules(out, modules, args.jobs, args.keep_c)
     print(f"compiled in {time.monotonic() - started:.0f} s into {out}:")
     names = []
     for module in modules:

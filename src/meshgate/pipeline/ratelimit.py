@@ -329,7 +329,7 @@ class _Verdict:
 class RateLimitStage:
     """The middleware enforcing a route's limits."""
 
-    __slots__ = ("_one", "entries", "header_names", "headers", "limits", "stats", "warnings")
+    __slots__ = ("entries", "header_names", "headers", "limits", "stats", "warnings")
 
     def __init__(
         self, limits: Sequence[Limit], headers: str, warnings: WarningClock | None = None
@@ -340,8 +340,6 @@ class RateLimitStage:
         self.entries = tuple((limit, self.stats[limit.label]) for limit in self.limits)
         self.warnings = warnings or WarningClock()
         self.header_names = HEADER_NAMES[headers]
-        # The usual route: one limit, no verdict to combine (see decide_local).
-        self._one = self.entries[0] if len(self.entries) == 1 else None
 
     def explain(self, ctx: RequestContext) -> list[str]:
         """For `meshgate explain`: each limit and the key this request counts under."""
@@ -397,42 +395,6 @@ class RateLimitStage:
         if verdict.worst is not None and self.headers != "none":
             resp.headers.set_fields(self._fields(*verdict.worst))
 
-    def decide_local(self, ctx: RequestContext) -> bool:
-        """Check limits that are all in process and count requests (no slot to hold).
-
-        False: denied, the 429 is set. True: go on; the most restrictive decision's
-        headers wait in ``ctx.late_headers``.
-        """
-        one = self._one
-        if one is not None:
-            limit, stats = one
-            key = limit.read_key(ctx)
-            if key is None:
-                stats.skipped += 1
-                return True
-            outcome = limit.local.decide(key)  # type: ignore[union-attr]
-            if not outcome[0]:
-                stats.limited += 1
-                self._deny(ctx, limit, outcome)
-                return False
-            stats.allowed += 1
-            if self.header_names:
-                ctx.late_headers = (self.header_names, self._fields(limit, outcome))
-            return True
-        verdict = _Verdict()
-        for limit, stats in self.entries:
-            key = limit.key(ctx)
-            if key is None:
-                stats.skipped += 1
-                continue
-            verdict.add(limit, stats, limit.local.decide(key))  # type: ignore[union-attr]
-        if verdict.denied is not None:
-            self._deny(ctx, *verdict.denied)
-            return False
-        if verdict.worst is not None and self.header_names:
-            ctx.late_headers = (self.header_names, self._fields(*verdict.worst))
-        return True
-
     def _deny(self, ctx: RequestContext, limit: Limit, outcome: Outcome) -> None:
         answer = ctx.error(429, "rate limit exceeded")
         fields = self._fields(limit, outcome)
@@ -485,10 +447,58 @@ class LocalRateLimitStage(RateLimitStage):
     and nothing to release, so the stage is a plain function (no coroutine of its own)
     and its headers go on the response through ``ctx.late_headers``."""
 
-    __slots__ = ()
+    __slots__ = ("_local", "_one")
+
+    def __init__(
+        self, limits: Sequence[Limit], headers: str, warnings: WarningClock | None = None
+    ) -> None:
+        super().__init__(limits, headers, warnings)
+        local = []
+        for limit, stats in self.entries:
+            assert limit.local is not None, "rate_limit_stage picks this stage for local limits"
+            local.append((limit, stats, limit.local))
+        self._local = tuple(local)
+        # The usual route: one limit, no verdict to combine.
+        self._one = self._local[0] if len(self._local) == 1 else None
 
     def __call__(self, ctx: RequestContext, call_next: Next) -> Awaitable[None]:  # type: ignore[override]
         return call_next() if self.decide_local(ctx) else _answered()
+
+    def decide_local(self, ctx: RequestContext) -> bool:
+        """Check limits that are all in process and count requests (no slot to hold).
+
+        False: denied, the 429 is set. True: go on; the most restrictive decision's
+        headers wait in ``ctx.late_headers``.
+        """
+        one = self._one
+        if one is not None:
+            limit, stats, local = one
+            key = limit.read_key(ctx)
+            if key is None:
+                stats.skipped += 1
+                return True
+            outcome = local.decide(key)
+            if not outcome[0]:
+                stats.limited += 1
+                self._deny(ctx, limit, outcome)
+                return False
+            stats.allowed += 1
+            if self.header_names:
+                ctx.late_headers = (self.header_names, self._fields(limit, outcome))
+            return True
+        verdict = _Verdict()
+        for limit, stats, local in self._local:
+            key = limit.key(ctx)
+            if key is None:
+                stats.skipped += 1
+                continue
+            verdict.add(limit, stats, local.decide(key))
+        if verdict.denied is not None:
+            self._deny(ctx, *verdict.denied)
+            return False
+        if verdict.worst is not None and self.header_names:
+            ctx.late_headers = (self.header_names, self._fields(*verdict.worst))
+        return True
 
 
 async def _answered() -> None:
