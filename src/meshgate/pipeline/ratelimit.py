@@ -119,6 +119,7 @@ class Limit:
     __slots__ = (
         "applies",
         "backend",
+        "by_peer",
         "concurrency",
         "config",
         "fail_open",
@@ -203,6 +204,8 @@ class Limit:
         self.read_key: KeyPart = (
             self.parts[0] if simple and config.on_missing_key != "fallback" else self.key
         )
+        # The default key, the peer's address, is read inline (no call).
+        self.by_peer = simple and config.key == ["ip"] and not trusted
 
     def reset_field_at(self, reset_at: float) -> tuple[str, str]:
         """The ``x-ratelimit-reset`` field for ``reset_at``: kept, as it changes once
@@ -313,16 +316,15 @@ class _Verdict:
         self.worst: tuple[Limit, Outcome] | None = None
 
     def add(self, limit: Limit, stats: LimitStats, outcome: Outcome) -> None:
-        allowed, _, remaining, _, retry_after_s = outcome
-        if allowed:
+        if outcome[0]:  # allowed
             stats.allowed += 1
         else:
             stats.limited += 1
             denied = self.denied
-            if denied is None or retry_after_s > denied[1][4]:
+            if denied is None or outcome[4] > denied[1][4]:  # waits longer
                 self.denied = (limit, outcome)
         worst = self.worst
-        if limit.concurrency is None and (worst is None or remaining < worst[1][2]):
+        if limit.concurrency is None and (worst is None or outcome[2] < worst[1][2]):
             self.worst = (limit, outcome)
 
 
@@ -421,7 +423,8 @@ class RateLimitStage:
 
     def _fields(self, limit: Limit, outcome: Outcome) -> list[tuple[str, str]]:
         """The rate-limit header fields for ``outcome`` in the configured style."""
-        _, _, remaining, reset_at, _ = outcome
+        remaining = outcome[2]  # indexed: unpacking "_" boxes them in the compiled build
+        reset_at = outcome[3]
         mode = self.headers
         if mode == "seed" and limit.concurrency is None:  # the default, in one list
             if reset_at == limit.reset_at:  # the usual case: no call
@@ -473,7 +476,7 @@ class LocalRateLimitStage(RateLimitStage):
         one = self._one
         if one is not None:
             limit, stats, local = one
-            key = limit.read_key(ctx)
+            key = ctx.request.client_ip if limit.by_peer else limit.read_key(ctx)
             if key is None:
                 stats.skipped += 1
                 return True
