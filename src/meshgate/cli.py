@@ -117,6 +117,7 @@ async def watch_file(target: str, reload: asyncio.Event, stop: asyncio.Event) ->
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from meshgate.gateway import Gateway
+    from meshgate.io.allocator import tune_malloc
     from meshgate.io.workers import Fleet, run_workers
 
     try:
@@ -136,6 +137,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         listener = config.listener.model_copy(update={"port": reservation.getsockname()[1]})
         config = config.model_copy(update={"listener": listener})
     log = logging.getLogger("meshgate")
+    log.info("%s", tune_malloc())  # before forking: the workers inherit it
     watched = os.path.realpath(args.config)
 
     async def serve(stop: asyncio.Event, reload: asyncio.Event, index: int) -> int:

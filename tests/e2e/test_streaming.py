@@ -74,6 +74,8 @@ class RssSampler:
 async def gateway_subprocess(gateway_process, upstream):
     cfg = make_config(upstream.port, max_request_body_bytes=None, listener={"body_timeout_s": 5})
     gp = await gateway_process(cfg, workers=1)
+    # The memory bounds below hold with the fixed malloc thresholds (meshgate.io.allocator).
+    assert "malloc thresholds fixed: mmap 1 MiB, trim 8 MiB" in gp.log()
     # Warm up (imports, first connection, buffers) before the baseline.
     async with httpx.AsyncClient() as client:
         r = await client.post(url(gp.port, "/echo-discard"), content=b"w" * 1_000_000)

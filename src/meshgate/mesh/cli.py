@@ -15,6 +15,7 @@ log = logging.getLogger("meshgate.mesh")
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
+    from meshgate.io.allocator import tune_malloc
     from meshgate.mesh.config import load_sidecar_config
     from meshgate.mesh.sidecar import Sidecar, SidecarError
 
@@ -22,6 +23,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         config = load_sidecar_config(args.config)
     except ConfigError as exc:
         return report_config_error(exc)
+    log.info("%s", tune_malloc())
 
     async def run() -> int:
         sidecar = Sidecar(config)
