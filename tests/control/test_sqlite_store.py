@@ -19,9 +19,7 @@ async def _slow_inserts(store: SQLiteStore, nap_s: float) -> None:
         db = store._db
         assert db is not None
         db.create_function("nap", 1, lambda s: time.sleep(s))
-        db.execute(
-            f"CREATE TEMP TRIGGER slow AFTER INSERT ON kv BEGIN SELECT nap({nap_s}); END"
-        )
+        db.execute(f"CREATE TEMP TRIGGER slow AFTER INSERT ON kv BEGIN SELECT nap({nap_s}); END")
 
     await store._run(install)
 
