@@ -33,9 +33,10 @@ import psutil
 from run import (
     BenchError,
     ProcessSet,
+    add_build_arg,
     free_port,
+    gateway_command,
     log,
-    meshgate_command,
     meshgate_yaml,
     wait_ready,
 )
@@ -92,6 +93,7 @@ def main() -> int:
     p.add_argument("--soak-s", type=int, default=300)
     p.add_argument("--sample-s", type=int, default=10)
     p.add_argument("--start-timeout", type=float, default=20.0)
+    add_build_arg(p)
     args = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < args.connections + 100:
@@ -107,7 +109,7 @@ def main() -> int:
         port = free_port()
         cfg = tmp / "gateway.yaml"
         cfg.write_text(meshgate_yaml(port, up_port, "builtins", idle_timeout_s=IDLE_TIMEOUT_S))
-        base, env = meshgate_command(None)
+        base, env = gateway_command(args.build, None)
         gw = procs.spawn(
             "meshgate",
             [*base, "gateway", "-c", str(cfg), "--workers", "1"],

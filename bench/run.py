@@ -941,6 +941,11 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")
     p.add_argument("--start-timeout", type=float, default=30.0, help="seconds to become ready")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    add_build_arg(p)
+
+
+def add_build_arg(p: argparse.ArgumentParser) -> None:
+    """``--build pure|compiled``, served by `gateway_command`."""
     p.add_argument(
         "--build",
         choices=("pure", "compiled"),
