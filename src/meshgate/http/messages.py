@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator
 from operator import itemgetter
 from random import getrandbits
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 from mypy_extensions import mypyc_attr
@@ -207,7 +207,7 @@ class _Chunks:
         return chunk
 
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         "connection",
         "keep-alive",

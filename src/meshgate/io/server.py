@@ -17,7 +17,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -63,19 +63,21 @@ log = logging.getLogger("meshgate.server")
 
 App = Callable[[Request], Awaitable[Response]]
 
-_STATUS_LINES: dict[int, str] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
-_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
-_NO_BODY_STATUS = frozenset({204, 304})
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STATUS_LINES: Final[dict[int, str]] = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus
+}
+_FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Fields a client's Connection header may not remove: end-to-end ones, and "te",
 # which RFC 9110 (10.1.4) has the client name in Connection and which says whether
 # it takes trailers (the proxy forwards only "te: trailers", to HTTP/2 upstreams).
-_NEVER_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection", "te"})
+_NEVER_HOP: Final = frozenset({"host", "content-length", "transfer-encoding", "connection", "te"})
 
 # Reasons reading from the client socket is paused (bit flags).
-_PAUSE_BODY = 1
-_PAUSE_PIPELINE = 2
-_PAUSE_STOPPED = 4
+_PAUSE_BODY: Final = 1
+_PAUSE_PIPELINE: Final = 2
+_PAUSE_STOPPED: Final = 4
 
 
 def status_line(status: int) -> str:

@@ -14,7 +14,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 import httptools
 
@@ -38,10 +38,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshgate.upstream")
 
 # Response heads larger than this are refused (502), as Envoy's max_response_headers_kb.
-MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 
 # Connection values that name no other field (the usual ones): nothing to filter.
-_PLAIN_CONNECTION = frozenset({",keep-alive", ",close"})
+_PLAIN_CONNECTION: Final = frozenset({",keep-alive", ",close"})
 
 
 class ResponseHead:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from meshgate.pipeline.runtime import Runtime
 
 # Upper bounds (seconds) of the request duration histogram's buckets (+Inf implied).
-DURATION_BUCKETS: tuple[float, ...] = (
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
     0.001,
     0.0025,
     0.005,
@@ -41,7 +41,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
     10.0,
 )
 
-NO_ROUTE = "(none)"  # route label of requests no route matched (404, 405)
+NO_ROUTE: Final = "(none)"  # route label of requests no route matched (404, 405)
 
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 

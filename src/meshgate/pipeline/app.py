@@ -8,7 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from meshgate.core.router import Match, MethodNotAllowed
 from meshgate.http.errors import HTTPError
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshgate.gateway")
 
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_VALID_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
 def choose_request_id(request: Request) -> str:

@@ -6,11 +6,12 @@ At the head of a route's chain (nothing before them) they do not run as layers:
 from __future__ import annotations
 
 import time
+from typing import Final
 
 from meshgate.pipeline.context import Next, RequestContext
 
-REQUEST_ID_HEADER = "x-request-id"
-RESPONSE_TIME_HEADER = "x-response-time"
+REQUEST_ID_HEADER: Final = "x-request-id"
+RESPONSE_TIME_HEADER: Final = "x-response-time"
 
 
 async def request_id(ctx: RequestContext, call_next: Next) -> None:
