@@ -74,7 +74,8 @@ def _decision(outcome: Outcome) -> Decision:
 
 
 class Algorithm(Protocol[S]):
-    """What `LocalLimiter` needs from an algorithm whose per-key state is an `S`."""
+    """What the algorithms (`SlidingWindow`, `TokenBucket`) offer for a per-key state
+    of type `S`; `LocalLimiter` takes the two classes themselves (see there)."""
 
     kind: str  # "sliding_window" or "token_bucket"
 

@@ -117,9 +117,10 @@ class Limit:
     """One configured limit, compiled: its key reader and its backend."""
 
     __slots__ = (
+        "_reset_at",
+        "_reset_field",
         "applies",
         "backend",
-        "by_peer",
         "concurrency",
         "config",
         "fail_open",
@@ -132,8 +133,6 @@ class Limit:
         "quoted",
         "read_key",
         "redis",
-        "reset_at",
-        "reset_field",
         "scope",
     )
 
@@ -183,8 +182,8 @@ class Limit:
         self.limit_text = str(quota)  # what x-ratelimit-limit says
         self.limit_field = ("x-ratelimit-limit", self.limit_text)
         # x-ratelimit-reset for the decisions resetting at reset_at (see reset_field_at)
-        self.reset_at = -1.0
-        self.reset_field = ("x-ratelimit-reset", "")
+        self._reset_at = -1.0
+        self._reset_field = ("x-ratelimit-reset", "")
         self.quoted = '"' + self.label.replace('"', "").replace("\\", "") + '"'
         self.policy_text = f"{self.quoted};q={quota}" + (f";w={window}" if window else "")
         if algorithm is not None:
@@ -204,16 +203,14 @@ class Limit:
         self.read_key: KeyPart = (
             self.parts[0] if simple and config.on_missing_key != "fallback" else self.key
         )
-        # The default key, the peer's address, is read inline (no call).
-        self.by_peer = simple and config.key == ["ip"] and not trusted
 
     def reset_field_at(self, reset_at: float) -> tuple[str, str]:
         """The ``x-ratelimit-reset`` field for ``reset_at``: kept, as it changes once
         a window for a sliding window (a token bucket's moves with every request)."""
-        if reset_at != self.reset_at:
-            self.reset_at = reset_at
-            self.reset_field = ("x-ratelimit-reset", str(math.ceil(reset_at)))
-        return self.reset_field
+        if reset_at != self._reset_at:
+            self._reset_at = reset_at
+            self._reset_field = ("x-ratelimit-reset", str(math.ceil(reset_at)))
+        return self._reset_field
 
     def identity(self, settings: RateLimitConfig) -> tuple[str, str, str, int]:
         """Limits with the same identity keep their local state across a reload."""
@@ -427,11 +424,11 @@ class RateLimitStage:
         reset_at = outcome[3]
         mode = self.headers
         if mode == "seed" and limit.concurrency is None:  # the default, in one list
-            if reset_at == limit.reset_at:  # the usual case: no call
-                reset = limit.reset_field
-            else:
-                reset = limit.reset_field_at(reset_at)
-            return [limit.limit_field, ("x-ratelimit-remaining", str(remaining)), reset]
+            return [
+                limit.limit_field,
+                ("x-ratelimit-remaining", str(remaining)),
+                limit.reset_field_at(reset_at),
+            ]
         fields: list[tuple[str, str]] = []
         if mode == "seed" or mode == "both":
             fields.append(limit.limit_field)
@@ -476,7 +473,7 @@ class LocalRateLimitStage(RateLimitStage):
         one = self._one
         if one is not None:
             limit, stats, local = one
-            key = ctx.request.client_ip if limit.by_peer else limit.read_key(ctx)
+            key = limit.read_key(ctx)
             if key is None:
                 stats.skipped += 1
                 return True
